@@ -1,0 +1,1 @@
+"""Synthetic queries per page from a VLM (vLLM, or transformers generation as fallback) and their filtering."""

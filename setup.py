@@ -1,0 +1,42 @@
+"""Installs the four packages of vlmret: data_prep, query_generation, retriever, eval."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch>=2.4",
+    "transformers>=5.0,<6",
+    "tokenizers>=0.21",
+    "peft>=0.15",
+    "deepspeed>=0.16",
+    "h5py>=3.10",
+    "datasets>=3.0",
+    "pymupdf>=1.24",
+    "pillow>=10.0",
+    "faiss-cpu>=1.8",
+    "mteb>=2.0",
+    "pytrec-eval-terrier>=0.5.6",
+    "tqdm>=4.66",
+    "tensorboard>=2.15",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "matplotlib>=3.8",
+    "pyarrow>=15",
+]
+
+EXTRAS = {
+    "gpu": ["flash-attn>=2.6", "faiss-gpu-cu12>=1.8", "vllm>=0.8"],
+    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pandas>=2.0"],
+    "wandb": ["wandb>=0.17"],
+}
+
+setup(
+    name="vlmret",
+    version="0.1.0",
+    description="Train and evaluate vision-language models as visual document retrievers "
+    "(dense and multi-vector), with exact GradCache under DDP and DeepSpeed ZeRO.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["data_prep*", "query_generation*", "retriever*", "eval*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)
