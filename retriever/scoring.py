@@ -1,0 +1,157 @@
+"""Relevance scores between query and page embeddings: dense dot products and ColBERT-style MaxSim.
+
+Design
+------
+Two MaxSim paths share one definition: for every valid query token, take the maximum dot product over the
+page's valid tokens, and sum those maxima over the query's valid tokens.
+
+* :func:`maxsim` is the training path: plain differentiable torch ops on padded tensors with boolean masks.
+  It materialises the ``[Nq, Nd, Lq, Ld]`` similarity block, so callers bound ``Nq * Nd`` themselves
+  (the contrastive loss chunks it). Padded page tokens are filled with ``-inf`` before the max, so they can
+  never win even when every real score is negative; padded query tokens contribute exactly zero.
+
+* :func:`maxsim_blocked` / :func:`maxsim_lists` are the evaluation path (no autograd). Queries are flattened to
+  one ``[Nq*Lq, D]`` matrix and pages are processed in blocks of ``B`` pages flattened to ``[B*Ld, D]``, so each
+  block is a single GEMM whose ``[Nq*Lq, B*Ld]`` output is reduced with ``amax`` over its contiguous last axis,
+  which keeps the intermediate small enough to stay in cache and avoids the permute-copy of an einsum.
+  Instead of a masking pass over the similarity block, padded page tokens are overwritten with a copy of a
+  valid token of the same page (the max is then unchanged, negative scores included) and padded query tokens
+  with zeros (they add exactly ``0``). :func:`maxsim_lists` also sorts pages by length so each block is padded
+  only to its own longest page.
+
+* :func:`dense_scores` is the single-vector head's score, ``q @ d.T``.
+
+All functions work on any device; on GPU pass ``compute_dtype=torch.bfloat16`` to the evaluation path for the
+tensor-core matmul rate (the per-token maxima are summed in float32).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["dense_scores", "maxsim", "maxsim_blocked", "maxsim_lists", "pad_multivector"]
+
+
+def dense_scores(q_emb: Tensor, d_emb: Tensor) -> Tensor:
+    """Dot-product scores ``[Nq, Nd]`` between single-vector queries ``[Nq, D]`` and pages ``[Nd, D]``."""
+    if q_emb.ndim != 2 or d_emb.ndim != 2 or q_emb.shape[1] != d_emb.shape[1]:
+        raise ValueError(f"dense_scores expects [Nq, D] and [Nd, D], got {tuple(q_emb.shape)} and {tuple(d_emb.shape)}")
+    return q_emb @ d_emb.T
+
+
+def _check_multivector(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor) -> None:
+    """Validate shapes and masks shared by both MaxSim paths."""
+    if q_emb.ndim != 3 or d_emb.ndim != 3 or q_emb.shape[-1] != d_emb.shape[-1]:
+        raise ValueError(f"maxsim expects [Nq, Lq, D] and [Nd, Ld, D], got {tuple(q_emb.shape)} and {tuple(d_emb.shape)}")
+    if q_mask.shape != q_emb.shape[:2] or d_mask.shape != d_emb.shape[:2]:
+        raise ValueError(
+            f"mask shapes {tuple(q_mask.shape)}, {tuple(d_mask.shape)} do not match embeddings "
+            f"{tuple(q_emb.shape[:2])}, {tuple(d_emb.shape[:2])}"
+        )
+    if q_mask.dtype != torch.bool or d_mask.dtype != torch.bool:
+        raise TypeError("maxsim masks must be torch.bool")
+    if d_emb.shape[0] and not bool(d_mask.any(dim=1).all()):
+        raise ValueError("every page needs at least one valid token (a d_mask row is all False)")
+
+
+def maxsim(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor) -> Tensor:
+    """Differentiable late-interaction scores ``[Nq, Nd]``.
+
+    ``q_emb [Nq, Lq, D]``, ``q_mask [Nq, Lq]`` (bool, True = real token), ``d_emb [Nd, Ld, D]``,
+    ``d_mask [Nd, Ld]``. Memory is ``O(Nq * Nd * Lq * Ld)``; chunk the inputs to bound it.
+    """
+    _check_multivector(q_emb, q_mask, d_emb, d_mask)
+    nq, lq, dim = q_emb.shape
+    nd, ld, _ = d_emb.shape
+    sim = (q_emb.reshape(nq * lq, dim) @ d_emb.reshape(nd * ld, dim).T).view(nq, lq, nd, ld)
+    sim = sim.masked_fill(~d_mask.view(1, 1, nd, ld), float("-inf"))
+    best = sim.amax(dim=-1)  # [Nq, Lq, Nd]
+    best = torch.where(q_mask.unsqueeze(-1), best, torch.zeros((), dtype=best.dtype, device=best.device))
+    return best.sum(dim=1)
+
+
+def _fill_padding(d_emb: Tensor, d_mask: Tensor) -> Tensor:
+    """Copy of ``d_emb`` whose padded tokens repeat the page's first valid token (so they never change a max)."""
+    first_valid = d_mask.to(torch.uint8).argmax(dim=1)  # [Nd]
+    filler = d_emb[torch.arange(d_emb.shape[0], device=d_emb.device), first_valid]  # [Nd, D]
+    return torch.where(d_mask.unsqueeze(-1), d_emb, filler.unsqueeze(1))
+
+
+@torch.no_grad()
+def maxsim_blocked(
+    q_emb: Tensor,
+    q_mask: Tensor,
+    d_emb: Tensor,
+    d_mask: Tensor,
+    block_elems: int = 1 << 22,
+    compute_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Evaluation MaxSim ``[Nq, Nd]`` (float32, no autograd) over padded tensors, computed in page blocks.
+
+    ``block_elems`` bounds the similarity block ``Nq*Lq x B*Ld`` (4M floats = 16 MiB by default; query rows
+    are split too when one page alone would exceed it). ``compute_dtype`` (e.g. ``torch.bfloat16`` on GPU)
+    sets the matmul precision; default keeps the input dtype.
+    """
+    _check_multivector(q_emb, q_mask, d_emb, d_mask)
+    dtype = compute_dtype or q_emb.dtype
+    nq, lq, dim = q_emb.shape
+    nd, ld, _ = d_emb.shape
+    out = torch.empty(nq, nd, dtype=torch.float32, device=q_emb.device)
+    if nq == 0 or nd == 0:
+        return out
+    q_flat = q_emb.masked_fill(~q_mask.unsqueeze(-1), 0).to(dtype).reshape(nq * lq, dim)
+    d_full = _fill_padding(d_emb, d_mask).to(dtype)
+    q_rows = max(1, min(nq, block_elems // (lq * ld)))
+    pages = max(1, min(nd, block_elems // (q_rows * lq * ld)))
+    for q0 in range(0, nq, q_rows):
+        q_blk = q_flat[q0 * lq : (q0 + q_rows) * lq]
+        n_q = q_blk.shape[0] // lq
+        for d0 in range(0, nd, pages):
+            d_blk = d_full[d0 : d0 + pages]
+            sim = q_blk @ d_blk.reshape(-1, dim).T  # [n_q*Lq, B*Ld]
+            best = sim.view(n_q * lq, d_blk.shape[0], ld).amax(dim=-1)  # [n_q*Lq, B]
+            out[q0 : q0 + n_q, d0 : d0 + d_blk.shape[0]] = best.view(n_q, lq, -1).sum(dim=1, dtype=torch.float32)
+    return out
+
+
+def pad_multivector(vectors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack unpadded ``[L_i, D]`` tensors into ``([N, max L, D], bool mask [N, max L])`` (zero padding)."""
+    if not vectors:
+        raise ValueError("pad_multivector needs at least one tensor")
+    lengths = torch.tensor([v.shape[0] for v in vectors])
+    emb = torch.nn.utils.rnn.pad_sequence(list(vectors), batch_first=True)
+    mask = torch.arange(emb.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    return emb, mask.to(emb.device)
+
+
+@torch.no_grad()
+def maxsim_lists(
+    queries: Sequence[Tensor] | tuple[Tensor, Tensor],
+    pages: Sequence[Tensor],
+    block_elems: int = 1 << 22,
+    compute_dtype: torch.dtype | None = None,
+    group_tokens: int = 1 << 17,
+) -> Tensor:
+    """Evaluation MaxSim ``[Nq, Nd]`` for unpadded pages ``[L_i, D]`` (columns in the order of ``pages``).
+
+    Pages are sorted by length and padded in groups of at most ``group_tokens`` padded tokens, so
+    dynamic-resolution pages of very different token counts do not all pay for the longest one.
+    ``queries`` is a list of ``[L_i, D]`` or a padded ``(emb, mask)`` pair.
+    """
+    q_emb, q_mask = queries if isinstance(queries, tuple) else pad_multivector(queries)
+    out = torch.empty(q_emb.shape[0], len(pages), dtype=torch.float32, device=q_emb.device)
+    lengths = [p.shape[0] for p in pages]
+    order = sorted(range(len(pages)), key=lengths.__getitem__)
+    start = 0
+    while start < len(order):
+        end = start + 1  # sorted ascending, so the group's padded size is (size) x (length of its last page)
+        while end < len(order) and (end - start + 1) * lengths[order[end]] <= group_tokens:
+            end += 1
+        group = order[start:end]
+        d_emb, d_mask = pad_multivector([pages[i] for i in group])
+        device = q_emb.device
+        out[:, group] = maxsim_blocked(q_emb, q_mask, d_emb.to(device), d_mask.to(device), block_elems, compute_dtype)
+        start = end
+    return out
