@@ -1,0 +1,269 @@
+"""HDF5 page stores: encoded page images addressed by page id, in one or several shard files.
+
+Layout
+    A store is a directory ``STORE/`` holding committed shards ``shard-00000.h5``, ``shard-00001.h5``, ...
+    (a single ``.h5`` file is also a valid store). Each shard has three row-aligned 1-D datasets:
+
+    * ``ids``  -- variable-length UTF-8 strings, the page ids (the id index);
+    * ``data`` -- variable-length ``uint8``, the encoded image bytes (JPEG / PNG / WebP) exactly as written;
+    * ``meta`` -- variable-length UTF-8 strings, one JSON object per page (source, page, width, height, dpi, ...).
+
+    One dataset row per page, never one HDF5 dataset per page (wide groups are slow to open and to list).
+
+Crash safety (writer)
+    ``PageStoreWriter`` buffers pages in memory and commits a shard only when it is full (or on ``close``): it
+    writes ``shard-NNNNN.h5.tmp``, fsyncs it and renames it to ``shard-NNNNN.h5``, then fsyncs the directory.
+    A ``kill -9`` therefore loses at most the uncommitted buffer and never leaves a half-written ``.h5`` that a
+    reader would open; leftover ``.tmp`` files are deleted when a writer next opens the store. The committed
+    shards are the journal of finished pages: ``writer.has(page_id)`` tells a resuming job what to skip.
+    An exclusive ``flock`` on ``STORE/.lock`` refuses a second concurrent writer with a clear error.
+
+Reading (``PageStore``)
+    Lazy and fork-safe: nothing is opened in ``__init__``. The id index (id -> shard, row) is built on first use;
+    h5py file handles are opened on first read *in each process* and re-opened when the pid changes, so a store
+    created in the parent works inside forked or spawned DataLoader workers. Pickling drops handles and index.
+
+Page ids
+    Chosen by the producer; render uses ``"<doc_id>/<page_no>"`` (1-based page number, doc id = the PDF's path
+    relative to the input root without ``.pdf``), see ``data_prep.pages``. Ids must be unique within a store.
+"""
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+from PIL import Image
+
+SHARD_GLOB = "shard-*.h5"
+_SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+_BYTES = h5py.vlen_dtype(np.uint8)
+
+
+class UnknownPageError(KeyError):
+    """Raised for a page id that the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def shard_paths(path: str | os.PathLike) -> list[Path]:
+    """Committed shard files of a store: the file itself, or the sorted ``shard-*.h5`` (and other ``*.h5``) of a dir."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(f"page store not found: {p} (expected an .h5 file or a directory of shards)")
+    return sorted(q for q in p.glob("*.h5") if q.is_file())
+
+
+class PageStore:
+    """Read-only access to a page store by page id (see the module docstring for layout and fork safety)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"page store not found: {self.path}")
+        self._index: dict[str, tuple[int, int]] | None = None
+        self._shards: list[Path] = []
+        self._files: list[h5py.File | None] = []
+        self._pid: int | None = None
+
+    # -- index -------------------------------------------------------------------------------------------------
+    def _ensure_index(self) -> dict[str, tuple[int, int]]:
+        if self._index is None:
+            shards = shard_paths(self.path)
+            index: dict[str, tuple[int, int]] = {}
+            for si, shard in enumerate(shards):
+                with h5py.File(shard, "r") as f:
+                    if "ids" not in f or "data" not in f:
+                        raise ValueError(f"{shard} is not a page-store shard (needs datasets 'ids' and 'data')")
+                    ids = f["ids"].asstr()[()]
+                for row, pid in enumerate(ids):
+                    if pid in index:
+                        other = shards[index[pid][0]]
+                        raise ValueError(f"page id {pid!r} is in two shards: {other} and {shard}")
+                    index[pid] = (si, row)
+            self._shards, self._index = shards, index
+            self._files = [None] * len(shards)
+        return self._index
+
+    def _file(self, si: int) -> h5py.File:
+        pid = os.getpid()
+        if self._pid != pid:  # first use in this process (or after fork): never reuse the parent's handles
+            self._files = [None] * len(self._shards)
+            self._pid = pid
+        f = self._files[si]
+        if f is None:
+            f = self._files[si] = h5py.File(self._shards[si], "r")
+        return f
+
+    def _locate(self, page_id: str) -> tuple[int, int]:
+        try:
+            return self._ensure_index()[page_id]
+        except KeyError:
+            raise UnknownPageError(f"page id {page_id!r} is not in page store {self.path}") from None
+
+    # -- public API --------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ensure_index())
+
+    def __contains__(self, page_id: object) -> bool:
+        return page_id in self._ensure_index()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def ids(self) -> list[str]:
+        """All page ids, in shard order then row order."""
+        return list(self._ensure_index())
+
+    def get_bytes(self, page_id: str) -> bytes:
+        """The encoded image bytes of ``page_id`` exactly as written."""
+        si, row = self._locate(page_id)
+        return self._file(si)["data"][row].tobytes()
+
+    def get_image(self, page_id: str) -> Image.Image:
+        """The page decoded to an RGB PIL image."""
+        img = Image.open(io.BytesIO(self.get_bytes(page_id)))
+        return img.convert("RGB") if img.mode != "RGB" else img
+
+    def meta(self, page_id: str) -> dict[str, Any]:
+        """Per-page metadata (source, page, width, height, dpi, format, ...); ``{}`` for shards without ``meta``."""
+        si, row = self._locate(page_id)
+        f = self._file(si)
+        if "meta" not in f:
+            return {}
+        raw = f["meta"][row]
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+
+    def shard_files(self) -> list[Path]:
+        self._ensure_index()
+        return list(self._shards)
+
+    def close(self) -> None:
+        """Close this process's file handles (the store stays usable: they re-open on the next read)."""
+        if self._pid == os.getpid():
+            for f in self._files:
+                if f is not None:
+                    f.close()
+        self._files = [None] * len(self._shards)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+    def __repr__(self) -> str:
+        return f"PageStore({str(self.path)!r})"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PageStoreWriter:
+    """Appends pages to a store directory in atomically committed shards; resumable (see the module docstring).
+
+    Use as a context manager; ``close`` commits the partial last shard. ``has(page_id)`` is true for pages in
+    committed shards and in the current buffer. Adding an id twice raises ``ValueError``.
+    """
+
+    def __init__(self, path: str | os.PathLike, shard_pages: int = 2048, shard_bytes: int = 512 << 20):
+        if shard_pages < 1 or shard_bytes < 1:
+            raise ValueError("shard_pages and shard_bytes must be positive")
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"page store {self.path} exists and is not a directory; writers need a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.shard_pages, self.shard_bytes = shard_pages, shard_bytes
+        self._lock = open(self.path / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RuntimeError(f"page store {self.path} is being written by another process") from None
+        for tmp in self.path.glob("shard-*.h5.tmp"):  # uncommitted leftovers of a killed run
+            tmp.unlink()
+        self._committed: set[str] = set(PageStore(self.path).ids()) if shard_paths(self.path) else set()
+        numbers = [int(m.group(1)) for q in self.path.glob(SHARD_GLOB) if (m := _SHARD_RE.match(q.name))]
+        self._next_shard = max(numbers, default=-1) + 1
+        self._buf_ids: list[str] = []
+        self._buf_data: list[np.ndarray] = []
+        self._buf_meta: list[str] = []
+        self._buf_set: set[str] = set()
+        self._buf_bytes = 0
+        self.pages_written = 0
+
+    def has(self, page_id: str) -> bool:
+        return page_id in self._committed or page_id in self._buf_set
+
+    def committed_ids(self) -> set[str]:
+        return set(self._committed)
+
+    def add(self, page_id: str, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        """Buffer one page; commits a shard when the buffer is full."""
+        if not isinstance(page_id, str) or not page_id:
+            raise ValueError(f"page id must be a non-empty string, got {page_id!r}")
+        if self.has(page_id):
+            raise ValueError(f"page id {page_id!r} is already in page store {self.path}")
+        self._buf_ids.append(page_id)
+        self._buf_data.append(np.frombuffer(data, dtype=np.uint8))
+        self._buf_meta.append(json.dumps(meta or {}, sort_keys=True, ensure_ascii=False))
+        self._buf_set.add(page_id)
+        self._buf_bytes += len(data)
+        if len(self._buf_ids) >= self.shard_pages or self._buf_bytes >= self.shard_bytes:
+            self.commit()
+
+    def commit(self) -> Path | None:
+        """Write the buffered pages as one new shard (tmp file, fsync, rename). Returns its path, or None if empty."""
+        if not self._buf_ids:
+            return None
+        final = self.path / f"shard-{self._next_shard:05d}.h5"
+        tmp = final.with_name(final.name + ".tmp")
+        n = len(self._buf_ids)
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.create_dataset("ids", data=np.array(self._buf_ids, dtype=object), dtype=_STR)
+            data = f.create_dataset("data", shape=(n,), dtype=_BYTES)
+            for i, arr in enumerate(self._buf_data):
+                data[i] = arr
+            f.create_dataset("meta", data=np.array(self._buf_meta, dtype=object), dtype=_STR)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.path)
+        self._committed.update(self._buf_ids)
+        self.pages_written += n
+        self._next_shard += 1
+        self._buf_ids, self._buf_data, self._buf_meta, self._buf_set, self._buf_bytes = [], [], [], set(), 0
+        return final
+
+    def close(self) -> None:
+        """Commit the partial shard and release the lock."""
+        if self._lock.closed:
+            return
+        try:
+            self.commit()
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> "PageStoreWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
