@@ -1,0 +1,192 @@
+"""Render a page list into a page store: ``python -m data_prep.render --pages pages.jsonl --out STORE``.
+
+Design
+    * Tasks are runs of up to ``--chunk_pages`` consecutive pages of one document, handed to ``--workers`` render
+      processes (``data_prep.rasterize``; PyMuPDF is not thread-safe). This process is the single writer: it
+      receives encoded pages through pipes and appends them to a ``PageStoreWriter`` (atomic shard commits).
+    * Per-page timeout: a worker that sends nothing for ``--page_timeout`` seconds is killed (SIGKILL) and
+      replaced; the page it was on is recorded as failed and the rest of its task is re-queued. A worker that dies
+      (segfault in a decoder, out of memory) is handled the same way.
+    * Failures (encrypted without password, unopenable files, pages that fail or hang) go to ``--failures``
+      (default ``STORE/failures.jsonl``) with doc, page, id and reason. At the end the run asserts and prints
+      ``rendered + failed == listed``.
+    * Resume: committed shards and the failures log are the journal. Re-running the same command after any kill
+      (even ``kill -9``) renders only the missing pages; since encoding is deterministic, the store then holds
+      the same ids with the same bytes as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import signal
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data_prep.failures import FailureLog
+from data_prep.pages import read_pages
+from data_prep.pdf import load_passwords
+from data_prep.rasterize import FORMATS, RenderSettings, worker_main
+from data_prep.store import PageStoreWriter
+
+
+def make_tasks(pages: list[dict[str, Any]], chunk_pages: int) -> deque[list[dict[str, Any]]]:
+    """Group pages into runs of at most ``chunk_pages`` consecutive records of the same document."""
+    tasks: deque[list[dict[str, Any]]] = deque()
+    for rec in pages:
+        last = tasks[-1] if tasks else None
+        if last and last[0]["source"] == rec["source"] and len(last) < chunk_pages:
+            last.append(rec)
+        else:
+            tasks.append([rec])
+    return tasks
+
+
+class _Worker:
+    """One render process, its pipe, and the task it is on (``pos`` = index of the page it is rendering)."""
+
+    def __init__(self, ctx, settings: RenderSettings, passwords: dict[str, str]):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_main, args=(child, settings, passwords), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.task: list[dict[str, Any]] | None = None
+        self.pos = 0
+        self.since = time.monotonic()
+
+    def assign(self, task: list[dict[str, Any]]) -> None:
+        self.task, self.pos, self.since = task, 0, time.monotonic()
+        self.conn.send(task)
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+
+class Renderer:
+    """Runs the worker pool over the tasks, feeding results to the store writer and the failures log."""
+
+    def __init__(self, settings: RenderSettings, passwords: dict[str, str], workers: int, page_timeout: float,
+                 writer: PageStoreWriter, flog: FailureLog, bar: tqdm):
+        self.ctx = mp.get_context("spawn")
+        self.settings, self.passwords, self.page_timeout = settings, passwords, page_timeout
+        self.writer, self.flog, self.bar = writer, flog, bar
+        self.workers = [_Worker(self.ctx, settings, passwords) for _ in range(workers)]
+        self.rendered = self.failed = 0
+
+    def _fail(self, rec: dict[str, Any], reason: str) -> None:
+        self.flog.add(reason, stage="render", doc=rec["doc_id"], source=rec["source"], page=rec["page"],
+                      page_id=rec["id"])
+        self.failed += 1
+        self.bar.update(1)
+
+    def _replace(self, w: _Worker, reason: str, tasks: deque) -> None:
+        """Kill ``w``, fail the page it was on, re-queue the rest of its task and start a fresh worker."""
+        task, pos = w.task, w.pos
+        w.kill()
+        if task is not None and pos < len(task):
+            self._fail(task[pos], reason)
+            if pos + 1 < len(task):
+                tasks.appendleft(task[pos + 1:])
+        self.workers[self.workers.index(w)] = _Worker(self.ctx, self.settings, self.passwords)
+
+    def _handle(self, w: _Worker, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            w.ready, w.task = True, None
+        elif kind == "done":
+            w.task = None
+        else:
+            assert w.task is not None and msg[1] == w.task[w.pos]["id"], f"worker out of sync at {msg[1]!r}"
+            if kind == "ok":
+                self.writer.add(msg[1], msg[2], msg[3])
+                self.rendered += 1
+                self.bar.update(1)
+            else:
+                self._fail(w.task[w.pos], msg[2])
+            w.pos += 1
+            w.since = time.monotonic()
+
+    def run(self, tasks: deque) -> None:
+        try:
+            while tasks or any(w.task is not None for w in self.workers):
+                for w in self.workers:
+                    if w.ready and w.task is None and tasks:
+                        w.assign(tasks.popleft())
+                by_conn = {w.conn: w for w in self.workers}
+                for conn in wait(list(by_conn), timeout=min(1.0, self.page_timeout)):
+                    w = by_conn[conn]
+                    try:
+                        self._handle(w, conn.recv())
+                    except (EOFError, OSError):
+                        self._replace(w, f"worker process died (exit code {w.proc.exitcode})", tasks)
+                now = time.monotonic()
+                for w in list(self.workers):
+                    if w.task is not None and now - w.since > self.page_timeout:
+                        self._replace(w, f"timeout: no result within {self.page_timeout:g} s", tasks)
+        finally:
+            for w in self.workers:
+                w.kill()
+
+
+def render(pages_path: str | Path, out: str | Path, settings: RenderSettings, workers: int = 1,
+           failures: str | Path | None = None, passwords: dict[str, str] | None = None, page_timeout: float = 120.0,
+           chunk_pages: int = 16, shard_pages: int = 2048, shard_bytes: int = 512 << 20) -> dict[str, int]:
+    """Render every listed page not yet in the store or the failures log; returns the final counts."""
+    pages = read_pages(pages_path)
+    failures = Path(failures) if failures else Path(out) / "failures.jsonl"
+    with PageStoreWriter(out, shard_pages, shard_bytes) as writer, FailureLog(failures) as flog:
+        todo = [r for r in pages if not writer.has(r["id"]) and r["id"] not in flog.failed_ids]
+        done_before = len(pages) - len(todo)
+        with tqdm(total=len(pages), initial=done_before, desc="render", unit="page", smoothing=0.1) as bar:
+            if todo:
+                Renderer(settings, passwords or {}, max(1, workers), page_timeout, writer, flog, bar).run(
+                    make_tasks(todo, chunk_pages))
+        writer.commit()
+        listed = {r["id"] for r in pages}
+        rendered = len(listed & writer.committed_ids())
+        failed = len(listed & flog.failed_ids)
+    print(f"render: {len(listed)} pages listed = {rendered} rendered + {failed} failed "
+          f"({done_before} were done before this run); store {out}, failures {failures}")
+    if rendered + failed != len(listed):
+        raise RuntimeError(f"accounting error: {rendered} rendered + {failed} failed != {len(listed)} listed")
+    return {"listed": len(listed), "rendered": rendered, "failed": failed}
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m data_prep.render", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", required=True, help="page list written by data_prep.split_pdfs")
+    ap.add_argument("--out", required=True, help="page store directory (created; re-run the same command to resume)")
+    ap.add_argument("--dpi", type=float, default=144.0, help="render resolution (default 144)")
+    ap.add_argument("--max_side", type=int, default=4096, help="cap on the longest side in pixels (default 4096)")
+    ap.add_argument("--format", choices=sorted(FORMATS), default="jpeg", help="image encoding (default jpeg)")
+    ap.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality 1-100 (default 90)")
+    ap.add_argument("--workers", type=int, default=1, help="render processes (default 1)")
+    ap.add_argument("--page_timeout", type=float, default=120.0,
+                    help="seconds a page may take before its worker is killed and the page failed (default 120)")
+    ap.add_argument("--chunk_pages", type=int, default=16, help="pages of one document per task (default 16)")
+    ap.add_argument("--shard_pages", type=int, default=2048, help="pages per shard file (default 2048)")
+    ap.add_argument("--shard_mb", type=int, default=512, help="max MiB per shard file (default 512)")
+    ap.add_argument("--failures", help="failures JSONL (default STORE/failures.jsonl)")
+    ap.add_argument("--passwords", help="JSON map {relative_path | file name | sha256: password} for encrypted PDFs")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    settings = RenderSettings(args.dpi, args.max_side, args.format, args.quality)
+    render(args.pages, args.out, settings, args.workers, args.failures, load_passwords(args.passwords),
+           args.page_timeout, args.chunk_pages, args.shard_pages, args.shard_mb << 20)
+
+
+if __name__ == "__main__":
+    main()
