@@ -1,0 +1,310 @@
+"""``python -m retriever.train``: contrastive training of a VLM retriever, one readable recipe.
+
+Setup, in order: distributed environment -> encoder (backbone + head, training mode) -> training pairs, validated
+against the page sources before anything else runs -> loss -> backend (plain, DDP or a DeepSpeed engine, which
+owns optimizer, schedule and clipping) -> GradCache -> resume. Then the loop: for every optimizer step, draw
+``--gradient_accumulation_steps`` global batches (planned deterministically per seed and epoch, this rank's share
+of each), run ``GradCache.step`` on each (forward + backward, grads accumulate), then ``backend.optimizer_step()``;
+log, checkpoint every ``--save_steps``, keep the newest ``--save_total_limit``. At the end the encoder is written to
+``OUTPUT_DIR/final`` in its own directory format and the loss curve to ``OUTPUT_DIR/loss.png``.
+
+We write a loop instead of subclassing HF ``Trainer``: one optimizer step here is several forward/backward passes
+over GradCache chunks with a cross-rank loss, and its engine-level contract (one DeepSpeed boundary per global
+batch, DDP sync on the last chunk only) is exactly what ``Trainer``'s ``training_step``/accumulation logic decides
+on its own. docs/ARCHITECTURE.md has the longer argument.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from retriever.batching import EpochBatches, corpus_of, plan_epoch
+from retriever.checkpoints import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+from retriever.ds_config import TrainingShape, load_deepspeed_config, resolve_deepspeed_config
+from retriever.optim import build_scheduler, parameter_groups, set_drop_path
+from retriever.pages import ImageFolder, PageResolver, StorePages
+from retriever.pairs import Pair, is_hf_dataset, load_hf_pairs, read_jsonl_pairs, validate_pairs
+from retriever.train_args import parse_args
+from retriever.train_log import TrainLog
+
+logger = logging.getLogger("retriever.train")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = init_distributed(args.deepspeed is not None)
+    torch.manual_seed(args.seed)
+    pairs, resolver = load_training_data(args)
+    encoder = build_encoder(args)
+    loss = build_loss(args)
+    backend, scheduler = build_training_backend(args, env, encoder, loss, pairs)
+    gradcache = build_gradcache(args, encoder, loss, backend, env)
+    state = TrainerState()
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if resume is not None:
+        state = load_checkpoint(backend, resume)
+        _info(env, f"resumed from {resume} at step {state.global_step}")
+    train_loop(args, env, encoder, pairs, resolver, backend, scheduler, gradcache, state)
+    final = save_final(args, env, encoder)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return final
+
+
+def init_distributed(use_deepspeed: bool) -> DistEnv:
+    """Join the process group that torchrun describes (gloo on CPU, nccl on GPU); single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if cuda else "gloo"
+        if use_deepspeed:
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
+        else:
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def load_training_data(args) -> tuple[list[Pair], PageResolver]:
+    """Pairs and the page sources that resolve their ids; every id is checked before training starts."""
+    sources = [StorePages(path) for path in args.page_store]
+    if args.image_root:
+        sources.append(ImageFolder(args.image_root))
+    if is_hf_dataset(args.train_data):
+        pairs, pages = load_hf_pairs(args.train_data, args.image_column, args.image_id_column)
+        sources.insert(0, pages)
+    else:
+        pairs = read_jsonl_pairs(args.train_data)
+    resolver = PageResolver(sources)
+    validate_pairs(pairs, resolver, args.train_data)
+    return pairs, resolver
+
+
+def build_encoder(args):
+    from retriever.encoder import RetrieverEncoder
+    from retriever.training_modes import LoraSettings
+
+    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                        targets=args.lora_targets.split(",") if args.lora_targets else None,
+                        include_vision=args.lora_vision)
+    encoder = RetrieverEncoder.from_pretrained(
+        args.model_name_or_path, _encoder_config(args), training_mode=args.training_mode, lora=lora,
+        freeze_vision=args.freeze_vision, torch_dtype=DTYPES[args.torch_dtype],
+        attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code,
+    )
+    if args.drop_path_rate > 0 and set_drop_path(encoder, args.drop_path_rate) == 0:
+        logger.warning("--drop_path_rate: this backbone has no drop-path modules; the flag has no effect")
+    if args.gradient_checkpointing:
+        encoder.gradient_checkpointing_enable()
+    return encoder
+
+
+def _encoder_config(args):
+    """Head settings for a fresh backbone; None for a directory this project saved (its own config wins)."""
+    from retriever.encoder import EncoderConfig, is_retriever_dir
+
+    if is_retriever_dir(args.model_name_or_path):
+        return None
+    overrides = {
+        "query_prefix": args.query_prefix, "query_augmentation_tokens": args.query_augmentation_tokens,
+        "max_pixels": args.max_pixels,
+    }
+    return EncoderConfig.for_backbone(
+        args.model_name_or_path, trust_remote_code=args.trust_remote_code, head=args.head, pooling=args.pooling,
+        projection_dim=args.projection_dim, multi_dim=args.multi_dim, matryoshka_dims=args.matryoshka_dims,
+        **{key: value for key, value in overrides.items() if value is not None},
+    )
+
+
+def build_loss(args):
+    from retriever.losses import ContrastiveLoss
+
+    return ContrastiveLoss(
+        temperature=args.temperature, learnable_temperature=args.learnable_temperature,
+        symmetric=args.symmetric_loss, matryoshka_dims=args.matryoshka_dims,
+        matryoshka_weights=args.matryoshka_weights, false_negative_factor=args.false_negative_factor,
+    )
+
+
+def steps_per_epoch(args, env: DistEnv, pairs: list[Pair]) -> int:
+    plan = plan_epoch(pairs, args.per_device_train_batch_size * env.world_size, args.num_negatives, args.seed, 0)
+    steps = len(plan) // args.gradient_accumulation_steps
+    if steps == 0:
+        raise ValueError(
+            f"{args.train_data}: {len(pairs)} pairs do not fill one optimizer step of "
+            f"{args.per_device_train_batch_size} x {env.world_size} ranks x {args.gradient_accumulation_steps} "
+            "accumulation steps (pairs sharing pages cannot share a batch)"
+        )
+    return steps
+
+
+def total_steps(args, env: DistEnv, pairs: list[Pair]) -> int:
+    if args.max_steps > 0:
+        return args.max_steps
+    return math.ceil(args.num_train_epochs * steps_per_epoch(args, env, pairs))
+
+
+def build_training_backend(args, env: DistEnv, encoder, loss, pairs: list[Pair]):
+    """Optimizer groups, schedule and the backend (plain / DDP / DeepSpeed) that owns them."""
+    from retriever.distributed import build_backend
+
+    steps = total_steps(args, env, pairs)
+    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * steps)
+    made: list = []
+
+    def optimizer_factory(params):
+        return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+
+    def scheduler_factory(optimizer):
+        made.append(build_scheduler(optimizer, args.lr_scheduler_type, warmup, steps))
+        return made[-1]
+
+    ds_config = None
+    if args.deepspeed:
+        shape = TrainingShape(
+            micro_batch_size=args.per_device_train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            world_size=env.world_size, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
+            hidden_size=encoder.hidden_size,
+        )
+        ds_config = resolve_deepspeed_config(load_deepspeed_config(args.deepspeed), shape, args.deepspeed)
+    named = list(encoder.named_parameters()) + [(f"loss.{n}", p) for n, p in loss.named_parameters()]
+    groups = parameter_groups(named, args.learning_rate, args.weight_decay, args.layer_decay)
+    if not ds_config:
+        encoder.to(env.device)
+        loss.to(env.device)
+    backend = build_backend(
+        encoder, loss=loss, param_groups=groups, optimizer_factory=optimizer_factory,
+        scheduler_factory=scheduler_factory, deepspeed_config=ds_config,
+        max_grad_norm=args.max_grad_norm or None, ddp=env.world_size > 1 and not ds_config,
+    )
+    return backend, made[0] if made else None
+
+
+def build_gradcache(args, encoder, loss, backend, env: DistEnv):
+    from retriever.gradcache import GradCache, auto_chunk_size
+
+    chunk = args.gc_chunk_size
+    if chunk == "auto":
+        chunk = auto_chunk_size(encoder, per_device_batch_size=args.per_device_train_batch_size,
+                                memory_fraction=args.gc_memory_fraction, device=env.device)
+        _info(env, f"--gc_chunk_size auto: {chunk}")
+    return GradCache(encoder, loss, backend, chunk_size=chunk or None, reuse_frozen_vision=args.freeze_vision)
+
+
+def batch_stream(args, env: DistEnv, encoder, pairs: list[Pair], resolver: PageResolver,
+                 state: TrainerState) -> Iterator[tuple[int, int, dict]]:
+    """This rank's batches from where ``state`` points, epoch after epoch: ``(epoch, index in epoch, batch)``."""
+    corpus = corpus_of(pairs)
+    epoch, start = state.epoch, state.batch_in_epoch
+    while True:
+        plan = plan_epoch(pairs, args.per_device_train_batch_size * env.world_size, args.num_negatives, args.seed,
+                          epoch, corpus)
+        batches = EpochBatches(plan, start, env.rank, env.world_size, pairs, resolver.get_image,
+                               encoder.prepare_queries, encoder.prepare_pages)
+        loader = DataLoader(batches, batch_size=None, num_workers=args.dataloader_num_workers,
+                            persistent_workers=False)
+        for i, batch in enumerate(loader):
+            yield epoch, start + i, batch
+        epoch, start = epoch + 1, 0
+
+
+def train_loop(args, env: DistEnv, encoder, pairs, resolver, backend, scheduler, gradcache,
+               state: TrainerState) -> None:
+    steps = total_steps(args, env, pairs)
+    log = TrainLog(args.output_dir, env.rank == 0, [r for r in args.report_to if r != "none"], args.run_name,
+                   vars(args))
+    stream = batch_stream(args, env, encoder, pairs, resolver, state)
+    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16)
+                if args.bf16 and not args.deepspeed else contextlib.nullcontext())
+    progress = tqdm(total=steps, initial=state.global_step, desc="training", unit="step",
+                    disable=env.rank != 0 or args.disable_tqdm)
+    while state.global_step < steps:
+        started, losses, digest = time.perf_counter(), [], hashlib.sha1()
+        for micro in range(args.gradient_accumulation_steps):
+            epoch, index, batch = next(stream)
+            with autocast:
+                out = gradcache.step(_to_device(batch["query_inputs"], env.device),
+                                     _to_device(batch["page_inputs"], env.device),
+                                     batch["positives"].to(env.device),
+                                     sync=micro == args.gradient_accumulation_steps - 1)
+            losses.append(float(out["loss"]))
+            digest.update("\n".join(batch["page_ids"]).encode())
+            state.epoch, state.batch_in_epoch = epoch, index + 1
+        grad_norm = backend.optimizer_step()
+        state.global_step += 1
+        elapsed = time.perf_counter() - started
+        pairs_done = args.per_device_train_batch_size * env.world_size * args.gradient_accumulation_steps
+        metrics = {"loss": sum(losses) / len(losses), "lr": _current_lr(scheduler, args),
+                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                   "pairs_per_second": pairs_done / elapsed, "epoch": state.epoch,
+                   "pages_sha1": digest.hexdigest()}
+        if state.global_step % args.logging_steps == 0 or state.global_step == steps:
+            log.log(state.global_step, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_s=f"{metrics['pairs_per_second']:.1f}")
+        progress.update(1)
+        if args.save_steps > 0 and state.global_step % args.save_steps == 0 and state.global_step < steps:
+            save_checkpoint(backend, args.output_dir, state, args.save_total_limit)
+    progress.close()
+    log.close()
+
+
+def save_final(args, env: DistEnv, encoder) -> Path:
+    """Write the trained encoder to OUTPUT_DIR/final (gathering ZeRO-3 partitions first)."""
+    final = Path(args.output_dir) / "final"
+    gather = contextlib.nullcontext()
+    if args.deepspeed:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(encoder.parameters()), modifier_rank=None)
+    with gather:
+        if env.rank == 0:
+            encoder.save_pretrained(final)
+    if dist.is_initialized():
+        dist.barrier()
+    _info(env, f"saved the trained encoder to {final}")
+    return final
+
+
+def _to_device(inputs: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _current_lr(scheduler, args) -> float:
+    return float(scheduler.get_last_lr()[0]) if scheduler is not None else args.learning_rate
+
+
+def _info(env: DistEnv, message: str) -> None:
+    if env.rank == 0:
+        logger.info(message)
+
+
+if __name__ == "__main__":
+    main()

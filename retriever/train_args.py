@@ -1,0 +1,153 @@
+"""Every flag of ``python -m retriever.train`` in one place, with its default and what it does.
+
+HF-style names where HF has the concept (``--per_device_train_batch_size``, ``--deepspeed``, ...), ours for the
+retriever (``--head``, ``--gc_chunk_size``, ...). ``check_args`` rejects combinations that cannot work before any
+model is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _float_list(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _chunk_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("--gc_chunk_size must be >= 0 or 'auto'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retriever.train",
+        description="Contrastive training of a VLM retriever (dense or multi-vector) with GradCache, under plain "
+        "PyTorch, torchrun/DDP or DeepSpeed ZeRO-1/2/3. Launch multi-GPU runs with torchrun or "
+        "shell/train_multinode.sh. The final model is saved to OUTPUT_DIR/final.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = parser.add_argument_group("model and data")
+    io.add_argument("--model_name_or_path", required=True,
+                    help="HF checkpoint directory (or hub name where a hub is reachable), or a directory saved by "
+                    "this project (heads and adapters included)")
+    io.add_argument("--output_dir", required=True, help="checkpoints, logs, loss.png and final/ go here")
+    io.add_argument("--train_data", required=True,
+                    help="pairs JSONL ({'query', 'pos': [ids], 'neg': [ids]}) or a local HF dataset "
+                    "(save_to_disk folder or parquet) with 'query' and image columns")
+    io.add_argument("--page_store", nargs="*", default=[], help="HDF5 page store(s) that resolve page ids")
+    io.add_argument("--image_root", default=None, help="folder of images; page ids are paths relative to it")
+    io.add_argument("--image_column", default="image", help="image column of an HF dataset given as --train_data")
+    io.add_argument("--image_id_column", default=None,
+                    help="column of an HF dataset that identifies its images (default: the row number)")
+    io.add_argument("--trust_remote_code", action="store_true",
+                    help="allow model code from the checkpoint (needed for MiniCPM-V only)")
+
+    model = parser.add_argument_group("retriever head")
+    model.add_argument("--head", choices=["dense", "multi"], default="dense",
+                       help="dense: one vector per item; multi: ColBERT-style token vectors scored with MaxSim")
+    model.add_argument("--pooling", choices=["last", "mean", "weighted_mean", "cls"], default="last")
+    model.add_argument("--projection_dim", type=int, default=None, help="dense: linear projection size")
+    model.add_argument("--multi_dim", type=int, default=128, help="multi-vector: token vector size")
+    model.add_argument("--matryoshka_dims", type=_int_list, default=None, help="nested sizes, e.g. 1536,768,256")
+    model.add_argument("--matryoshka_weights", type=_float_list, default=None, help="loss weight per nested size")
+    model.add_argument("--query_prefix", default=None, help="text put before every query (backbone default if unset)")
+    model.add_argument("--query_augmentation_tokens", type=int, default=None, help="ColPali-style augmentation tokens")
+    model.add_argument("--max_pixels", type=int, default=None, help="cap on page image pixels (resolution control)")
+    model.add_argument("--attn_implementation", default=None, help="sdpa (default), eager or flash_attention_2")
+    model.add_argument("--torch_dtype", choices=["float32", "bfloat16", "float64"], default="float32",
+                       help="weight dtype at load time (use --bf16 for mixed precision training)")
+
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--temperature", type=float, default=0.02)
+    loss.add_argument("--learnable_temperature", action="store_true", help="learn the logit scale (as InternVL)")
+    loss.add_argument("--symmetric_loss", action="store_true", help="add the page->query InfoNCE term")
+    loss.add_argument("--num_negatives", type=int, default=0, help="hard negatives per query (from 'neg')")
+    loss.add_argument("--false_negative_factor", type=float, default=None,
+                      help="drop negatives scoring above this factor times the positive's score")
+
+    mode = parser.add_argument_group("what is trained")
+    mode.add_argument("--training_mode", choices=["full", "lora", "head"], default="lora")
+    mode.add_argument("--freeze_vision", action="store_true",
+                      help="freeze the vision tower (GradCache then reuses its first-pass output)")
+    mode.add_argument("--lora_r", type=int, default=16)
+    mode.add_argument("--lora_alpha", type=int, default=32)
+    mode.add_argument("--lora_dropout", type=float, default=0.05)
+    mode.add_argument("--lora_targets", default=None,
+                      help="comma-separated module names (default: the backbone's attention + MLP preset)")
+    mode.add_argument("--lora_vision", action="store_true", help="also put LoRA on the vision tower")
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--per_device_train_batch_size", type=int, default=8, help="queries per rank per batch")
+    opt.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                     help="contrastive batches per optimizer step (each batch has its own negatives)")
+    opt.add_argument("--gc_chunk_size", type=_chunk_size, default=0,
+                     help="GradCache chunk size in examples (0 = off; 'auto' = largest that fits "
+                     "--gc_memory_fraction of GPU memory)")
+    opt.add_argument("--gc_memory_fraction", type=float, default=0.8)
+    opt.add_argument("--learning_rate", type=float, default=1e-4)
+    opt.add_argument("--weight_decay", type=float, default=0.0)
+    opt.add_argument("--layer_decay", type=float, default=1.0, help="layer-wise lr decay (1.0 = off)")
+    opt.add_argument("--drop_path_rate", type=float, default=0.0, help="stochastic depth where the backbone has it")
+    opt.add_argument("--lr_scheduler_type", default="linear", help="any transformers schedule name")
+    opt.add_argument("--warmup_steps", type=int, default=0)
+    opt.add_argument("--warmup_ratio", type=float, default=0.0, help="used when --warmup_steps is 0")
+    opt.add_argument("--max_steps", type=int, default=-1, help="optimizer steps (overrides --num_train_epochs)")
+    opt.add_argument("--num_train_epochs", type=float, default=1.0)
+    opt.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
+    opt.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast, or DeepSpeed bf16)")
+    opt.add_argument("--gradient_checkpointing", action="store_true")
+    opt.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config, e.g. ds_configs/zero2.json")
+    opt.add_argument("--seed", type=int, default=42)
+
+    run = parser.add_argument_group("checkpoints and logging")
+    run.add_argument("--save_steps", type=int, default=500)
+    run.add_argument("--save_total_limit", type=int, default=2, help="checkpoints kept (oldest deleted)")
+    run.add_argument("--resume_from_checkpoint", default=None,
+                     help="a checkpoint-N directory, or 'latest' for the newest complete one in --output_dir")
+    run.add_argument("--logging_steps", type=int, default=1)
+    run.add_argument("--report_to", choices=["tensorboard", "wandb", "none"], nargs="+", default=["tensorboard"])
+    run.add_argument("--run_name", default=None)
+    run.add_argument("--dataloader_num_workers", type=int, default=2)
+    run.add_argument("--disable_tqdm", action="store_true")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject flag combinations that cannot work, before anything is loaded."""
+    if args.per_device_train_batch_size < 1:
+        raise ValueError("--per_device_train_batch_size must be >= 1")
+    if args.gradient_accumulation_steps < 1:
+        raise ValueError("--gradient_accumulation_steps must be >= 1")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ValueError("give --max_steps > 0 or --num_train_epochs > 0")
+    if args.matryoshka_weights and len(args.matryoshka_weights) != len(args.matryoshka_dims or []):
+        raise ValueError("--matryoshka_weights needs one weight per --matryoshka_dims entry")
+    if args.matryoshka_dims and args.head != "dense":
+        raise ValueError("--matryoshka_dims applies to --head dense only")
+    if args.temperature <= 0:
+        raise ValueError("--temperature must be > 0")
+    if args.bf16 and args.torch_dtype == "float64":
+        raise ValueError("--bf16 and --torch_dtype float64 exclude each other")
+    if args.freeze_vision and args.lora_vision:
+        raise ValueError("--freeze_vision and --lora_vision exclude each other")
+    if args.training_mode != "lora" and args.lora_vision:
+        raise ValueError("--lora_vision needs --training_mode lora")

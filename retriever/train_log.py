@@ -1,0 +1,99 @@
+"""Where training metrics go: ``log.jsonl`` (always), TensorBoard, W&B (when installed and asked), ``loss.png``.
+
+Only rank 0 writes. ``log.jsonl`` has one record per optimizer step (loss, lr, grad norm, pairs/s, and a digest of
+the step's page ids) and is appended to on resume, so a resumed run's records can be compared with an
+uninterrupted run's; the last record of a step wins.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class TrainLog:
+    """Per-step metrics sink for rank 0 (a no-op on other ranks)."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool, report_to: list[str], run_name: str | None,
+                 config: dict[str, Any]):
+        self.enabled = enabled
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / "log.jsonl"
+        self.tensorboard = None
+        self.wandb = None
+        if not enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(self.output_dir / "runs"))
+        if "wandb" in report_to:
+            self.wandb = _start_wandb(run_name, config)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(f"train/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        plot_loss(self.path, self.output_dir / "loss.png")
+
+
+def read_log(path: str | Path) -> dict[int, dict[str, Any]]:
+    """The records of a ``log.jsonl`` by step (the last record of a step wins, as after a resume)."""
+    records: dict[int, dict[str, Any]] = {}
+    path = Path(path)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                records[record["step"]] = record
+    return records
+
+
+def plot_loss(log_path: str | Path, out: str | Path) -> None:
+    """Draw the loss curve of a ``log.jsonl`` to a PNG."""
+    records = read_log(log_path)
+    if not records:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(records)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, [records[s]["loss"] for s in steps], linewidth=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("contrastive loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _start_wandb(run_name: str | None, config: dict[str, Any]):
+    try:
+        import wandb
+    except ImportError:
+        logger.warning("--report_to wandb: wandb is not installed (pip install wandb); logging to W&B is off")
+        return None
+    wandb.init(name=run_name, config=config)
+    return wandb

@@ -1,0 +1,131 @@
+"""End-to-end training with a tiny Qwen2-VL: smoke, exact resume after kill -9, two "nodes", bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from retriever.train_log import read_log
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = 24
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    """A folder of small distinct page images and pairs with hard negatives."""
+    root = tmp_path_factory.mktemp("train_data")
+    images = root / "images"
+    images.mkdir()
+    for i in range(PAGES):
+        image = Image.new("RGB", (56 + 8 * (i % 3), 56), (10 * i % 256, 255 - 9 * i % 256, 40 * (i % 5)))
+        ImageDraw.Draw(image).text((4, 20), f"p{i}", fill="black")
+        image.save(images / f"page{i}.png")
+    lines = [json.dumps({"query": f"what is on page {i}?", "pos": [f"page{i}.png"],
+                         "neg": [f"page{(i + 1) % PAGES}.png", f"page{(i + 5) % PAGES}.png"]}) for i in range(PAGES)]
+    (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model_name_or_path", str(model), "--output_dir", str(out), "--train_data", str(data / "pairs.jsonl"),
+            "--image_root", str(data / "images"), "--per_device_train_batch_size", "4", "--num_negatives", "1",
+            "--gc_chunk_size", "3", "--training_mode", "full", "--learning_rate", "1e-3", "--seed", "3",
+            "--dataloader_num_workers", "0", "--report_to", "none", "--disable_tqdm", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _train(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "retriever.train", *args], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_smoke_saves_final_model(tiny_model_dir, train_data, tmp_path):
+    out = tmp_path / "run"
+    result = _train(_args(tiny_model_dir("qwen2_vl"), train_data, out, "--max_steps", "2", "--head", "multi",
+                          "--training_mode", "lora", "--report_to", "tensorboard"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = read_log(out / "log.jsonl")
+    assert sorted(log) == [1, 2]
+    assert all(record["loss"] > 0 and record["pairs_per_second"] > 0 for record in log.values())
+    assert (out / "loss.png").stat().st_size > 0
+    assert any((out / "runs").iterdir()), "no TensorBoard event file"
+    from retriever.encoder import RetrieverEncoder
+
+    encoder = RetrieverEncoder.from_pretrained(out / "final")
+    assert encoder.config.head == "multi"
+    vectors = encoder.encode_queries(["what is on page 3?"])
+    assert len(vectors) == 1 and vectors[0].shape[-1] == 128
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, train_data, tmp_path):
+    model = tiny_model_dir("qwen2_vl")
+    steps = ["--max_steps", "6", "--save_steps", "2", "--save_total_limit", "5", "--gradient_accumulation_steps", "2",
+             "--per_device_train_batch_size", "2"]
+    reference = _train(_args(model, train_data, tmp_path / "reference", *steps))
+    assert reference.returncode == 0, reference.stderr[-4000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "retriever.train", *_args(model, train_data, out, *steps)],
+                            env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-2" / "COMPLETE").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = _train(_args(model, train_data, out, *steps, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr
+
+    expected, got = read_log(tmp_path / "reference" / "log.jsonl"), read_log(out / "log.jsonl")
+    assert sorted(got) == sorted(expected) == list(range(1, 7))
+    for step in expected:
+        assert got[step]["pages_sha1"] == expected[step]["pages_sha1"], f"step {step} drew other pages"
+        assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-6), f"step {step}"
+
+
+@pytest.mark.distributed
+def test_two_nodes_on_localhost(tiny_model_dir, train_data, tmp_path):
+    out = tmp_path / "two_nodes"
+    args = _args(tiny_model_dir("qwen2_vl"), train_data, out, "--max_steps", "2", "--per_device_train_batch_size", "2")
+    port = str(29500 + os.getpid() % 1000)
+    env = {**_env(), "NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+           "PYTHON": sys.executable}
+    nodes = [subprocess.Popen(["bash", "shell/train_multinode.sh", *args], cwd=REPO, env={**env, "NODE_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert sorted(read_log(out / "log.jsonl")) == [1, 2]
+    assert (out / "final").is_dir()
+
+
+def test_bad_line_fails_before_training(train_data, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "pos": ["page1.png"]}) + "\n"
+                   + json.dumps({"query": "q2", "pos": ["page2.png"], "neg": ["nope.png"]}) + "\n")
+    args = _args(Path("/nonexistent-model"), train_data, tmp_path / "out", "--max_steps", "1")
+    args[args.index("--train_data") + 1] = str(bad)
+    result = _train(args, timeout=120)
+    assert result.returncode != 0
+    assert f"{bad}:2: unknown page id 'nope.png'" in result.stderr
+
+
+def test_deepspeed_config_contradicting_flags_is_refused(tiny_model_dir, train_data, tmp_path):
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 2}}))
+    result = _train(_args(tiny_model_dir("qwen2_vl"), train_data, tmp_path / "out", "--max_steps", "1",
+                          "--deepspeed", str(config)), timeout=120)
+    assert result.returncode != 0
+    assert "train_micro_batch_size_per_gpu is 16 but the training flags give 4" in result.stderr
