@@ -1,0 +1,78 @@
+"""Inspect a page store: ``python -m data_prep.inspect STORE [--json] [--dump PAGE_ID --png OUT.png]``.
+
+Prints the number of pages, shards, total and mean encoded bytes, image formats and the pixel-size range (from the
+per-page metadata); ``--json`` prints the same as one JSON object (``{"pages": N, "shards": ..., ...}``).
+``--dump`` decodes one page and writes it as PNG. ``--list`` prints the page ids.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Any
+
+import h5py
+import numpy as np
+
+from data_prep.store import PageStore, UnknownPageError
+
+
+def summarize(store: PageStore) -> dict[str, Any]:
+    """Counts and sizes of a store, read shard by shard (only the metadata and the lengths of the byte rows)."""
+    n_bytes, formats = 0, Counter()
+    widths: list[int] = []
+    heights: list[int] = []
+    shards = store.shard_files()
+    for shard in shards:
+        with h5py.File(shard, "r") as f:
+            data = f["data"]
+            for start in range(0, len(data), 1024):
+                n_bytes += sum(len(row) for row in data[start:start + 1024])
+            for raw in f["meta"].asstr()[()] if "meta" in f else []:
+                meta = json.loads(raw)
+                formats[meta.get("format", "?")] += 1
+                if "width" in meta:
+                    widths.append(meta["width"])
+                    heights.append(meta["height"])
+    n = len(store)
+    out: dict[str, Any] = {"path": str(store.path), "pages": n, "shards": len(shards), "bytes": n_bytes,
+                           "mean_bytes": round(n_bytes / n, 1) if n else 0, "formats": dict(formats)}
+    if widths:
+        out["width"] = {"min": int(np.min(widths)), "max": int(np.max(widths)), "mean": round(float(np.mean(widths)), 1)}
+        out["height"] = {"min": int(np.min(heights)), "max": int(np.max(heights)),
+                         "mean": round(float(np.mean(heights)), 1)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m data_prep.inspect", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("store", help="page store: a directory of shards or one .h5 shard")
+    ap.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    ap.add_argument("--list", action="store_true", help="print every page id, one per line")
+    ap.add_argument("--dump", metavar="PAGE_ID", help="page id to decode and write as PNG (with --png)")
+    ap.add_argument("--png", default="page.png", help="output file for --dump (default page.png)")
+    args = ap.parse_args(argv)
+    store = PageStore(args.store)
+    if args.list:
+        print("\n".join(store.ids()))
+        return
+    if args.dump:
+        try:
+            store.get_image(args.dump).save(args.png, "PNG")
+        except UnknownPageError as e:
+            raise SystemExit(f"error: {e}") from None
+        print(f"wrote {args.png} ({args.dump}: {json.dumps(store.meta(args.dump))})")
+        return
+    info = summarize(store)
+    if args.json:
+        print(json.dumps(info))
+        return
+    print(f"{info['path']}: {info['pages']} pages in {info['shards']} shard(s), {info['bytes'] / 2**20:.1f} MiB "
+          f"({info['mean_bytes'] / 1024:.1f} KiB/page), formats {info['formats']}")
+    if "width" in info:
+        print(f"  width px  {info['width']}\n  height px {info['height']}")
+
+
+if __name__ == "__main__":
+    main()
