@@ -1,0 +1,61 @@
+"""CLI: score a TREC run file against qrels with trec_eval-exact metrics, JSON on stdout or ``--out``.
+
+Example: ``python -m eval.score_run --run run.trec --qrels qrels.tsv --k 1,5,10``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from eval.metrics import DEFAULT_K, evaluate_run
+from eval.trec import FormatError, read_qrels, read_run
+
+
+def parse_k(text: str) -> list[int]:
+    """``"1,5,10"`` -> ``[1, 5, 10]``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k expects comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--k expects positive integers, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m eval.score_run",
+        description="Score a TREC run (qid Q0 docid rank score tag) against qrels (TREC 'qid 0 docid rel' or "
+        "BEIR TSV with a 'query-id corpus-id score' header). Metrics come from pytrec_eval and are named "
+        "as MTEB writes them (ndcg_at_10, recall_at_100, map_at_10, mrr_at_10, precision_at_1, hit_rate_at_5).",
+    )
+    p.add_argument("--run", required=True, type=Path, help="TREC run file")
+    p.add_argument("--qrels", required=True, type=Path, help="qrels file (TREC or BEIR TSV)")
+    p.add_argument("--k", type=parse_k, default=list(DEFAULT_K), help="cutoffs, comma-separated (default 1,3,5,10,100)")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON here instead of stdout")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run, qrels = read_run(args.run), read_qrels(args.qrels)
+    except (FormatError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    missing = set(run) - set(qrels)
+    if missing:
+        warnings.warn(f"{len(missing)} of {len(run)} run queries have no qrels and are not scored", stacklevel=1)
+    text = json.dumps(evaluate_run(qrels, run, args.k), indent=2)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
