@@ -1,0 +1,30 @@
+"""Registry of backbone adapters, by name and by ``config.model_type``.
+
+Add a family by writing a ``Backbone`` subclass in its own module and listing it in ``_ADAPTERS``.
+"""
+from __future__ import annotations
+
+from .base import Backbone, Example
+from .qwen_vl import Qwen25VL, QwenVL
+
+_ADAPTERS: tuple[type[Backbone], ...] = (QwenVL, Qwen25VL)
+REGISTRY: dict[str, type[Backbone]] = {cls.name: cls for cls in _ADAPTERS}
+
+
+def get_backbone(name: str) -> type[Backbone]:
+    """The adapter class registered as ``name``; unknown names list the supported ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; supported: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def backbone_for_model_type(model_type: str) -> type[Backbone]:
+    """The adapter whose family has ``config.model_type == model_type``."""
+    for cls in _ADAPTERS:
+        if model_type in cls.model_types:
+            return cls
+    raise ValueError(f"no backbone adapter for model_type {model_type!r}; supported backbones: "
+                     f"{', '.join(sorted(REGISTRY))}")
+
+
+__all__ = ["Backbone", "Example", "REGISTRY", "backbone_for_model_type", "get_backbone"]

@@ -1,0 +1,195 @@
+"""The backbone adapter interface: everything that differs between VLM families lives here.
+
+An adapter knows, for one model family,
+- how to turn a query text or a page (image + optional text) into token ids plus the image tensors of that
+  one example (``example``), expanding the image placeholder into the model's image tokens;
+- how to collate examples into a padded batch (``collate``) and split a batch into per-example chunks
+  (``split``) such that each chunk is exactly what ``collate`` would have produced for those examples,
+  up to extra padding;
+- how to run the model to the language model's last hidden states (``hidden_states``);
+- which module is the vision tower (``vision_module``) and which modules LoRA targets (``lora_targets``).
+
+Inputs are built from the checkpoint's own tokenizer and image processor (loaded with the transformers
+Auto classes).  The placeholder expansion mirrors the model's processor class; doing it here keeps the
+adapters independent of the video processors that some processor classes insist on constructing.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class Example:
+    """One tokenized query or page: token ids and the image tensors of its (at most one) image."""
+
+    input_ids: list[int]
+    tensors: dict[str, torch.Tensor]
+
+
+class Backbone:
+    """Base adapter; subclasses fill in the family-specific parts."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    requires_remote_code: ClassVar[bool] = False
+    # Regexes (peft ``target_modules`` as a string is a full-match regex) for LoRA presets.
+    lora_language: ClassVar[str]
+    lora_vision: ClassVar[str]
+    # Keys of the batch that hold per-image tensors (in addition to input_ids / attention_mask).
+    image_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    default_page_prompt: ClassVar[str] = "What is shown in this page?"
+
+    def __init__(self, tokenizer: Any, image_processor: Any, model_config: Any) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.model_config = model_config
+
+    @classmethod
+    def load_model(cls, path: Path, **kwargs: Any) -> torch.nn.Module:
+        """Loads the checkpoint's transformers model (safetensors weights only)."""
+        from transformers import AutoModelForImageTextToText
+
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True, **kwargs)
+
+    # ------------------------------------------------------------------ inputs
+    def set_resolution(self, max_pixels: int | None, max_visual_tokens: int | None) -> None:
+        """Caps the page resolution (pixels or visual tokens per image); no-op where not applicable."""
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with special tokens written literally in it, no automatic BOS/EOS."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def query_example(self, text: str) -> Example:
+        """A text-only example (a query, already carrying its prefix and augmentation tokens)."""
+        return Example(self.text_ids(self.query_template(text)), {})
+
+    def query_template(self, text: str) -> str:
+        """The full query string around ``text`` (chat markup, end-of-sequence token)."""
+        raise NotImplementedError
+
+    def page_example(self, image: Image.Image, text: str) -> Example:
+        """One page: the image placeholder expanded to image tokens, ``text`` after it, plus pixel tensors."""
+        raise NotImplementedError
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def collate(self, examples: Sequence[Example], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pads token ids to the longest example and concatenates the image tensors."""
+        length = max(len(e.input_ids) for e in examples)
+        ids = torch.full((len(examples), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), length), dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example.input_ids)
+            cols = slice(length - n, length) if padding_side == "left" else slice(0, n)
+            ids[row, cols] = torch.tensor(example.input_ids, dtype=torch.long)
+            mask[row, cols] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        batch.update(self.collate_images([e.tensors for e in examples]))
+        return batch
+
+    def collate_images(self, tensors: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Concatenates per-example image tensors along dim 0 (examples without an image add nothing)."""
+        present = [t for t in tensors if t]
+        if not present:
+            return {}
+        return {key: torch.cat([t[key] for t in present]) for key in present[0]}
+
+    # ------------------------------------------------------------------ splitting
+    def images_per_example(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
+        """Number of images of each example, read from its image placeholder tokens."""
+        return (batch["input_ids"] == self.image_start_id).sum(-1).tolist()
+
+    @property
+    def image_start_id(self) -> int:
+        """Id of a token that occurs exactly once per image in the expanded prompt."""
+        raise NotImplementedError
+
+    def rows_per_image(self, batch: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+        """For each image key, the rows of that tensor that belong to each image, in order."""
+        raise NotImplementedError
+
+    def split(self, batch: Mapping[str, torch.Tensor], chunk_size: int) -> list[dict[str, torch.Tensor]]:
+        """Consecutive chunks of <= chunk_size examples; padding columns unused by a chunk are trimmed.
+
+        Image tensors are flattened over the batch (rows per image differ by family), so each key is cut at
+        the row offsets of the chunk's first and last image.
+        """
+        size = batch["input_ids"].shape[0]
+        has_images = any(k in batch for k in self.image_keys)
+        image_offsets = [0]
+        for count in self.images_per_example(batch) if has_images else [0] * size:
+            image_offsets.append(image_offsets[-1] + count)
+        row_offsets = {}
+        if has_images:
+            for key, rows in self.rows_per_image(batch).items():
+                row_offsets[key] = [0]
+                for r in rows:
+                    row_offsets[key].append(row_offsets[key][-1] + r)
+        chunks = []
+        for start in range(0, size, chunk_size):
+            stop = min(start + chunk_size, size)
+            chunk = trim_padding({k: v[start:stop] for k, v in batch.items() if k not in self.image_keys})
+            first, last = image_offsets[start], image_offsets[stop]
+            if last > first:
+                chunk.update({k: batch[k][off[first]:off[last]] for k, off in row_offsets.items()})
+            chunks.append(chunk)
+        return chunks
+
+    # ------------------------------------------------------------------ model
+    def model_inputs(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, Any]:
+        """Keyword arguments of the base model's forward; pixel tensors cast to ``dtype``."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if "pixel_values" in batch:
+            inputs["pixel_values"] = batch["pixel_values"].to(dtype)
+        return inputs
+
+    def hidden_states(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Last hidden states [B, L, H] of the language model (no LM head is run)."""
+        base = self.base_model(model)
+        return base(**self.model_inputs(batch, model.dtype), use_cache=False).last_hidden_state
+
+    @property
+    def forward_parameters(self) -> frozenset[str]:
+        """Names accepted by the base model's forward (differs across transformers releases)."""
+        return self._forward_parameters
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Records facts about the loaded model that input building depends on."""
+        self._forward_parameters = frozenset(inspect.signature(self.base_model(model).forward).parameters)
+
+    @staticmethod
+    def base_model(model: torch.nn.Module) -> torch.nn.Module:
+        """The ``*Model`` inside a ``*ForConditionalGeneration`` (whose LM head retrieval never needs)."""
+        return model.model
+
+    def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The vision tower: a module whose output is a pure function of the pixel inputs."""
+        raise NotImplementedError
+
+
+def position_ids_from_mask(mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Positions counting only attended tokens, so left padding does not shift them."""
+    return (mask.long().cumsum(-1) - 1 + start).clamp(min=start)
+
+
+def trim_padding(chunk: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drops sequence columns that are padding for every row of the chunk (either padding side)."""
+    used = chunk["attention_mask"].bool().any(0).nonzero().flatten()
+    if used.numel() == 0:
+        return chunk
+    first, last = int(used[0]), int(used[-1]) + 1
+    return {k: (v[:, first:last] if v.dim() >= 2 and k in SEQUENCE_KEYS else v) for k, v in chunk.items()}
+
+
+SEQUENCE_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids"})

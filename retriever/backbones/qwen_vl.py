@@ -1,0 +1,85 @@
+"""Qwen2-VL and Qwen2.5-VL adapter.
+
+Pages: ``<|im_start|>user\\n<|vision_start|><|image_pad|>*N<|vision_end|>{text}<|im_end|>\\n<|im_start|>assistant\\n
+<|endoftext|>`` (the DSE layout), N = grid_t*grid_h*grid_w / merge_size**2.  Queries use the same chat turn
+without the image.  The image processor flattens all patches of a batch into one ``pixel_values`` matrix;
+``image_grid_thw`` gives each image's patch grid, so an image owns ``prod(grid)`` rows.  Multimodal rotary
+positions are computed by the model from ``attention_mask``, so left padding does not shift them.
+
+Vision tower (``vision_module``): ``model.model.visual`` — patch embedding, ViT blocks and the patch merger;
+its output depends only on ``pixel_values`` and ``grid_thw``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .base import Backbone, Example, position_ids_from_mask
+
+LANGUAGE_LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+class QwenVL(Backbone):
+    name = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+    lora_language = rf".*language_model.*\.{LANGUAGE_LINEAR}"
+    lora_vision = r".*visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2|mlp\.gate_proj|mlp\.up_proj|mlp\.down_proj)"
+    image_keys = ("pixel_values", "image_grid_thw")
+    default_page_prompt = "What is shown in this image?"
+
+    @property
+    def merge(self) -> int:
+        return self.image_processor.merge_size
+
+    def set_resolution(self, max_pixels: int | None, max_visual_tokens: int | None) -> None:
+        caps = [c for c in (max_pixels, max_visual_tokens and max_visual_tokens * (14 * self.merge) ** 2) if c]
+        if not caps:
+            return
+        longest = min(caps)
+        shortest = min(self.image_processor.size.get("shortest_edge", longest), longest)
+        self.image_processor.size = {"shortest_edge": shortest, "longest_edge": longest}
+        for attr, value in (("min_pixels", shortest), ("max_pixels", longest)):
+            if hasattr(self.image_processor, attr):
+                setattr(self.image_processor, attr, value)
+
+    def query_template(self, text: str) -> str:
+        return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n<|endoftext|>"
+
+    def page_example(self, image: Image.Image, text: str) -> Example:
+        pixels = self.image_processor(images=[image], return_tensors="pt")
+        grid = pixels["image_grid_thw"]
+        n_tokens = int(grid.prod()) // self.merge**2
+        prompt = (f"<|im_start|>user\n<|vision_start|>{'<|image_pad|>' * n_tokens}<|vision_end|>{text}"
+                  "<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
+        return Example(self.text_ids(prompt), {"pixel_values": pixels["pixel_values"], "image_grid_thw": grid})
+
+    @property
+    def image_start_id(self) -> int:
+        return self.model_config.vision_start_token_id
+
+    def rows_per_image(self, batch: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+        grid = batch["image_grid_thw"]
+        return {"pixel_values": grid.prod(-1).tolist(), "image_grid_thw": [1] * grid.shape[0]}
+
+    def model_inputs(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, Any]:
+        """Pages: the model derives M-RoPE positions from the mask; text only: 1-D positions from the mask."""
+        inputs = super().model_inputs(batch, dtype)
+        if "image_grid_thw" not in batch:
+            inputs["position_ids"] = position_ids_from_mask(batch["attention_mask"])
+            return inputs
+        inputs["image_grid_thw"] = batch["image_grid_thw"]
+        if "mm_token_type_ids" in self.forward_parameters:  # required by newer transformers releases
+            is_image = batch["input_ids"] == self.model_config.image_token_id
+            inputs["mm_token_type_ids"] = is_image.to(torch.int32)
+        return inputs
+
+    def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.base_model(model).visual
+
+
+class Qwen25VL(QwenVL):
+    name = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)

@@ -1,0 +1,169 @@
+"""Tiny random-weight checkpoints for every supported architecture, built fully offline.
+
+Design: each architecture gets a builder that assembles the *real* transformers classes
+(``<Arch>Config`` -> ``AutoModelForImageTextToText``, the PIL-backend image processor, the model's
+processor class) at toy sizes, plus a byte-level BPE tokenizer built with the ``tokenizers`` library
+that contains the architecture's special and image tokens.  Everything is written with
+``save_pretrained``, so the output directory has the same file layout as a hub checkpoint and is
+loaded by exactly the same code path (``--model_name_or_path DIR``).
+
+Sizes are chosen so that a forward pass of a 2-page batch takes well under a second on one CPU core:
+hidden size 64, 2 text layers, 1-2 vision layers, 14 px patches and images of a few patches.
+
+CLI: ``python -m retriever.tiny --arch qwen2_vl --out /tmp/tiny_qwen2_vl``
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForImageTextToText, PreTrainedConfig, PreTrainedTokenizerFast
+
+TEXT_HIDDEN = 64
+TEXT_HEADS = 4
+TEXT_LAYERS = 2
+VISION_HIDDEN = 32
+PATCH = 14
+
+
+def byte_level_tokenizer(
+    special_tokens: list[str], *, bos: str | None, eos: str, pad: str, unk: str | None = None,
+    extra_special_tokens: dict[str, str] | None = None, add_bos: bool = False,
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (256 byte symbols, no merges) with the given special tokens.
+
+    Byte-level symbols make every string encodable without an unknown token; special tokens are added
+    as atomic added tokens, so the processors' image placeholders map to single ids as in real models.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(special_tokens)
+    if add_bos and bos is not None:
+        from tokenizers.processors import TemplateProcessing
+
+        backend.post_processor = TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, backend.token_to_id(bos))]
+        )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
+        extra_special_tokens=extra_special_tokens or {},
+    )
+    return tokenizer
+
+
+def vocab_size_for(tokenizer: PreTrainedTokenizerFast) -> int:
+    """Embedding rows: the tokenizer length rounded up to a multiple of 64."""
+    return -(-len(tokenizer) // 64) * 64
+
+
+def text_kwargs(tokenizer: PreTrainedTokenizerFast, dropout: float) -> dict:
+    """Text-model sizes shared by all Llama/Qwen/Gemma style decoders."""
+    return dict(
+        vocab_size=vocab_size_for(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=2 * TEXT_HIDDEN,
+        num_hidden_layers=TEXT_LAYERS, num_attention_heads=TEXT_HEADS, num_key_value_heads=2,
+        max_position_embeddings=1024, attention_dropout=dropout,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+# ---------------------------------------------------------------- Qwen2-VL / Qwen2.5-VL
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _build_qwen(arch: str, out: Path, dropout: float) -> None:
+    from transformers import Qwen2VLImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    ids = tokenizer.convert_tokens_to_ids
+    text = text_kwargs(tokenizer, dropout) | {
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
+    common = dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                  vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+                  tie_word_embeddings=True)
+    if arch == "qwen2_vl":
+        from transformers import Qwen2VLConfig
+
+        vision = dict(depth=2, embed_dim=VISION_HIDDEN, hidden_size=TEXT_HIDDEN, num_heads=2, mlp_ratio=2,
+                      patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
+    else:
+        from transformers import Qwen2_5_VLConfig
+
+        vision = dict(depth=2, hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_heads=2,
+                      out_hidden_size=TEXT_HIDDEN, patch_size=PATCH, spatial_merge_size=2,
+                      temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}, patch_size=PATCH, temporal_patch_size=2,
+        merge_size=2)
+    _save(config, tokenizer, image_processor, QWEN_CHAT_TEMPLATE, out)
+
+
+def _save(config: PreTrainedConfig, tokenizer: PreTrainedTokenizerFast, image_processor: Any,
+          chat_template: str, out: Path) -> None:
+    """Writes the random-weight model of ``config``, the tokenizer (with chat template) and image processor.
+
+    The files match a hub checkpoint (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
+    chat_template.jinja, preprocessor_config.json), so the model's own processor class also loads the
+    directory where its optional dependencies (video processors need torchvision) are installed.
+    """
+    model = AutoModelForImageTextToText.from_config(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+
+
+BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
+    "qwen2_vl": _build_qwen,
+    "qwen2_5_vl": _build_qwen,
+}
+
+
+def build_tiny(arch: str, out: Path, *, dropout: float = 0.0, seed: int = 0) -> Path:
+    """Writes a tiny random-weight checkpoint of ``arch`` to ``out`` and returns ``out``.
+
+    ``dropout`` sets the attention/hidden dropout of the text and vision configs where the architecture
+    has them; ``seed`` makes the random weights reproducible.
+    """
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; supported: {', '.join(sorted(BUILDERS))}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    BUILDERS[arch](arch, out, dropout)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m retriever.tiny",
+        description="Write a tiny random-weight VLM checkpoint (config, safetensors, tokenizer, processor) "
+        "that loads like a hub checkpoint; for offline tests and smoke runs.")
+    parser.add_argument("--arch", required=True, choices=sorted(BUILDERS), help="architecture to build")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="attention/hidden dropout (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    args = parser.parse_args(argv)
+    print(build_tiny(args.arch, args.out, dropout=args.dropout, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()
