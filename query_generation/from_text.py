@@ -1,0 +1,76 @@
+"""``python -m query_generation.from_text``: queries from a page's own text layer, no model needed.
+
+For every page of a ``pages.jsonl`` listed with ``--with_text``, one sentence of the page (chosen deterministically
+per seed among those with at least ``--min_words`` words) becomes its query. This is the cheap baseline and the
+quickstart's source of pairs; VLM-generated questions are the real thing. Pages without a usable sentence are
+counted and skipped (they are usually scans or figures, which only a VLM can ask about).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str, min_words: int, max_words: int) -> list[str]:
+    """Sentences of a page's text with a word count in ``[min_words, max_words]``, whitespace normalised."""
+    flat = " ".join(text.split())
+    found = (s.strip() for s in _SENTENCE.split(flat))
+    return [s for s in found if min_words <= len(s.split()) <= max_words]
+
+
+def pair_for_page(record: dict, rng: random.Random, min_words: int, max_words: int) -> dict | None:
+    """One training pair for a page record of pages.jsonl, or None when its text has no usable sentence."""
+    candidates = sentences(record.get("text") or "", min_words, max_words)
+    if not candidates:
+        return None
+    return {"query": rng.choice(candidates), "pos": [record["id"]], "neg": [], "source": "text_layer",
+            "doc_id": record.get("doc_id")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m query_generation.from_text", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", required=True, help="pages.jsonl written by data_prep.split_pdfs --with_text")
+    parser.add_argument("--out", required=True, help="pairs JSONL ({'query', 'pos', 'neg', 'source', 'doc_id'})")
+    parser.add_argument("--min_words", type=int, default=5)
+    parser.add_argument("--max_words", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    rng = random.Random(args.seed)
+    written = skipped = 0
+    out = Path(args.out)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with Path(args.pages).open(encoding="utf-8") as pages, tmp.open("w", encoding="utf-8") as handle:
+        for number, line in enumerate(tqdm(pages, desc="queries from text", unit="page"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{args.pages}:{number}: not valid JSON ({err.msg})") from err
+            if "id" not in record:
+                raise ValueError(f"{args.pages}:{number}: no 'id' field")
+            pair = pair_for_page(record, rng, args.min_words, args.max_words)
+            if pair is None:
+                skipped += 1
+                continue
+            handle.write(json.dumps(pair, ensure_ascii=False) + "\n")
+            written += 1
+    tmp.replace(out)
+    print(f"{written} pairs written to {out}; {skipped} pages had no sentence of {args.min_words}-{args.max_words} words")
+
+
+if __name__ == "__main__":
+    main()

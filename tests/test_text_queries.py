@@ -1,0 +1,27 @@
+"""Queries from a page's text layer, on sample PDFs listed by data_prep.split_pdfs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from query_generation.from_text import main as from_text, sentences
+
+
+def test_sentences_filter_by_length():
+    text = "Short one. This sentence has exactly seven words here! Another\nline with   spacing is fine?"
+    assert sentences(text, 5, 10) == ["This sentence has exactly seven words here!", "Another line with spacing is fine?"]
+
+
+def test_sample_pdfs_to_pairs(tmp_path):
+    subprocess.run([sys.executable, "-m", "data_prep.sample_pdfs", "--out", str(tmp_path / "pdfs"), "--docs", "2",
+                    "--pages", "3"], check=True)
+    subprocess.run([sys.executable, "-m", "data_prep.split_pdfs", "--pdfs", str(tmp_path / "pdfs"), "--out",
+                    str(tmp_path / "pages.jsonl"), "--with_text"], check=True)
+    from_text(["--pages", str(tmp_path / "pages.jsonl"), "--out", str(tmp_path / "pairs.jsonl")])
+    pages = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "pages.jsonl").read_text().splitlines()}
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == len(pages) == 6
+    for pair in pairs:
+        (page,) = pair["pos"]
+        assert pair["query"] in " ".join(pages[page]["text"].split())
