@@ -116,6 +116,90 @@ def _build_qwen(arch: str, out: Path, dropout: float) -> None:
     _save(config, tokenizer, image_processor, QWEN_CHAT_TEMPLATE, out)
 
 
+# ---------------------------------------------------------------- InternVL (InternViT + Qwen2 LM)
+INTERNVL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _build_internvl(arch: str, out: Path, dropout: float) -> None:
+    from transformers import GotOcr2ImageProcessorPil, InternVLConfig
+
+    tokenizer = byte_level_tokenizer(
+        INTERNVL_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    text = text_kwargs(tokenizer, dropout) | {"model_type": "qwen2", "rope_theta": 10000.0}
+    vision = dict(hidden_size=VISION_HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=2 * VISION_HIDDEN, image_size=[56, 56], patch_size=[PATCH, PATCH],
+                  attention_dropout=dropout, projection_dropout=dropout, hidden_dropout_prob=dropout)
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(
+        "<IMG_CONTEXT>"), image_seq_length=4, downsample_ratio=0.5, tie_word_embeddings=True)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True,
+                                               min_patches=1, max_patches=4)
+    _save(config, tokenizer, image_processor, INTERNVL_CHAT_TEMPLATE, out)
+
+
+# ---------------------------------------------------------------- Idefics3 (SigLIP + Llama LM)
+IDEFICS3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<fake_token_around_image>", "<image>",
+                      "<global-img>", "<end_of_utterance>"]
+                     + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def _build_idefics3(arch: str, out: Path, dropout: float) -> None:
+    from transformers import Idefics3Config, Idefics3ImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(IDEFICS3_SPECIALS, bos="<|begin_of_text|>", eos="<end_of_utterance>",
+                                     pad="<pad>")
+    text = text_kwargs(tokenizer, dropout) | {"model_type": "llama", "rope_theta": 10000.0}
+    vision = dict(hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=28, patch_size=PATCH, attention_dropout=dropout)
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=2,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 56}, max_image_size={"longest_edge": 28},
+                                                do_image_splitting=True)
+    _save(config, tokenizer, image_processor, IDEFICS3_CHAT_TEMPLATE, out)
+
+
+# ---------------------------------------------------------------- PaliGemma (SigLIP + Gemma LM)
+PALIGEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+PALIGEMMA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+)
+
+
+def _build_paligemma(arch: str, out: Path, dropout: float) -> None:
+    from transformers import PaliGemmaConfig, SiglipImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(PALIGEMMA_SPECIALS, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
+                                     extra_special_tokens={"image_token": "<image>"})
+    text = text_kwargs(tokenizer, dropout) | {"model_type": "gemma", "head_dim": TEXT_HIDDEN // TEXT_HEADS,
+                                              "rope_theta": 10000.0}
+    vision = dict(model_type="siglip_vision_model", hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN,
+                  num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=PATCH,
+                  projection_dim=TEXT_HIDDEN, attention_dropout=dropout)
+    config = PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=TEXT_HIDDEN,
+                             hidden_size=TEXT_HIDDEN, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                             vocab_size=vocab_size_for(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    image_processor = SiglipImageProcessorPil(size={"height": 28, "width": 28}, image_seq_length=4)
+    _save(config, tokenizer, image_processor, PALIGEMMA_CHAT_TEMPLATE, out)
+
+
 def _save(config: PreTrainedConfig, tokenizer: PreTrainedTokenizerFast, image_processor: Any,
           chat_template: str, out: Path) -> None:
     """Writes the random-weight model of ``config``, the tokenizer (with chat template) and image processor.
@@ -134,6 +218,9 @@ def _save(config: PreTrainedConfig, tokenizer: PreTrainedTokenizerFast, image_pr
 BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
     "qwen2_vl": _build_qwen,
     "qwen2_5_vl": _build_qwen,
+    "internvl": _build_internvl,
+    "idefics3": _build_idefics3,
+    "paligemma": _build_paligemma,
 }
 
 

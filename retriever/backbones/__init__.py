@@ -5,9 +5,12 @@ Add a family by writing a ``Backbone`` subclass in its own module and listing it
 from __future__ import annotations
 
 from .base import Backbone, Example
+from .idefics3 import Idefics3
+from .internvl import InternVL
+from .paligemma import PaliGemma
 from .qwen_vl import Qwen25VL, QwenVL
 
-_ADAPTERS: tuple[type[Backbone], ...] = (QwenVL, Qwen25VL)
+_ADAPTERS: tuple[type[Backbone], ...] = (QwenVL, Qwen25VL, InternVL, Idefics3, PaliGemma)
 REGISTRY: dict[str, type[Backbone]] = {cls.name: cls for cls in _ADAPTERS}
 
 

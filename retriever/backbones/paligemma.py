@@ -1,0 +1,62 @@
+"""PaliGemma (SigLIP + Gemma LM; the ColPali backbone) adapter.
+
+Inputs follow the PaliGemma processor: ``<image>*N{bos}{text}\\n`` with N = (image_size / patch_size)^2;
+queries are ``{bos}{text}\\n``.  ``token_type_ids`` are all 0 (the whole input is the bidirectional
+prefix), and positions start at 1 as in PaliGemma, counted over attended tokens so that left padding
+does not shift them.  ``pixel_values`` is [images, 3, H, W], one row per page.
+
+Vision tower (``vision_module``): ``model.model.vision_tower`` (SigLIP); the ``multi_modal_projector``
+stays trainable when the tower is frozen.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .base import Backbone, Example, position_ids_from_mask
+
+LANGUAGE_LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+class PaliGemma(Backbone):
+    name = "paligemma"
+    model_types = ("paligemma",)
+    lora_language = rf".*language_model.*\.{LANGUAGE_LINEAR}"
+    lora_vision = (r".*vision_tower\..*encoder\.layers\.\d+\."
+                   r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)")
+    default_page_prompt = "Describe the image."
+
+    @property
+    def image_seq_len(self) -> int:
+        vision = self.model_config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
+    @property
+    def image_token(self) -> str:
+        return self.tokenizer.convert_ids_to_tokens(self.model_config.image_token_id)
+
+    def query_template(self, text: str) -> str:
+        return f"{self.tokenizer.bos_token}{text}\n"
+
+    def page_example(self, image: Image.Image, text: str) -> Example:
+        pixels = self.image_processor(images=[image], return_tensors="pt")
+        prompt = f"{self.image_token * self.image_seq_len}{self.tokenizer.bos_token}{text}\n"
+        return Example(self.text_ids(prompt), {"pixel_values": pixels["pixel_values"]})
+
+    def images_per_example(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
+        return (batch["input_ids"] == self.model_config.image_token_id).any(-1).long().tolist()
+
+    def rows_per_image(self, batch: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+        return {"pixel_values": [1] * batch["pixel_values"].shape[0]}
+
+    def model_inputs(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, Any]:
+        inputs = super().model_inputs(batch, dtype)
+        inputs["position_ids"] = position_ids_from_mask(batch["attention_mask"], start=1)
+        inputs["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        return inputs
+
+    def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.base_model(model).vision_tower
