@@ -1,4 +1,4 @@
-"""Page rasterization with PyMuPDF and encoding with PIL, plus the render worker process loop.
+"""Page rasterization with PyMuPDF and encoding with PIL, plus the task handler of render workers.
 
 PyMuPDF is not thread-safe, so pages are rendered in worker *processes*; each task is a run of consecutive pages
 of one document, so a worker opens each document once per task (and keeps the last one open for the next task of
@@ -6,15 +6,14 @@ the same document). The longest side is capped by lowering the render scale (nev
 resizing): a 28,590-px-tall page at 144 dpi costs what a capped page costs. Encoding is deterministic (fixed
 quality, no optimizer passes), so a page renders to the same bytes in every run -- what makes resume exact.
 
-Worker protocol (over a ``multiprocessing`` pipe): the worker sends ``("ready",)`` once imported; for each task
-(a list of page records) it sends one ``("ok", id, bytes, meta)`` or ``("fail", id, reason)`` per page, in order,
-then ``("done",)``. The parent enforces the per-page timeout from the time of the last message.
+Render workers run under ``data_prep.supervisor`` (per-page timeout, replacement of dead workers); a task is a run
+of page records of one document and yields one ``("ok", bytes, meta)`` or ``("fail", reason)`` per page.
 """
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import pymupdf
 from PIL import Image
@@ -96,14 +95,14 @@ class _DocCache:
         self.source, self.doc = None, None
 
 
-def render_task(pages: list[dict[str, Any]], settings: RenderSettings, passwords: dict[str, str],
-                cache: _DocCache, send) -> None:
-    """Render a run of pages of one document, reporting each page through ``send``."""
+def render_pages(pages: list[dict[str, Any]], settings: RenderSettings, passwords: dict[str, str],
+                 cache: _DocCache) -> Iterator[tuple]:
+    """Render a run of pages of one document: yields ``("ok", bytes, meta)`` or ``("fail", reason)`` per page."""
     try:
         doc = cache.get(pages[0], passwords)
     except PdfError as e:
-        for rec in pages:
-            send(("fail", rec["id"], str(e)))
+        for _ in pages:
+            yield ("fail", str(e))
         return
     for rec in pages:
         try:
@@ -111,24 +110,14 @@ def render_task(pages: list[dict[str, Any]], settings: RenderSettings, passwords
                 raise PdfError(f"page {rec['page']} out of range: document has {doc.page_count} pages")
             page = doc.load_page(rec["page"] - 1)
             img, dpi = render_page(page, settings)
-            send(("ok", rec["id"], encode(img, settings), page_meta(rec, img, dpi, page, settings)))
+            yield ("ok", encode(img, settings), page_meta(rec, img, dpi, page, settings))
         except Exception as e:  # fonts that fail, broken content streams, decoder errors: recorded, not fatal
-            send(("fail", rec["id"], f"render error: {type(e).__name__}: {e}"))
+            yield ("fail", f"render error: {type(e).__name__}: {e}")
 
 
-def worker_main(conn, settings: RenderSettings, passwords: dict[str, str]) -> None:
-    """Entry point of a render worker process (see the module docstring for the protocol)."""
+def page_renderer(settings: RenderSettings, passwords: dict[str, str]):
+    """Worker-side factory (see ``data_prep.supervisor``): the task handler of a render process."""
     pymupdf.TOOLS.mupdf_display_errors(False)
     pymupdf.TOOLS.mupdf_display_warnings(False)
     cache = _DocCache()
-    conn.send(("ready",))
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            break
-        if msg is None:
-            break
-        render_task(msg, settings, passwords, cache, conn.send)
-        conn.send(("done",))
-    cache.close()
+    return lambda pages: render_pages(pages, settings, passwords, cache)

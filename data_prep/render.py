@@ -2,8 +2,9 @@
 
 Design
     * Tasks are runs of up to ``--chunk_pages`` consecutive pages of one document, handed to ``--workers`` render
-      processes (``data_prep.rasterize``; PyMuPDF is not thread-safe). This process is the single writer: it
-      receives encoded pages through pipes and appends them to a ``PageStoreWriter`` (atomic shard commits).
+      processes (``data_prep.rasterize`` under ``data_prep.supervisor``; PyMuPDF is not thread-safe). This
+      process is the single writer: it receives encoded pages through pipes and appends them to a
+      ``PageStoreWriter`` (atomic shard commits).
     * Per-page timeout: a worker that sends nothing for ``--page_timeout`` seconds is killed (SIGKILL) and
       replaced; the page it was on is recorded as failed and the rest of its task is re-queued. A worker that dies
       (segfault in a decoder, out of memory) is handled the same way.
@@ -17,11 +18,8 @@ Design
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import signal
-import time
 from collections import deque
-from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,9 @@ from tqdm import tqdm
 from data_prep.failures import FailureLog
 from data_prep.pages import read_pages
 from data_prep.pdf import load_passwords
-from data_prep.rasterize import FORMATS, RenderSettings, worker_main
+from data_prep.rasterize import FORMATS, RenderSettings, page_renderer
 from data_prep.store import PageStoreWriter
+from data_prep.supervisor import Supervisor
 
 
 def make_tasks(pages: list[dict[str, Any]], chunk_pages: int) -> deque[list[dict[str, Any]]]:
@@ -46,94 +45,21 @@ def make_tasks(pages: list[dict[str, Any]], chunk_pages: int) -> deque[list[dict
     return tasks
 
 
-class _Worker:
-    """One render process, its pipe, and the task it is on (``pos`` = index of the page it is rendering)."""
+def _sink(writer: PageStoreWriter, flog: FailureLog, bar: tqdm):
+    """Parent-side callbacks of the supervisor: store rendered pages, log failed ones."""
 
-    def __init__(self, ctx, settings: RenderSettings, passwords: dict[str, str]):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=worker_main, args=(child, settings, passwords), daemon=True)
-        self.proc.start()
-        child.close()
-        self.ready = False
-        self.task: list[dict[str, Any]] | None = None
-        self.pos = 0
-        self.since = time.monotonic()
+    def on_fail(rec: dict[str, Any], reason: str) -> None:
+        flog.add(reason, stage="render", doc=rec["doc_id"], source=rec["source"], page=rec["page"], page_id=rec["id"])
+        bar.update(1)
 
-    def assign(self, task: list[dict[str, Any]]) -> None:
-        self.task, self.pos, self.since = task, 0, time.monotonic()
-        self.conn.send(task)
+    def on_result(rec: dict[str, Any], result: tuple) -> None:
+        if result[0] != "ok":
+            on_fail(rec, result[1])
+            return
+        writer.add(rec["id"], result[1], result[2])
+        bar.update(1)
 
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join()
-        self.conn.close()
-
-
-class Renderer:
-    """Runs the worker pool over the tasks, feeding results to the store writer and the failures log."""
-
-    def __init__(self, settings: RenderSettings, passwords: dict[str, str], workers: int, page_timeout: float,
-                 writer: PageStoreWriter, flog: FailureLog, bar: tqdm):
-        self.ctx = mp.get_context("spawn")
-        self.settings, self.passwords, self.page_timeout = settings, passwords, page_timeout
-        self.writer, self.flog, self.bar = writer, flog, bar
-        self.workers = [_Worker(self.ctx, settings, passwords) for _ in range(workers)]
-        self.rendered = self.failed = 0
-
-    def _fail(self, rec: dict[str, Any], reason: str) -> None:
-        self.flog.add(reason, stage="render", doc=rec["doc_id"], source=rec["source"], page=rec["page"],
-                      page_id=rec["id"])
-        self.failed += 1
-        self.bar.update(1)
-
-    def _replace(self, w: _Worker, reason: str, tasks: deque) -> None:
-        """Kill ``w``, fail the page it was on, re-queue the rest of its task and start a fresh worker."""
-        task, pos = w.task, w.pos
-        w.kill()
-        if task is not None and pos < len(task):
-            self._fail(task[pos], reason)
-            if pos + 1 < len(task):
-                tasks.appendleft(task[pos + 1:])
-        self.workers[self.workers.index(w)] = _Worker(self.ctx, self.settings, self.passwords)
-
-    def _handle(self, w: _Worker, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "ready":
-            w.ready, w.task = True, None
-        elif kind == "done":
-            w.task = None
-        else:
-            assert w.task is not None and msg[1] == w.task[w.pos]["id"], f"worker out of sync at {msg[1]!r}"
-            if kind == "ok":
-                self.writer.add(msg[1], msg[2], msg[3])
-                self.rendered += 1
-                self.bar.update(1)
-            else:
-                self._fail(w.task[w.pos], msg[2])
-            w.pos += 1
-            w.since = time.monotonic()
-
-    def run(self, tasks: deque) -> None:
-        try:
-            while tasks or any(w.task is not None for w in self.workers):
-                for w in self.workers:
-                    if w.ready and w.task is None and tasks:
-                        w.assign(tasks.popleft())
-                by_conn = {w.conn: w for w in self.workers}
-                for conn in wait(list(by_conn), timeout=min(1.0, self.page_timeout)):
-                    w = by_conn[conn]
-                    try:
-                        self._handle(w, conn.recv())
-                    except (EOFError, OSError):
-                        self._replace(w, f"worker process died (exit code {w.proc.exitcode})", tasks)
-                now = time.monotonic()
-                for w in list(self.workers):
-                    if w.task is not None and now - w.since > self.page_timeout:
-                        self._replace(w, f"timeout: no result within {self.page_timeout:g} s", tasks)
-        finally:
-            for w in self.workers:
-                w.kill()
+    return on_result, on_fail
 
 
 def render(pages_path: str | Path, out: str | Path, settings: RenderSettings, workers: int = 1,
@@ -147,8 +73,9 @@ def render(pages_path: str | Path, out: str | Path, settings: RenderSettings, wo
         done_before = len(pages) - len(todo)
         with tqdm(total=len(pages), initial=done_before, desc="render", unit="page", smoothing=0.1) as bar:
             if todo:
-                Renderer(settings, passwords or {}, max(1, workers), page_timeout, writer, flog, bar).run(
-                    make_tasks(todo, chunk_pages))
+                on_result, on_fail = _sink(writer, flog, bar)
+                Supervisor(page_renderer, (settings, passwords or {}), workers, page_timeout, on_result,
+                           on_fail).run(make_tasks(todo, chunk_pages))
         writer.commit()
         listed = {r["id"] for r in pages}
         rendered = len(listed & writer.committed_ids())

@@ -2,7 +2,9 @@
 
 Walks folders recursively (see ``data_prep.pages.find_pdfs``), hashes each PDF, counts and measures its pages and
 optionally extracts each page's text layer (``--with_text``, for query generation). Documents are independent, so
-they are processed by a process pool (``--workers``), in sorted order; output is deterministic.
+they are listed by supervised worker processes (``--workers``; a document taking longer than ``--doc_timeout``
+seconds, e.g. a page whose text extraction hangs, is killed and recorded as failed); the output is written in
+sorted path order, so it is deterministic.
 
 Encrypted PDFs are listed from their page count even without a password (sizes are ``null`` then) so that render
 records each of their pages as failed -- or renders them when its password map has the password. Files that cannot
@@ -13,39 +15,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pymupdf
 from tqdm import tqdm
 
 from data_prep.failures import FailureLog
 from data_prep.pages import find_pdfs, make_doc_id, page_id
 from data_prep.pdf import PdfError, load_passwords, open_pdf, password_for, sha256_file
+from data_prep.supervisor import Supervisor
 
-_PASSWORDS: dict[str, str] = {}
-
-
-def _init(passwords: dict[str, str]) -> None:
-    global _PASSWORDS
-    _PASSWORDS = passwords
-
-
-def list_document(path: Path, relpath: str, id_scheme: str, with_text: bool) -> tuple[list[dict], str | None]:
+def list_document(path: Path, relpath: str, passwords: dict[str, str], id_scheme: str,
+                  with_text: bool) -> tuple[list[dict], str | None]:
     """Page records of one PDF, or ``([], reason)`` when it cannot be listed."""
     sha = sha256_file(path)
     doc_id = make_doc_id(relpath, sha, id_scheme)
     base = {"doc_id": doc_id, "source": str(path), "relpath": relpath, "sha256": sha}
-    pw = password_for(_PASSWORDS, relpath, sha)
+    pw = password_for(passwords, relpath, sha)
     try:
         doc = open_pdf(path, pw)
         locked = False
     except PdfError as e:
         if not str(e).startswith("encrypted"):
             return [], str(e)
-        import pymupdf
-
         doc, locked = pymupdf.open(path, filetype="pdf"), True  # count pages; render records the failure
     with doc:
         n = doc.page_count
@@ -68,52 +63,70 @@ def list_document(path: Path, relpath: str, id_scheme: str, with_text: bool) -> 
     return records, None
 
 
-def _work(args: tuple[Path, str, str, bool]) -> tuple[Path, str, list[dict], str | None]:
-    path, relpath, scheme, with_text = args
-    try:
-        records, reason = list_document(path, relpath, scheme, with_text)
-    except Exception as e:  # never let one file stop the run
-        records, reason = [], f"{type(e).__name__}: {e}"
-    return path, relpath, records, reason
+def document_lister(passwords: dict[str, str], id_scheme: str, with_text: bool):
+    """Worker-side factory (see ``data_prep.supervisor``): lists each ``(path, relpath)`` of a task."""
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+
+    def handle(task: list[tuple[Path, str]]) -> Iterator[tuple[list[dict], str | None]]:
+        for path, relpath in task:
+            try:
+                yield list_document(path, relpath, passwords, id_scheme, with_text)
+            except Exception as e:  # never let one file stop the run
+                yield [], f"{type(e).__name__}: {e}"
+
+    return handle
 
 
 def split_pdfs(inputs: list[str], out: str | os.PathLike, failures: str | os.PathLike | None = None,
                passwords: dict[str, str] | None = None, with_text: bool = False, id_scheme: str = "path",
-               workers: int = 1) -> dict[str, int]:
-    """Write the page list; returns ``{"documents", "pages", "failed_documents"}``."""
+               workers: int = 1, doc_timeout: float = 600.0) -> dict[str, int]:
+    """Write the page list (in sorted path order); returns ``{"documents", "pages", "failed_documents"}``."""
     pdfs = find_pdfs(inputs)
+    order = {rel: i for i, (_, rel) in enumerate(pdfs)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     failures = Path(failures) if failures else out.with_name(out.stem + ".failures.jsonl")
     if failures.exists():
         failures.unlink()  # the page list is rewritten from scratch, so is its failures log
-    tasks = [(p, rel, id_scheme, with_text) for p, rel in pdfs]
-    n_pages = n_failed = 0
     tmp = out.with_name(out.name + ".tmp")
-    with FailureLog(failures) as flog, open(tmp, "w", encoding="utf-8") as fh:
-        if workers > 1:
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(passwords or {},))
-            results = pool.imap(_work, tasks, chunksize=4)
-        else:
-            pool, results = None, None
-            _init(passwords or {})
-            results = map(_work, tasks)
-        try:
-            for path, relpath, records, reason in tqdm(results, total=len(tasks), desc="split", unit="pdf"):
-                if reason is not None:
-                    n_failed += 1
-                    flog.add(reason, stage="split", doc=relpath, source=str(path))
-                for rec in records:
+    done: dict[int, list[dict]] = {}
+    counts = {"documents": len(pdfs), "pages": 0, "failed_documents": 0}
+    with FailureLog(failures) as flog, open(tmp, "w", encoding="utf-8") as fh, \
+            tqdm(total=len(pdfs), desc="split", unit="pdf") as bar:
+        next_i = 0
+
+        def flush() -> None:  # write finished documents in input order
+            nonlocal next_i
+            while next_i in done:
+                for rec in done.pop(next_i):
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                n_pages += len(records)
-        finally:
-            if pool is not None:
-                pool.terminate()
+                next_i += 1
+
+        def on_result(item: tuple[Path, str], result: tuple[list[dict], str | None]) -> None:
+            records, reason = result
+            if reason is not None:
+                on_fail(item, reason)
+                return
+            done[order[item[1]]] = records
+            counts["pages"] += len(records)
+            bar.update(1)
+            flush()
+
+        def on_fail(item: tuple[Path, str], reason: str) -> None:
+            flog.add(reason, stage="split", doc=item[1], source=str(item[0]))
+            counts["failed_documents"] += 1
+            done[order[item[1]]] = []
+            bar.update(1)
+            flush()
+
+        tasks = deque([[pdf] for pdf in pdfs])
+        Supervisor(document_lister, (passwords or {}, id_scheme, with_text), min(workers, max(1, len(pdfs))),
+                   doc_timeout, on_result, on_fail).run(tasks)
     os.replace(tmp, out)
-    summary = {"documents": len(pdfs), "pages": n_pages, "failed_documents": n_failed}
-    print(f"split_pdfs: {len(pdfs)} PDFs -> {n_pages} pages listed in {out}; "
-          f"{n_failed} documents failed (see {failures})")
-    return summary
+    print(f"split_pdfs: {len(pdfs)} PDFs -> {counts['pages']} pages listed in {out}; "
+          f"{counts['failed_documents']} documents failed (see {failures})")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,9 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--id_scheme", choices=("path", "sha256"), default="path",
                     help="doc id = relative path without .pdf (default) or the first 16 hex of the sha256")
     ap.add_argument("--workers", type=int, default=1, help="processes for listing (default 1)")
+    ap.add_argument("--doc_timeout", type=float, default=600.0,
+                    help="seconds one document may take to list (and extract text) before it is failed (default 600)")
     args = ap.parse_args(argv)
     split_pdfs(args.pdfs, args.out, args.failures, load_passwords(args.passwords), args.with_text,
-               args.id_scheme, args.workers)
+               args.id_scheme, args.workers, args.doc_timeout)
 
 
 if __name__ == "__main__":
