@@ -1,0 +1,149 @@
+"""Retrieval datasets in BEIR layout (as ViDoRe publishes them) and the registry of MTEB task names.
+
+Layout: three tables, ``corpus`` (``corpus-id``, ``image``), ``queries`` (``query-id``, ``query``) and ``qrels``
+(``query-id``, ``corpus-id``, ``score``); ``id`` / ``text`` column names (MTEB's own format) are accepted too.
+A source is one of
+
+* a local folder holding ``corpus``, ``queries``, ``qrels`` each as a ``save_to_disk`` dataset, a folder of
+  parquet files (a hub snapshot), or a ``<name>.parquet`` file;
+* a hub dataset name with configs ``corpus`` / ``queries`` / ``qrels`` (needs a reachable hub);
+* an MTEB task name (``VidoreDocVQARetrieval``) or group (``vidore_v1``, ``vidore_v2``, ``vidore_v3``), resolved
+  to hub names through the installed mteb's own task metadata (``mteb.get_task(name).metadata.dataset["path"]``
+  and the benchmarks ``ViDoRe(v1)``/``ViDoRe(v2)``/``ViDoRe(v3)``), so names never drift from MTEB's.
+
+A page store (:class:`data_prep.store.PageStore`) can replace the corpus table: its page ids are the corpus ids.
+Images are decoded lazily, one batch at a time.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from PIL import Image
+
+from eval.trec import Qrels
+
+__all__ = ["RetrievalData", "load_retrieval_data", "resolve_tasks", "GROUPS"]
+
+logger = logging.getLogger(__name__)
+
+GROUPS = {"vidore_v1": "ViDoRe(v1)", "vidore_v2": "ViDoRe(v2)", "vidore_v3": "ViDoRe(v3)"}
+_CORPUS_ID, _QUERY_ID, _QUERY_TEXT = ("corpus-id", "id", "_id"), ("query-id", "id", "_id"), ("query", "text")
+
+
+@dataclass
+class RetrievalData:
+    """One retrieval task: ordered corpus ids with a lazy image getter, queries and qrels."""
+
+    name: str
+    corpus_ids: list[str]
+    load_images: Callable[[Sequence[int]], list[Image.Image]]  # corpus positions -> PIL images
+    queries: dict[str, str]
+    qrels: Qrels
+
+    def check(self) -> None:
+        """Warn (with counts) about qrels naming queries or corpus ids that are absent."""
+        corpus = set(self.corpus_ids)
+        missing_q = [q for q in self.qrels if q not in self.queries]
+        missing_d = {d for docs in self.qrels.values() for d in docs if d not in corpus}
+        rows = sum(1 for docs in self.qrels.values() for d in docs if d not in corpus)
+        if missing_q:
+            warnings.warn(f"{self.name}: {len(missing_q)} qrels query ids are not among the {len(self.queries)} "
+                          f"queries (e.g. {missing_q[:3]}); they are not scored", stacklevel=2)
+        if missing_d:
+            warnings.warn(f"{self.name}: {rows} qrels rows name {len(missing_d)} corpus ids absent from the corpus "
+                          f"of {len(corpus)} pages (e.g. {sorted(missing_d)[:3]})", stacklevel=2)
+        if len(set(self.corpus_ids)) != len(self.corpus_ids):
+            raise ValueError(f"{self.name}: corpus ids are not unique")
+
+
+def _column(table: Dataset, candidates: Sequence[str], what: str, source: str) -> str:
+    """The first of ``candidates`` present in ``table``, or a clear error."""
+    for name in candidates:
+        if name in table.column_names:
+            return name
+    raise ValueError(f"{source}: {what} table has columns {table.column_names}, expected one of {list(candidates)}")
+
+
+def _local_table(root: Path, part: str, split: str) -> Dataset:
+    """``root/part`` as a saved dataset, a parquet folder, or ``root/part.parquet``."""
+    path = root / part
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        table = load_from_disk(str(path))
+    elif path.is_dir() and any(path.rglob("*.parquet")):
+        table = load_dataset("parquet", data_files=sorted(str(p) for p in path.rglob("*.parquet")), split="train")
+    elif path.with_suffix(".parquet").exists():
+        table = load_dataset("parquet", data_files=str(path.with_suffix(".parquet")), split="train")
+    else:
+        raise FileNotFoundError(f"{root}: no '{part}' table (saved dataset, parquet folder or {part}.parquet)")
+    if isinstance(table, DatasetDict):
+        if split not in table:
+            raise ValueError(f"{path}: split {split!r} not found (have {list(table)})")
+        table = table[split]
+    return table
+
+
+def _table(source: str, part: str, split: str) -> Dataset:
+    """One of the ``corpus`` / ``queries`` / ``qrels`` tables from a local folder or a hub dataset name."""
+    root = Path(source)
+    return _local_table(root, part, split) if root.exists() else load_dataset(source, part, split=split)
+
+
+def load_retrieval_data(source: str, split: str = "test", name: str | None = None,
+                        page_store: str | Path | None = None) -> RetrievalData:
+    """Load one BEIR-layout task; ``page_store`` replaces the corpus table (its ids are the corpus ids)."""
+    queries, qrels_table = _table(source, "queries", split), _table(source, "qrels", split)
+    q_id = _column(queries, _QUERY_ID, "queries", source)
+    q_text = _column(queries, _QUERY_TEXT, "queries", source)
+    queries_map = {str(i): str(t) for i, t in zip(queries[q_id], queries[q_text])}
+    qrels: Qrels = {}
+    for row in qrels_table.select_columns(["query-id", "corpus-id", "score"]).iter(batch_size=10_000):
+        for q, d, s in zip(row["query-id"], row["corpus-id"], row["score"]):
+            qrels.setdefault(str(q), {})[str(d)] = int(s)
+    if page_store is not None:
+        from data_prep.store import PageStore
+
+        store = PageStore(page_store)
+        ids = store.ids()
+        loader = _store_loader(store, ids)
+    else:
+        corpus = _table(source, "corpus", split)
+        ids = [str(i) for i in corpus[_column(corpus, _CORPUS_ID, "corpus", source)]]
+        _column(corpus, ("image",), "corpus", source)
+        images = corpus.select_columns(["image"])
+        loader = _table_loader(images)
+    data = RetrievalData(name or Path(source).name, ids, loader, queries_map, qrels)
+    data.check()
+    return data
+
+
+def _table_loader(images: Dataset) -> Callable[[Sequence[int]], list[Image.Image]]:
+    def load(positions: Sequence[int]) -> list[Image.Image]:
+        return [img.convert("RGB") for img in images.select(list(positions))["image"]]
+    return load
+
+
+def _store_loader(store, ids: list[str]) -> Callable[[Sequence[int]], list[Image.Image]]:
+    def load(positions: Sequence[int]) -> list[Image.Image]:
+        return [store.get_image(ids[p]).convert("RGB") for p in positions]
+    return load
+
+
+def resolve_tasks(names: Sequence[str]) -> list[tuple[str, str]]:
+    """``[(task name, source)]`` for local folders, hub names, MTEB task names and ``vidore_v*`` groups."""
+    resolved: list[tuple[str, str]] = []
+    for name in names:
+        if Path(name).exists():
+            resolved.append((Path(name).name, name))
+        elif name in GROUPS or name.startswith("Vidore"):
+            import mteb
+
+            tasks = mteb.get_benchmark(GROUPS[name]).tasks if name in GROUPS else [mteb.get_task(name)]
+            resolved.extend((t.metadata.name, t.metadata.dataset["path"]) for t in tasks)
+        else:
+            resolved.append((name.split("/")[-1], name))
+    return resolved

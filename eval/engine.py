@@ -1,0 +1,174 @@
+"""Sharded scoring engine shared by the retrieval and image<->text evaluators.
+
+Design
+------
+* Encoders are duck-typed by :class:`Encoder`: ``encode_queries(texts, batch_size, progress)``,
+  ``encode_pages(images, batch_size, ids, progress)`` returning ``[N, D]`` (dense) or a list of ``[L_i, D]``
+  (multi-vector), plus ``multi_vector``. :func:`is_multi_vector` also accepts ``config.head == "multi"``.
+* Under ``torchrun`` every rank encodes a contiguous shard of the queries (all-gathered afterwards: queries are
+  small) and a contiguous shard of the corpus, chunk by chunk. Each chunk is scored against all queries
+  (dense dot or blocked MaxSim) and folded into a running top-k, so neither the score matrix nor all page
+  embeddings are ever held; the per-rank top-k lists are merged with one all_gather.
+* Collectives run under the process group's timeout (:func:`init_distributed`), so a dead rank makes the others
+  fail with a message instead of hanging.
+* Resumable: after every chunk a rank saves its top-k state (``torch.save`` of tensors, reloaded with
+  ``weights_only=True``) under ``state_dir``; a rerun with the same settings continues from the next chunk.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from eval.topk import RunningTopK, merge_across_ranks
+from retriever.scoring import dense_scores, maxsim_lists, pad_multivector
+
+__all__ = ["Encoder", "RankInfo", "encode_sharded_queries", "init_distributed", "is_multi_vector", "score_shard",
+           "shard_range"]
+
+logger = logging.getLogger(__name__)
+Embeddings = Tensor | list[Tensor]
+
+
+class Encoder(Protocol):
+    """What the evaluators need from a model."""
+
+    multi_vector: bool
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int, progress: bool) -> Embeddings: ...
+
+    def encode_pages(self, images: Sequence[Image.Image], batch_size: int, ids: Sequence[str] | None,
+                     progress: bool) -> Embeddings: ...
+
+
+def is_multi_vector(encoder: Any) -> bool:
+    """``encoder.multi_vector`` if defined, else ``encoder.config.head == "multi"``."""
+    flag = getattr(encoder, "multi_vector", None)
+    return bool(flag) if flag is not None else getattr(encoder.config, "head", "dense") == "multi"
+
+
+class RankInfo:
+    """This process's rank and world size (1 process when no group is initialised)."""
+
+    def __init__(self) -> None:
+        active = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if active else 0
+        self.world = dist.get_world_size() if active else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(timeout_s: float) -> RankInfo:
+    """Join the torchrun group (NCCL with CUDA, else gloo) with a collective timeout; no-op when not launched."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return RankInfo()
+
+
+def shard_range(n: int, rank: int, world: int) -> range:
+    """Contiguous, balanced ``range`` of ``n`` items owned by ``rank``."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def encode_sharded_queries(encoder: Encoder, texts: Sequence[str], batch_size: int, info: RankInfo) -> Embeddings:
+    """Every rank encodes its shard of ``texts``; all ranks return the embeddings of all texts, in order."""
+    part = shard_range(len(texts), info.rank, info.world)
+    local = encoder.encode_queries([texts[i] for i in part], batch_size=batch_size, progress=info.is_main) \
+        if len(part) else []
+    local_list = list(local) if is_multi_vector(encoder) or isinstance(local, list) else list(local.unbind(0))
+    if info.world > 1:
+        gathered: list[Any] = [None] * info.world
+        dist.all_gather_object(gathered, local_list)
+        local_list = [e for shard in gathered for e in shard]
+    if is_multi_vector(encoder):
+        return local_list
+    return torch.stack(local_list) if local_list else torch.empty(0, 0)
+
+
+def _scorer(multi: bool, device: torch.device, compute_dtype: torch.dtype | None) -> Callable[[Any, Embeddings], Tensor]:
+    """Score function ``(prepared queries, page embeddings) -> [Nq, C]`` on ``device``."""
+    if multi:
+        return lambda q, pages: maxsim_lists(q, [p.to(device) for p in pages], compute_dtype=compute_dtype)
+    return lambda q, pages: dense_scores(q, pages.to(device, q.dtype)).float()
+
+
+def _state_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def score_shard(
+    encoder: Encoder,
+    query_emb: Embeddings,
+    n_pages: int,
+    load_pages: Callable[[Sequence[int]], list[Image.Image]],
+    page_ids: Sequence[str],
+    k: int,
+    info: RankInfo,
+    batch_size: int = 8,
+    chunk_pages: int = 256,
+    score_device: torch.device | str = "cpu",
+    compute_dtype: torch.dtype | None = None,
+    state_dir: Path | None = None,
+    on_chunk: Callable[[Tensor, range], None] | None = None,
+) -> list[list[tuple[int, float]]]:
+    """Global top-``k`` corpus positions per query ``[(position, score), ...]``, identical on all ranks.
+
+    This rank encodes and scores its shard of ``n_pages`` in chunks of ``chunk_pages``. ``on_chunk(scores, span)``
+    sees every ``[Nq, C]`` score chunk (used for image->text ranking). With ``state_dir`` the running top-k is
+    checkpointed per chunk and resumed (only when ``on_chunk`` is None, since its state is not saved).
+    """
+    multi = is_multi_vector(encoder)
+    device = torch.device(score_device)
+    if multi:
+        queries: Any = tuple(t.to(device) for t in pad_multivector(query_emb)) if len(query_emb) else None
+    else:
+        queries = query_emb.to(device)
+    n_queries = len(query_emb)
+    top = RunningTopK(n_queries, k)
+    score = _scorer(multi, device, compute_dtype)
+    shard = shard_range(n_pages, info.rank, info.world)
+    chunks = [shard[i:i + chunk_pages] for i in range(0, len(shard), chunk_pages)]
+    state_file, start = None, 0
+    if state_dir is not None and on_chunk is None:
+        key = _state_key({"n_q": n_queries, "n_pages": n_pages, "k": k, "world": info.world, "chunk": chunk_pages})
+        state_file = Path(state_dir) / f"topk_{key}_rank{info.rank}.pt"
+        if state_file.exists():
+            saved = torch.load(state_file, weights_only=True)
+            top.values, top.indices, start = saved["values"], saved["indices"], int(saved["next_chunk"])
+            logger.info("rank %d: resuming at chunk %d/%d from %s", info.rank, start, len(chunks), state_file)
+    for ci in tqdm(range(start, len(chunks)), desc=f"scoring pages (rank {info.rank})", disable=not info.is_main,
+                   initial=start, total=len(chunks)):
+        span = chunks[ci]
+        emb = encoder.encode_pages(load_pages(span), batch_size=batch_size, ids=[page_ids[i] for i in span],
+                                   progress=False)
+        scores = score(queries, emb) if n_queries else torch.empty(0, len(span))
+        if on_chunk is not None:
+            on_chunk(scores, span)
+        top.update(scores, torch.tensor(list(span)))
+        if state_file is not None:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_file.with_suffix(".tmp")
+            torch.save({"values": top.values, "indices": top.indices, "next_chunk": ci + 1}, tmp)
+            tmp.replace(state_file)
+    result = merge_across_ranks(top)
+    if state_file is not None and state_file.exists():
+        state_file.unlink()
+    return result

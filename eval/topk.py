@@ -1,0 +1,73 @@
+"""Streaming top-k over corpus chunks and its merge across ranks.
+
+The evaluator never holds the ``queries x corpus`` score matrix: each rank scores its corpus shard chunk by
+chunk and keeps, per query, only the best ``k`` (score, global corpus index) pairs seen so far
+(:class:`RunningTopK`). At the end the per-rank lists are all-gathered and reduced to the global top-k
+(:func:`merge_across_ranks`), a ``world_size * Nq * k`` exchange.
+
+Selection is deterministic and independent of chunking and sharding: candidates are ordered by score
+descending, ties by global corpus index ascending, so 1 and N ranks keep the same documents.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["RunningTopK", "merge_across_ranks", "select_topk"]
+
+_EMPTY = -1  # index of a padding slot (a rank with fewer than k documents)
+
+
+def select_topk(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Best ``k`` columns per row of ``values`` ``[Nq, C]`` (ties: smaller ``indices`` first)."""
+    by_index = torch.argsort(indices, dim=1, stable=True)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    return values.gather(1, order), indices.gather(1, order)
+
+
+class RunningTopK:
+    """Per-query best ``k`` of a stream of score chunks ``[Nq, C]`` with their global corpus indices."""
+
+    def __init__(self, n_queries: int, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = k
+        self.values = torch.full((n_queries, 0), float("-inf"))
+        self.indices = torch.full((n_queries, 0), _EMPTY, dtype=torch.long)
+
+    def update(self, scores: Tensor, doc_indices: Tensor) -> None:
+        """Fold in ``scores [Nq, C]`` for corpus positions ``doc_indices [C]``."""
+        scores = scores.detach().float().cpu()
+        cols = doc_indices.to(torch.long).cpu().unsqueeze(0).expand(scores.shape[0], -1)
+        self.values, self.indices = select_topk(torch.cat([self.values, scores], 1),
+                                                torch.cat([self.indices, cols], 1), self.k)
+
+    def padded(self) -> tuple[Tensor, Tensor]:
+        """``(values, indices)`` of shape ``[Nq, k]``; missing slots hold ``-inf`` / ``-1``."""
+        missing = self.k - self.values.shape[1]
+        if missing == 0:
+            return self.values, self.indices
+        n = self.values.shape[0]
+        return (torch.cat([self.values, torch.full((n, missing), float("-inf"))], 1),
+                torch.cat([self.indices, torch.full((n, missing), _EMPTY, dtype=torch.long)], 1))
+
+
+def merge_across_ranks(local: RunningTopK) -> list[list[tuple[int, float]]]:
+    """Global top-k per query as ``[(corpus index, score), ...]`` (best first), identical on every rank.
+
+    Without an initialised process group this is the local result. Uses ``all_gather`` on tensors, on the
+    current CUDA device when the backend is NCCL; the group's timeout bounds the wait for a dead rank.
+    """
+    values, indices = local.padded()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        world = dist.get_world_size()
+        gathered_v = [torch.empty_like(values, device=device) for _ in range(world)]
+        gathered_i = [torch.empty_like(indices, device=device) for _ in range(world)]
+        dist.all_gather(gathered_v, values.to(device))
+        dist.all_gather(gathered_i, indices.to(device))
+        values, indices = select_topk(torch.cat(gathered_v, 1).cpu(), torch.cat(gathered_i, 1).cpu(), local.k)
+    return [[(int(i), float(v)) for v, i in zip(row_v.tolist(), row_i.tolist()) if i != _EMPTY]
+            for row_v, row_i in zip(values, indices)]

@@ -1,0 +1,186 @@
+"""Native evaluator: known answers with toy encoders, 1 vs 2 ranks identical, page store corpus, bad input.
+
+Run as a script (``torchrun ... tests/test_eval_retrieval.py DATA OUT HEAD``) it evaluates the toy encoder on
+DATA under the launched process group and writes OUT/run.json on rank 0.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from eval.datasets import load_retrieval_data
+from eval.engine import init_distributed
+from eval.retrieval import evaluate_task, markdown_table
+
+N_PAGES, DIM = 23, 32
+
+
+def page_image(i: int) -> Image.Image:
+    """Page ``i`` carries its number in the red/green channels of its pixels."""
+    return Image.new("RGB", (8, 8), (i % 256, i // 256, 7))
+
+
+def _noise(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class ToyEncoder:
+    """Deterministic encoder with known answers: query "about page i" is closest to page i.
+
+    Dense: one-hot of the page number plus small hashed noise. Multi-vector: the same vector as one token
+    among several noise tokens (different counts per item), so MaxSim finds it.
+    """
+
+    def __init__(self, multi_vector: bool) -> None:
+        self.multi_vector = multi_vector
+
+    def _vectors(self, number: int, key: str) -> torch.Tensor:
+        base = torch.zeros(DIM)
+        base[number % DIM] = 1.0
+        base += 0.05 * _noise(key, (DIM,))
+        if not self.multi_vector:
+            return base
+        extra = 0.02 * _noise(key + "/tokens", (2 + number % 3, DIM))
+        return torch.cat([extra[:1], base[None], extra[1:]])
+
+    def _stack(self, vecs: list[torch.Tensor]):
+        return vecs if self.multi_vector else torch.stack(vecs)
+
+    def encode_queries(self, texts, batch_size=8, progress=False):
+        return self._stack([self._vectors(int(re.search(r"\d+", t).group()), t) for t in texts])
+
+    def encode_pages(self, images, batch_size=8, ids=None, progress=False):
+        numbers = [img.getpixel((0, 0))[0] + 256 * img.getpixel((0, 0))[1] for img in images]
+        return self._stack([self._vectors(n, f"page{n}") for n in numbers])
+
+
+def make_beir(root: Path, extra_qrels: bool = False) -> Path:
+    """A BEIR folder of N_PAGES pages; q_i is about page i, q_0 also about page 1."""
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+
+    corpus = Dataset.from_dict({"corpus-id": [f"p{i}" for i in range(N_PAGES)],
+                                "image": [page_image(i) for i in range(N_PAGES)]},
+                               features=Features({"corpus-id": Value("string"), "image": ImageFeature()}))
+    corpus.save_to_disk(str(root / "corpus"))
+    Dataset.from_dict({"query-id": [f"q{i}" for i in range(0, N_PAGES, 2)],
+                       "query": [f"about page {i}" for i in range(0, N_PAGES, 2)]}).save_to_disk(str(root / "queries"))
+    qrels = {"query-id": [f"q{i}" for i in range(0, N_PAGES, 2)] + ["q0"],
+             "corpus-id": [f"p{i}" for i in range(0, N_PAGES, 2)] + ["p1"],
+             "score": [1] * (N_PAGES // 2 + 1) + [1]}
+    if extra_qrels:
+        extra = {"query-id": ["q2", "q4"], "corpus-id": ["p_gone", "p_gone2"], "score": [1, 1]}
+        qrels = {k: v + extra[k] for k, v in qrels.items()}
+    Dataset.from_dict(qrels).save_to_disk(str(root / "qrels"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory) -> Path:
+    return make_beir(tmp_path_factory.mktemp("beir"))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_known_answers(beir_dir: Path, multi: bool) -> None:
+    data = load_retrieval_data(str(beir_dir), name="toy")
+    run, metrics = evaluate_task(ToyEncoder(multi), data, init_distributed(60), k_values=[1, 5], chunk_pages=4)
+    for qid, docs in run.items():
+        best = max(docs, key=docs.get)
+        assert best == "p" + qid[1:]  # the page with the query's number wins
+        assert len(docs) == 5
+    agg = metrics["aggregate"]
+    assert agg["precision_at_1"] == 1.0 and agg["mrr_at_5"] == 1.0
+    assert agg["recall_at_1"] == pytest.approx((0.5 + 11) / 12)  # q0 has two relevant pages
+    assert "| toy |" in markdown_table({"toy": agg})
+
+
+def test_resume_from_saved_state(beir_dir: Path, tmp_path: Path) -> None:
+    """A crash mid-task leaves a state file; the rerun continues from it and gives the same run."""
+    data = load_retrieval_data(str(beir_dir), name="toy")
+    info = init_distributed(60)
+    expected, _ = evaluate_task(ToyEncoder(True), data, info, k_values=[3], chunk_pages=5)
+
+    class Crash(ToyEncoder):
+        calls = 0
+
+        def encode_pages(self, images, batch_size=8, ids=None, progress=False):
+            Crash.calls += 1
+            if Crash.calls == 3:
+                raise RuntimeError("simulated crash")
+            return super().encode_pages(images, batch_size, ids, progress)
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate_task(Crash(True), data, info, k_values=[3], chunk_pages=5, state_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    seen: list[int] = []
+
+    class Counting(ToyEncoder):
+        def encode_pages(self, images, batch_size=8, ids=None, progress=False):
+            seen.append(len(images))
+            return super().encode_pages(images, batch_size, ids, progress)
+
+    resumed, _ = evaluate_task(Counting(True), data, info, k_values=[3], chunk_pages=5, state_dir=tmp_path)
+    assert resumed == expected
+    assert sum(seen) == N_PAGES - 10  # two chunks of 5 were already scored
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_missing_corpus_ids_warn_with_counts(tmp_path: Path) -> None:
+    root = make_beir(tmp_path / "beir", extra_qrels=True)
+    with pytest.warns(UserWarning, match=r"2 qrels rows name 2 corpus ids absent"):
+        load_retrieval_data(str(root))
+
+
+def test_page_store_as_corpus(beir_dir: Path, tmp_path: Path) -> None:
+    store_mod = pytest.importorskip("data_prep.store")
+    import io
+
+    with store_mod.PageStoreWriter(tmp_path / "pages") as writer:
+        for i in range(N_PAGES):
+            buf = io.BytesIO()
+            page_image(i).save(buf, format="PNG")
+            writer.add(f"p{i}", buf.getvalue())
+    data = load_retrieval_data(str(beir_dir), name="toy", page_store=tmp_path / "pages")
+    assert sorted(data.corpus_ids) == sorted(f"p{i}" for i in range(N_PAGES))
+    run, metrics = evaluate_task(ToyEncoder(False), data, init_distributed(60), k_values=[1])
+    assert metrics["aggregate"]["precision_at_1"] == 1.0
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("multi", [False, True])
+def test_one_and_two_ranks_identical(beir_dir: Path, tmp_path: Path, multi: bool) -> None:
+    data = load_retrieval_data(str(beir_dir), name="toy")
+    single, _ = evaluate_task(ToyEncoder(multi), data, init_distributed(60), k_values=[1, 5, 10], chunk_pages=3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, str(beir_dir), str(tmp_path), "multi" if multi else "dense"]
+    subprocess.run(cmd, check=True, env=env, timeout=120, capture_output=True)
+    assert json.loads((tmp_path / "run.json").read_text()) == single
+
+
+@pytest.mark.distributed
+def test_dead_rank_fails_instead_of_hanging(beir_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOY_KILL_RANK": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, str(beir_dir), str(tmp_path), "dense"]
+    proc = subprocess.run(cmd, env=env, timeout=120, capture_output=True, text=True)
+    assert proc.returncode != 0
+
+
+if __name__ == "__main__":
+    info = init_distributed(timeout_s=20)
+    if os.environ.get("TOY_KILL_RANK") == str(info.rank):
+        os._exit(3)
+    toy = load_retrieval_data(sys.argv[1], name="toy")
+    result, _ = evaluate_task(ToyEncoder(sys.argv[3] == "multi"), toy, info, k_values=[1, 5, 10], chunk_pages=3)
+    if info.is_main:
+        (Path(sys.argv[2]) / "run.json").write_text(json.dumps(result))
