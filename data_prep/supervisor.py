@@ -1,4 +1,4 @@
-"""Supervised worker processes: run tasks in ``spawn`` processes, kill and replace a worker that hangs or dies.
+"""Supervised worker processes: run tasks in fresh (forkserver/spawn) processes, kill and replace a worker that hangs or dies.
 
 Used by render (PyMuPDF is not thread-safe and a page can hang inside MuPDF, where no Python signal or thread can
 interrupt it: only killing the process works) and by split_pdfs. A *task* is a list of *items* (e.g. consecutive
@@ -59,12 +59,22 @@ class _Worker:
         self.conn.close()
 
 
+def _context(factory: Callable) -> mp.context.BaseContext:
+    """``forkserver`` with the worker module preloaded where available (a replacement worker starts in
+    milliseconds instead of re-importing PyMuPDF), else ``spawn``. Never plain ``fork`` of this process."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([factory.__module__])
+        return ctx
+    return mp.get_context("spawn")
+
+
 class Supervisor:
     """Runs ``tasks`` on ``workers`` processes; calls ``on_result(item, result)`` / ``on_fail(item, reason)``."""
 
     def __init__(self, factory: Callable[..., Handler], args: tuple, workers: int, timeout: float,
                  on_result: Callable[[Any, Any], None], on_fail: Callable[[Any, str], None]):
-        self.ctx = mp.get_context("spawn")
+        self.ctx = _context(factory)
         self.factory, self.args, self.timeout = factory, args, timeout
         self.on_result, self.on_fail = on_result, on_fail
         self.workers = [self._start() for _ in range(max(1, workers))]

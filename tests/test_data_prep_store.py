@@ -109,3 +109,21 @@ def test_inspect_cli(store_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "data_prep.inspect", str(store_dir), "--dump", "zzz"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "'zzz' is not in page store" in bad.stderr
+
+
+def test_layout_is_plain_hdf5_and_chunked_data_is_read_through_h5py(tmp_path):
+    import h5py
+    import numpy as np
+
+    pages = [_png((i, i, i)) for i in range(3)]
+    path = tmp_path / "other_tool.h5"  # a shard written by another tool, with chunked + compressed data
+    offsets = np.cumsum([0] + [len(p) for p in pages])
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=np.array(["a", "b", "c"], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("data", data=np.frombuffer(b"".join(pages), np.uint8), chunks=(64,), compression="gzip")
+        f.create_dataset("offsets", data=offsets)
+    store = PageStore(path)
+    assert [store.get_bytes(i) for i in "abc"] == pages and store.meta("b") == {}
+    with h5py.File(PageStore(path).path, "r") as f:
+        o = f["offsets"][()]
+        assert f["data"][o[1]:o[2]].tobytes() == pages[1]
