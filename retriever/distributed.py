@@ -145,15 +145,24 @@ def gather_block_diagonal(mask: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------------------------- backends
 class MultiInput(nn.Module):
-    """Wraps the encoder: ``forward(*inputs)`` encodes each input dict; one input returns one output."""
+    """Wraps the encoder: ``forward(*inputs)`` encodes each input dict; one input returns one output.
+
+    ``contexts`` (optional, one per input) are entered around each input's encoder call; GradCache uses them
+    to replay each chunk's RNG state when several chunks share one forward.
+    """
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, *inputs: dict[str, Any]) -> Any:
-        outs = tuple(self.encoder(x) for x in inputs)
-        return outs[0] if len(outs) == 1 else outs
+    def forward(self, *inputs: dict[str, Any],
+                contexts: Sequence[contextlib.AbstractContextManager] | None = None) -> Any:
+        contexts = contexts or [contextlib.nullcontext() for _ in inputs]
+        outs = []
+        for x, ctx in zip(inputs, contexts, strict=True):
+            with ctx:
+                outs.append(self.encoder(x))
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 class Backend:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -127,6 +128,34 @@ def _dot(reps: Any, grad: Tensor) -> Tensor:
     return (tensor * grad.to(tensor.dtype)).sum()
 
 
+@dataclass
+class _Cached:
+    """What the first pass keeps per chunk (``grad`` is filled in once the loss is known)."""
+
+    reps: Any
+    rng: RngState
+    vision_out: list[Any] | None
+    grad: Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return _tensor_of(self.reps).shape[0]
+
+
+def _second_pass_plan(n_query_chunks: int, n_page_chunks: int) -> list[tuple[list[int], int]]:
+    """Second-pass steps ``(query chunk ids, page chunk id)``: one step per page chunk, queries spread over them.
+
+    Every step carries a page chunk, so every backward reaches every trainable parameter (pages go through
+    the vision tower AND the language model). DDP needs that for the synchronising last backward, and
+    DeepSpeed ZeRO-3 for the first backward of a step (it overwrites, not accumulates, the gradient
+    partitions of the parameters that the first backward reaches; any other keeps the previous step's value).
+    """
+    plan: list[tuple[list[int], int]] = [([], p) for p in range(n_page_chunks)]
+    for q in range(n_query_chunks):
+        plan[q * n_page_chunks // n_query_chunks][0].append(q)
+    return plan
+
+
 class GradCache:
     """One contrastive step (forward + backward of this rank's share of a global batch), with or without caching.
 
@@ -186,36 +215,43 @@ class GradCache:
         chunks = [self.encoder.split_inputs(query_inputs, self.chunk_size),
                   self.encoder.split_inputs(page_inputs, self.chunk_size)]
         cached = [[self._first_pass(c) for c in side] for side in chunks]
-        q_local = cat_reps([c[0] for c in cached[0]])
-        p_local = cat_reps([c[0] for c in cached[1]])
-        loss, grads = self._loss_and_grads(q_local, p_local, positives)
-        n_total = len(chunks[0]) + len(chunks[1])
-        done = 0
-        for side, side_grad in zip(range(2), grads):
+        loss, grads = self._loss_and_grads(cat_reps([c.reps for c in cached[0]]),
+                                           cat_reps([c.reps for c in cached[1]]), positives)
+        for side, side_grad in zip(cached, grads):
             offset = 0
-            for chunk, (reps, rng, vision_out) in zip(chunks[side], cached[side]):
-                n = _tensor_of(reps).shape[0]
-                done += 1
-                self._second_pass(chunk, rng, vision_out, side_grad[offset : offset + n], last=done == n_total)
-                offset += n
+            for entry in side:
+                entry.grad = side_grad[offset : offset + entry.rows]
+                offset += entry.rows
+        plan = _second_pass_plan(len(chunks[0]), len(chunks[1]))
+        for i, (q_ids, p_id) in enumerate(plan):
+            parts = [(chunks[0][j], cached[0][j]) for j in q_ids] + [(chunks[1][p_id], cached[1][p_id])]
+            self._second_pass(parts, last=i == len(plan) - 1)
         return loss
 
-    def _first_pass(self, chunk: dict[str, Any]) -> tuple[Any, RngState, list[Any] | None]:
-        """No-grad forward of one chunk; returns (detached reps, RNG state before it, recorded vision outputs)."""
+    def _first_pass(self, chunk: dict[str, Any]) -> _Cached:
+        """No-grad forward of one chunk: its detached reps, the RNG state before it, recorded vision outputs."""
         rng = RngState()
         record = self.vision.record() if self.vision else contextlib.nullcontext(None)
         with torch.no_grad(), record as vision_out:
             reps = self.backend.module(chunk)
-        return _detach(reps), rng, vision_out
+        return _Cached(_detach(reps), rng, vision_out)
 
-    def _second_pass(self, chunk: dict[str, Any], rng: RngState, vision_out: list[Any] | None, grad: Tensor,
-                     last: bool) -> None:
-        """Re-forward one chunk with its RNG (and vision outputs) replayed and backpropagate ``<reps, grad>``."""
-        replay = self.vision.replay(vision_out) if self.vision else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def _replay(self, entry: _Cached) -> Iterator[None]:
+        """Context restoring a chunk's RNG state (and replaying its vision outputs) around its encoder call."""
+        vision = self.vision.replay(entry.vision_out) if self.vision else contextlib.nullcontext()
+        with entry.rng.replay(), vision:
+            yield
+
+    def _second_pass(self, parts: list[tuple[dict[str, Any], _Cached]], last: bool) -> None:
+        """Re-forward some chunks in ONE module call (replaying each one's randomness) and backpropagate
+        ``sum <reps, cached grad>`` once."""
+        inputs = [chunk for chunk, _ in parts]
         with self.backend.chunk_context(last_chunk=last):
-            with rng.replay(), replay:
-                reps = self.backend.module(chunk)
-            self.backend.backward(_dot(reps, grad), last_chunk=last)
+            outs = self.backend.module(*inputs, contexts=[self._replay(entry) for _, entry in parts])
+            outs = outs if len(parts) > 1 else (outs,)
+            surrogate = sum(_dot(out, entry.grad) for out, (_, entry) in zip(outs, parts))
+            self.backend.backward(surrogate, last_chunk=last)
 
     # ------------------------------------------------------------------ loss on representations
     def _loss_and_grads(self, q_local: Any, p_local: Any, positives: Tensor) -> tuple[float, tuple[Tensor, Tensor]]:

@@ -75,11 +75,11 @@ class ToyEncoder(nn.Module):
         return self.vision if frozen else None
 
 
-def toy_batch(n_queries: int, n_pages: int, seed: int, n_neg: int = 0) -> tuple[dict, dict, Tensor]:
+def toy_batch(n_queries: int, n_pages: int, seed: int, dtype: torch.dtype = torch.float64) -> tuple[dict, dict, Tensor]:
     """Random queries and pages (variable text lengths and patch counts) and a positives mask.
 
-    Query ``i`` has page ``i`` as positive (and page ``i+1`` too for every third query), plus ``n_neg`` extra
-    hard-negative pages appended after the ``n_queries`` positives.
+    Query ``i`` has page ``i`` as positive (and page ``i+1`` too for every third query); pages after the first
+    ``n_queries`` are hard negatives of no query.
     """
     gen = torch.Generator().manual_seed(seed)
     q_ids = torch.randint(1, VOCAB, (n_queries, 5), generator=gen)
@@ -88,7 +88,7 @@ def toy_batch(n_queries: int, n_pages: int, seed: int, n_neg: int = 0) -> tuple[
     n_p = n_pages
     p_ids = torch.randint(1, VOCAB, (n_p, 3), generator=gen)
     counts = torch.randint(2, 7, (n_p,), generator=gen)
-    patches = torch.randn(int(counts.sum()), PATCH_DIM, generator=gen, dtype=torch.float64)
+    patches = torch.randn(int(counts.sum()), PATCH_DIM, generator=gen, dtype=dtype)
     pages = {"input_ids": p_ids, "attention_mask": torch.ones(n_p, 3, dtype=torch.long), "patches": patches,
              "patch_counts": counts}
     positives = torch.zeros(n_queries, n_p, dtype=torch.bool)

@@ -1,0 +1,118 @@
+"""Worker for the 2-rank tests: after 2 optimizer steps, parameters under DDP / DeepSpeed ZeRO-1/2/3 with
+GradCache must equal a single-process run over the same global batches.
+
+Launched as ``torchrun --nproc_per_node 2 tests/dist_workers/gc_worker.py OUT_JSON [CONFIG ...]``. Each rank
+first computes the single-process reference itself (before any process group exists), then joins the group
+and runs every configuration; rank 0 writes ``{config: max relative parameter difference}`` to OUT_JSON.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dist_workers.toy_encoder import ToyEncoder, toy_batch  # noqa: E402
+from retriever.distributed import build_backend  # noqa: E402
+from retriever.gradcache import GradCache  # noqa: E402
+from retriever.losses import ContrastiveLoss  # noqa: E402
+
+Q_PER_RANK, NEG_PER_RANK, CHUNK, STEPS, LR = 3, 1, 2, 2, 0.5
+CONFIGS = {  # name -> (ZeRO stage or None for DDP, GradCache chunk, learnable temperature, multi-vector, accumulation)
+    "ddp_gc": (None, CHUNK, False, False, 1),
+    "ddp_gc_multi_learnable_temp": (None, CHUNK, True, True, 1),
+    "ddp_gc_accum2": (None, CHUNK, False, False, 2),
+    "ddp_plain": (None, None, False, False, 1),
+    "zero1_gc": (1, CHUNK, False, False, 1),
+    "zero2_gc": (2, CHUNK, False, False, 1),
+    "zero2_gc_learnable_temp_accum2": (2, CHUNK, True, False, 2),
+    "zero3_gc": (3, CHUNK, False, False, 1),
+    "zero3_gc_multi": (3, CHUNK, False, True, 1),
+}
+
+
+def optimizer_factory(groups):
+    return torch.optim.SGD(groups, lr=LR, momentum=0.9)
+
+
+def rank_batch(step: int, micro: int, rank: int):
+    return toy_batch(Q_PER_RANK, Q_PER_RANK + NEG_PER_RANK, seed=100 * step + 10 * micro + rank, dtype=torch.float32)
+
+
+def global_batch(step: int, micro: int, world: int):
+    """The concatenation of every rank's batch, with the block-diagonal positives mask."""
+    parts = [rank_batch(step, micro, r) for r in range(world)]
+    q = {k: torch.cat([p[0][k] for p in parts]) for k in parts[0][0]}
+    p = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+    return q, p, torch.block_diag(*[p[2] for p in parts])
+
+
+def fresh(multi: bool, learnable: bool):
+    torch.manual_seed(0)
+    return ToyEncoder(multi=multi, dropout=0.0), ContrastiveLoss(temperature=0.1, learnable_temperature=learnable)
+
+
+def params(model, loss) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in list(model.parameters()) + list(loss.parameters())]
+
+
+def train(model, loss, backend, chunk, batches) -> None:
+    """``batches[step][micro]``: one optimizer step per outer item."""
+    gc = GradCache(model, loss, backend, chunk)
+    for micro_batches in batches:
+        for q, p, positives in micro_batches:
+            gc.step(q, p, positives)
+        backend.optimizer_step()
+
+
+def reference(multi: bool, learnable: bool, accum: int, world: int) -> list[torch.Tensor]:
+    model, loss = fresh(multi, learnable)
+    backend = build_backend(model, optimizer_factory=optimizer_factory, loss=loss, gradient_accumulation_steps=accum)
+    train(model, loss, backend, CHUNK, [[global_batch(s, m, world) for m in range(accum)] for s in range(STEPS)])
+    return params(model, loss)
+
+
+def run_config(stage, chunk, learnable, multi, accum, rank, world) -> list[torch.Tensor]:
+    model, loss = fresh(multi, learnable)
+    ds_config = None
+    if stage is not None:
+        ds_config = {"train_micro_batch_size_per_gpu": Q_PER_RANK, "gradient_accumulation_steps": accum,
+                     "train_batch_size": Q_PER_RANK * world * accum, "gradient_clipping": 0.0,
+                     "zero_optimization": {"stage": stage}, "steps_per_print": 10**9}
+    backend = build_backend(model, optimizer_factory=optimizer_factory, loss=loss, deepspeed_config=ds_config,
+                            ddp=stage is None, gradient_accumulation_steps=accum)
+    train(model, loss, backend, chunk, [[rank_batch(s, m, rank) for m in range(accum)] for s in range(STEPS)])
+    with backend.gathered_parameters():
+        return params(model, loss)
+
+
+def max_rel_diff(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    return max(((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item() for g, w in zip(got, want))
+
+
+def main() -> None:
+    out, names = Path(sys.argv[1]), sys.argv[2:] or list(CONFIGS)
+    torch.set_num_threads(1)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    keys = {(CONFIGS[n][3], CONFIGS[n][2], CONFIGS[n][4]) for n in names}  # (multi, learnable, accumulation)
+    refs = {key: reference(*key, world) for key in keys}
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    results = {}
+    for name in names:
+        stage, chunk, learnable, multi, accum = CONFIGS[name]
+        got = run_config(stage, chunk, learnable, multi, accum, rank, world)
+        want = refs[(multi, learnable, accum)]
+        results[name] = {"max_rel_diff": max_rel_diff(got, want),
+                         "reference_moved": max_rel_diff(want, params(*fresh(multi, learnable)))}
+    if rank == 0:
+        out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
