@@ -103,7 +103,10 @@ class RetrieverEncoder(nn.Module):
                         freeze_vision: bool = False, torch_dtype: torch.dtype | None = None,
                         attn_implementation: str | None = None,
                         trust_remote_code: bool = False) -> RetrieverEncoder:
-        """Loads a transformers checkpoint (fresh heads) or a directory written by ``save_pretrained``."""
+        """Loads a transformers checkpoint (fresh heads) or a directory written by ``save_pretrained``.
+
+        The encoder is returned in eval mode (as transformers does); call ``.train()`` before training.
+        """
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model directory {path} does not exist")
@@ -143,7 +146,7 @@ class RetrieverEncoder(nn.Module):
             head.load_state_dict(load_file(str(path / HEADS_FILE)))
         elif saved is not None:
             logger.warning("%s: head settings differ from the saved ones; starting with fresh heads", path)
-        return cls(config, backbone, model, head, training_mode, freeze_vision, lora)
+        return cls(config, backbone, model, head, training_mode, freeze_vision, lora).eval()
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -268,6 +271,20 @@ class RetrieverEncoder(nn.Module):
 
     def trainable_parameter_count(self) -> int:
         return count_trainable(self)
+
+
+def copy_module_output(output: Any) -> Any:
+    """A shallow copy of a module output (ModelOutput / dict / tuple / tensor) for caching and replay.
+
+    Callers of vision towers may mutate the returned ``ModelOutput`` in place (Qwen2-VL replaces
+    ``pooler_output`` by a per-image tuple), so a cached output must be copied when recorded and again
+    each time it is replayed.
+    """
+    if isinstance(output, dict):
+        return type(output)(**output)
+    if isinstance(output, (tuple, list)):
+        return type(output)(output)
+    return output
 
 
 def build_head(config: EncoderConfig, hidden_size: int) -> nn.Module:

@@ -28,6 +28,9 @@ TEXT_HEADS = 4
 TEXT_LAYERS = 2
 VISION_HIDDEN = 32
 PATCH = 14
+# Larger than the usual 0.02 so that attention is far from uniform: tests of positions, masks and padding
+# then see clear differences when something is wrong.
+INIT_STD = 0.2
 
 
 def byte_level_tokenizer(
@@ -68,7 +71,7 @@ def text_kwargs(tokenizer: PreTrainedTokenizerFast, dropout: float) -> dict:
     return dict(
         vocab_size=vocab_size_for(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=2 * TEXT_HIDDEN,
         num_hidden_layers=TEXT_LAYERS, num_attention_heads=TEXT_HEADS, num_key_value_heads=2,
-        max_position_embeddings=1024, attention_dropout=dropout,
+        max_position_embeddings=1024, attention_dropout=dropout, initializer_range=INIT_STD,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -101,14 +104,15 @@ def _build_qwen(arch: str, out: Path, dropout: float) -> None:
         from transformers import Qwen2VLConfig
 
         vision = dict(depth=2, embed_dim=VISION_HIDDEN, hidden_size=TEXT_HIDDEN, num_heads=2, mlp_ratio=2,
-                      patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
+                      patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2, initializer_range=INIT_STD)
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
     else:
         from transformers import Qwen2_5_VLConfig
 
         vision = dict(depth=2, hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_heads=2,
                       out_hidden_size=TEXT_HIDDEN, patch_size=PATCH, spatial_merge_size=2,
-                      temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+                      temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+                      initializer_range=INIT_STD)
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}, patch_size=PATCH, temporal_patch_size=2,
@@ -137,7 +141,8 @@ def _build_internvl(arch: str, out: Path, dropout: float) -> None:
     text = text_kwargs(tokenizer, dropout) | {"model_type": "qwen2", "rope_theta": 10000.0}
     vision = dict(hidden_size=VISION_HIDDEN, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=2 * VISION_HIDDEN, image_size=[56, 56], patch_size=[PATCH, PATCH],
-                  attention_dropout=dropout, projection_dropout=dropout, hidden_dropout_prob=dropout)
+                  attention_dropout=dropout, projection_dropout=dropout, hidden_dropout_prob=dropout,
+                  initializer_range=INIT_STD)
     config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(
         "<IMG_CONTEXT>"), image_seq_length=4, downsample_ratio=0.5, tie_word_embeddings=True)
     image_processor = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True,
@@ -165,7 +170,8 @@ def _build_idefics3(arch: str, out: Path, dropout: float) -> None:
                                      pad="<pad>")
     text = text_kwargs(tokenizer, dropout) | {"model_type": "llama", "rope_theta": 10000.0}
     vision = dict(hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=28, patch_size=PATCH, attention_dropout=dropout)
+                  num_attention_heads=2, image_size=28, patch_size=PATCH, attention_dropout=dropout,
+                  initializer_range=INIT_STD)
     config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=2,
                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
