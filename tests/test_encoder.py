@@ -152,8 +152,13 @@ def test_max_visual_tokens_caps_resolution(encoder):
 
 
 def test_unknown_backbone_lists_supported(tiny_model_dir):
-    with pytest.raises(ValueError, match="supported: idefics3, internvl, paligemma, qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(ValueError, match="supported: idefics3, internvl, minicpm_v, paligemma, qwen2_5_vl, qwen2_vl"):
         RetrieverEncoder.from_pretrained(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="llava"))
+
+
+def test_remote_code_backbone_needs_the_flag(tiny_model_dir):
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        RetrieverEncoder.from_pretrained(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="minicpm_v"))
 
 
 def test_undecodable_image_names_its_id(encoder):

@@ -7,10 +7,11 @@ from __future__ import annotations
 from .base import Backbone, Example
 from .idefics3 import Idefics3
 from .internvl import InternVL
+from .minicpm_v import MiniCPMV
 from .paligemma import PaliGemma
 from .qwen_vl import Qwen25VL, QwenVL
 
-_ADAPTERS: tuple[type[Backbone], ...] = (QwenVL, Qwen25VL, InternVL, Idefics3, PaliGemma)
+_ADAPTERS: tuple[type[Backbone], ...] = (QwenVL, Qwen25VL, InternVL, Idefics3, PaliGemma, MiniCPMV)
 REGISTRY: dict[str, type[Backbone]] = {cls.name: cls for cls in _ADAPTERS}
 
 
