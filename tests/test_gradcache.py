@@ -6,48 +6,13 @@ import copy
 import pytest
 import torch
 
+from dist_workers.grad_check import grads_of, sgd, assert_close, gradcache_grads, reference_grads
 from dist_workers.toy_encoder import ToyEncoder, toy_batch
-from retriever.distributed import build_backend, cat_reps
+from retriever.distributed import build_backend
 from retriever.gradcache import GradCache, auto_chunk_size
 from retriever.losses import ContrastiveLoss
 
 N_Q, N_NEG = 5, 2  # 5 queries, 7 pages (2 hard negatives): chunk 2 and 3 leave uneven last chunks
-
-
-def _sgd(groups):
-    return torch.optim.SGD(groups, lr=0.1)
-
-
-def _grads(*modules) -> dict[str, torch.Tensor]:
-    return {f"{i}.{n}": p.grad.clone() for i, m in enumerate(modules) for n, p in m.named_parameters()
-            if p.grad is not None}
-
-
-def _assert_close(got: dict, want: dict, rel: float = 1e-10) -> None:
-    assert got.keys() == want.keys() and want
-    for name in want:
-        scale = want[name].abs().max().clamp_min(1e-30)
-        err = ((got[name] - want[name]).abs().max() / scale).item()
-        assert err <= rel, f"{name}: relative error {err:.3e}"
-
-
-def reference_grads(model, loss, q, p, positives, chunk: int | None, seed: int) -> dict:
-    """Full-batch gradient with graph kept: chunks forwarded in GradCache's order (same dropout masks)."""
-    torch.manual_seed(seed)
-    if chunk:
-        q_reps = cat_reps([model(c) for c in model.split_inputs(q, chunk)])
-        p_reps = cat_reps([model(c) for c in model.split_inputs(p, chunk)])
-    else:
-        q_reps, p_reps = model(q), model(p)
-    loss(q_reps, p_reps, positives).backward()
-    return _grads(model, loss)
-
-
-def gradcache_grads(model, loss, q, p, positives, chunk, seed: int, reuse: bool = False) -> dict:
-    backend = build_backend(model, optimizer_factory=_sgd, loss=loss)
-    torch.manual_seed(seed)
-    GradCache(model, loss, backend, chunk, reuse_frozen_vision=reuse).step(q, p, positives)
-    return _grads(model, loss)
 
 
 def _setup(multi: bool, dropout: float = 0.1, freeze_vision: bool = False, **loss_kw):
@@ -74,26 +39,26 @@ def test_gradcache_equals_full_batch_with_dropout(head: str, chunk: int) -> None
     model, loss, q, p, positives = _setup(kw.pop("multi"), **kw)
     want = reference_grads(copy.deepcopy(model), copy.deepcopy(loss), q, p, positives, chunk, seed=7)
     got = gradcache_grads(model, loss, q, p, positives, chunk, seed=7)
-    _assert_close(got, want)
+    assert_close(got, want)
 
 
 @pytest.mark.parametrize("multi", [False, True])
 def test_gradcache_equals_single_forward_without_dropout(multi: bool) -> None:
     model, loss, q, p, positives = _setup(multi, dropout=0.0)
     want = reference_grads(copy.deepcopy(model), copy.deepcopy(loss), q, p, positives, None, seed=0)
-    _assert_close(gradcache_grads(model, loss, q, p, positives, 2, seed=0), want)
+    assert_close(gradcache_grads(model, loss, q, p, positives, 2, seed=0), want)
 
 
 def test_plain_mode_equals_full_batch() -> None:
     model, loss, q, p, positives = _setup(True, dropout=0.0)
     want = reference_grads(copy.deepcopy(model), copy.deepcopy(loss), q, p, positives, None, seed=0)
-    _assert_close(gradcache_grads(model, loss, q, p, positives, None, seed=0), want)
+    assert_close(gradcache_grads(model, loss, q, p, positives, None, seed=0), want)
 
 
 def test_dropout_is_replayed() -> None:
     """Without RNG replay the second pass would draw new masks: check the replayed reps match the first pass."""
     model, loss, q, p, positives = _setup(False, dropout=0.5)
-    backend = build_backend(model, optimizer_factory=_sgd)
+    backend = build_backend(model, optimizer_factory=sgd)
     gc = GradCache(model, loss, backend, 2)
     first = gc._first_pass(p)
     with first.rng.replay():
@@ -109,30 +74,30 @@ def test_frozen_vision_reuse_equals_recompute(multi: bool) -> None:
     calls = []
     model.vision.fc1.register_forward_hook(lambda *_: calls.append(1))
     got = gradcache_grads(model, loss, q, p, positives, 2, seed=3, reuse=True)
-    _assert_close(got, want)
+    assert_close(got, want)
     assert len(calls) == 4  # 7 pages in chunks of 2: the tower ran in the first pass only
 
 
 def test_reuse_needs_frozen_vision() -> None:
     model, loss, *_ = _setup(False)
     with pytest.raises(ValueError, match="frozen vision"):
-        GradCache(model, loss, build_backend(model, optimizer_factory=_sgd), 2, reuse_frozen_vision=True)
+        GradCache(model, loss, build_backend(model, optimizer_factory=sgd), 2, reuse_frozen_vision=True)
 
 
 def test_optimizer_step_and_accumulation() -> None:
     """Two accumulated micro-steps = gradient of the mean of the two losses; one optimizer step applies it."""
     model, loss, q, p, positives = _setup(False, dropout=0.0)
     ref = copy.deepcopy(model)
-    backend = build_backend(model, optimizer_factory=_sgd, gradient_accumulation_steps=2, max_grad_norm=1e9)
+    backend = build_backend(model, optimizer_factory=sgd, gradient_accumulation_steps=2, max_grad_norm=1e9)
     gc = GradCache(model, loss, backend, 2)
     q2, p2, pos2 = toy_batch(N_Q, N_Q + N_NEG, seed=5)
     gc.step(q, p, positives)
     assert backend.micro_step == 1 and backend.sync_due()
     gc.step(q2, p2, pos2)
     ((loss(ref(q), ref(p), positives) + loss(ref(q2), ref(p2), pos2)) / 2).backward()
-    _assert_close(_grads(model), _grads(ref))
+    assert_close(grads_of(model), grads_of(ref))
     norm = backend.optimizer_step()
-    want_norm = torch.sqrt(sum(g.square().sum() for g in _grads(ref).values())).item()
+    want_norm = torch.sqrt(sum(g.square().sum() for g in grads_of(ref).values())).item()
     assert norm == pytest.approx(want_norm, rel=1e-10)
     for (name, a), b in zip(model.named_parameters(), ref.parameters()):
         assert torch.allclose(a, b - 0.1 * b.grad, rtol=0, atol=1e-12), name
@@ -145,11 +110,11 @@ def test_bf16_autocast_runs() -> None:
     model = ToyEncoder(multi=True).float()
     q, p, positives = toy_batch(N_Q, N_Q + N_NEG, seed=1)
     p = {**p, "patches": p["patches"].float()}
-    backend = build_backend(model, optimizer_factory=_sgd)
+    backend = build_backend(model, optimizer_factory=sgd)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = GradCache(model, ContrastiveLoss(), backend, 2).step(q, p, positives)
     assert torch.isfinite(torch.tensor(out["loss"]))
-    assert all(torch.isfinite(g).all() for g in _grads(model).values())
+    assert all(torch.isfinite(g).all() for g in grads_of(model).values())
 
 
 def test_auto_chunk_size_cpu_fallback() -> None:
