@@ -35,7 +35,7 @@ from eval.topk import RunningTopK, merge_across_ranks
 from retriever.scoring import dense_scores, maxsim_lists, pad_multivector
 
 __all__ = ["Encoder", "RankInfo", "encode_sharded_queries", "init_distributed", "is_multi_vector", "score_shard",
-           "shard_range"]
+           "shard_range", "trec_tie_key"]
 
 logger = logging.getLogger(__name__)
 Embeddings = Tensor | list[Tensor]
@@ -110,6 +110,14 @@ def _scorer(multi: bool, device: torch.device, compute_dtype: torch.dtype | None
     return lambda q, pages: dense_scores(q, pages.to(device, q.dtype)).float()
 
 
+def trec_tie_key(ids: Sequence[str]) -> Tensor:
+    """Per position, the rank of its id in descending id order (trec_eval's order among equal scores)."""
+    order = sorted(range(len(ids)), key=ids.__getitem__, reverse=True)
+    key = torch.empty(len(ids), dtype=torch.long)
+    key[torch.tensor(order, dtype=torch.long)] = torch.arange(len(ids))
+    return key
+
+
 def _state_key(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -142,7 +150,7 @@ def score_shard(
     else:
         queries = query_emb.to(device)
     n_queries = len(query_emb)
-    top = RunningTopK(n_queries, k)
+    top = RunningTopK(n_queries, k, trec_tie_key(page_ids))
     score = _scorer(multi, device, compute_dtype)
     shard = shard_range(n_pages, info.rank, info.world)
     chunks = [shard[i:i + chunk_pages] for i in range(0, len(shard), chunk_pages)]

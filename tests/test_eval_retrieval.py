@@ -25,8 +25,11 @@ N_PAGES, DIM = 23, 32
 
 
 def page_image(i: int) -> Image.Image:
-    """Page ``i`` carries its number in the red/green channels of its pixels."""
-    return Image.new("RGB", (8, 8), (i % 256, i // 256, 7))
+    """Page ``i``: seeded noise (distinct pages for real models), its number in pixel (0, 0) for the toy encoder."""
+    noise = torch.randint(0, 256, (56, 56, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+    image = Image.fromarray(noise.numpy(), "RGB")
+    image.putpixel((0, 0), (i % 256, i // 256, 7))
+    return image
 
 
 def _noise(key: str, shape: tuple[int, ...]) -> torch.Tensor:

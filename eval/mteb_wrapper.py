@@ -1,0 +1,106 @@
+"""Our encoders as an MTEB model, and local BEIR folders as MTEB retrieval tasks.
+
+:class:`MtebRetriever` implements mteb's ``EncoderProtocol`` (as an ``AbsEncoder``): ``encode`` receives mteb's
+DataLoader of batches (``"text"`` for queries, ``"image"`` for pages) and returns ``[N, D]`` (dense) or a
+zero-padded ``[N, L, D]`` (multi-vector); ``similarity`` is the dot product or MaxSim from
+:mod:`retriever.scoring`, where a multi-vector token is padding exactly when it is all zeros (real tokens are
+L2-normalised, never zero). With it ``mteb.evaluate(MtebRetriever.from_pretrained(path), mteb.get_benchmark(
+"ViDoRe(v1)"))`` runs MTEB's own pipeline and metrics on our checkpoints.
+
+:func:`local_task` wraps a :class:`eval.datasets.RetrievalData` as an ``AbsTaskRetrieval`` (main score
+``ndcg_at_5``, as ViDoRe), which is how the tests check that MTEB and the native evaluator agree.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from datasets import Dataset
+from mteb.abstasks.retrieval import AbsTaskRetrieval
+from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
+from mteb.abstasks.task_metadata import TaskMetadata
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ModelMeta
+from torch import Tensor
+
+from eval.datasets import RetrievalData
+from eval.engine import Encoder, is_multi_vector
+from retriever.scoring import dense_scores, maxsim_blocked
+
+__all__ = ["MtebRetriever", "local_task"]
+
+
+class MtebRetriever(AbsEncoder):
+    """An :class:`eval.engine.Encoder` (e.g. ``RetrieverEncoder``) exposed to mteb."""
+
+    def __init__(self, encoder: Encoder, name: str = "vlmret/model", revision: str = "local",
+                 batch_size: int = 8) -> None:
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.multi_vector = is_multi_vector(encoder)
+        self.mteb_model_meta = ModelMeta.create_empty(
+            overwrites={"name": name, "revision": revision, "modalities": ["image", "text"]})
+
+    @classmethod
+    def from_pretrained(cls, path: str, trust_remote_code: bool = False, torch_dtype: torch.dtype | None = None,
+                        **kwargs: Any) -> MtebRetriever:
+        """Load a checkpoint with ``RetrieverEncoder.from_pretrained`` and wrap it."""
+        from retriever.encoder import RetrieverEncoder
+
+        encoder = RetrieverEncoder.from_pretrained(path, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype)
+        if torch.cuda.is_available():
+            encoder = encoder.cuda()
+        return cls(encoder, name=f"vlmret/{path.rstrip('/').split('/')[-1]}", **kwargs)
+
+    def encode(self, inputs, *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,
+               prompt_type=None, **kwargs: Any) -> Tensor:
+        """Queries (``text``) or pages (``image``) of every batch, in order."""
+        out: list[Tensor] = []
+        for batch in inputs:
+            if "image" in batch:
+                images = [img.convert("RGB") for img in batch["image"]]
+                emb = self.encoder.encode_pages(images, batch_size=self.batch_size, ids=None, progress=False)
+            else:
+                emb = self.encoder.encode_queries(list(batch["text"]), batch_size=self.batch_size, progress=False)
+            out.extend(emb if self.multi_vector else emb.unbind(0))
+        if self.multi_vector:
+            return torch.nn.utils.rnn.pad_sequence(out, batch_first=True)
+        return torch.stack(out)
+
+    def similarity(self, embeddings1: Tensor, embeddings2: Tensor) -> Tensor:
+        """Dot product (dense) or MaxSim with all-zero tokens treated as padding (multi-vector)."""
+        q, d = torch.as_tensor(embeddings1), torch.as_tensor(embeddings2)
+        if not self.multi_vector:
+            return dense_scores(q.float(), d.float())
+        return maxsim_blocked(q.float(), q.ne(0).any(-1), d.float(), d.ne(0).any(-1))
+
+    def similarity_pairwise(self, embeddings1: Tensor, embeddings2: Tensor) -> Tensor:
+        """Score of each (query i, page i) pair."""
+        q, d = torch.as_tensor(embeddings1), torch.as_tensor(embeddings2)
+        if not self.multi_vector:
+            return (q.float() * d.float()).sum(-1)
+        return torch.stack([self.similarity(q[i:i + 1], d[i:i + 1])[0, 0] for i in range(len(q))])
+
+
+def local_task(data: RetrievalData, split: str = "test") -> AbsTaskRetrieval:
+    """An mteb text-to-image retrieval task holding ``data`` (already loaded; nothing is downloaded)."""
+    metadata = TaskMetadata(
+        name=data.name, description=f"local BEIR-layout retrieval task {data.name}", reference=None,
+        dataset={"path": "local", "revision": "local"}, type="Any2AnyRetrieval", category="t2i",
+        modalities=["text", "image"], eval_splits=[split], eval_langs=["eng-Latn"], main_score="ndcg_at_5",
+        date=None, domains=None, task_subtypes=None, license=None, annotations_creators=None, dialect=None,
+        sample_creation=None, bibtex_citation="",
+    )
+
+    class LocalTask(AbsTaskRetrieval):
+        def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+            qids = list(data.queries)
+            corpus = Dataset.from_dict({"id": data.corpus_ids,
+                                        "image": data.load_images(range(len(data.corpus_ids)))})
+            self.dataset = {"default": {split: RetrievalSplitData(
+                queries=Dataset.from_dict({"id": qids, "text": [data.queries[q] for q in qids]}),
+                corpus=corpus, relevant_docs=data.qrels, top_ranked=None)}}
+            self.data_loaded = True
+
+    LocalTask.metadata = metadata
+    return LocalTask()
