@@ -1,0 +1,176 @@
+"""CLI: image<->text retrieval Recall@K on Karpathy splits (Flickr30K, COCO), sharded like eval.retrieval.
+
+Data: the Karpathy split JSON as published (``dataset_flickr30k.json``, ``dataset_coco.json``):
+``{"images": [{"filename", "filepath"?, "split", "sentences": [{"raw", ...}, ...]}, ...]}``; an image's file is
+``<image-root>/<filepath>/<filename>`` (``filepath`` is present for COCO only).
+
+Metrics, with several captions per image:
+
+* text->image ``t2i_recall_at_k``: fraction of captions whose image is in their top k images;
+* image->text ``i2t_recall_at_k``: fraction of images with at least one of their captions in their top k;
+* ``rsum``: the sum of all of them, in percent (the usual summary).
+
+Captions are the queries and images the pages, so the model's asymmetric score (MaxSim of caption tokens
+over image tokens, or the dense dot) is used in both directions. Each rank encodes a shard of the captions
+(gathered) and scores a shard of the images chunk by chunk: text->image keeps a running top-k merged across
+ranks; image->text ranks all captions for the rank's own images from each score chunk, then gathers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import Tensor
+
+from eval.engine import Encoder, RankInfo, encode_sharded_queries, init_distributed, score_shard
+from eval.score_run import parse_k
+from eval.topk import select_topk
+
+__all__ = ["KarpathySplit", "evaluate_image_text", "load_karpathy", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class KarpathySplit:
+    """Images of one split with their captions; ``caption_image[c]`` is caption c's image index."""
+
+    image_paths: list[Path]
+    captions: list[str]
+    caption_image: list[int]
+
+    def load_images(self, positions: Sequence[int]) -> list[Image.Image]:
+        """Decode images by position; a missing or broken file raises naming it."""
+        images = []
+        for p in positions:
+            try:
+                with Image.open(self.image_paths[p]) as img:
+                    images.append(img.convert("RGB"))
+            except OSError as err:
+                raise OSError(f"image {p} ({self.image_paths[p]}): {err}") from err
+        return images
+
+
+def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "test") -> KarpathySplit:
+    """Read one split of a Karpathy JSON; errors name the file and the image entry."""
+    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{json_path}: expected an object with an 'images' list (Karpathy split format)")
+    paths, captions, owner = [], [], []
+    for n, entry in enumerate(data["images"]):
+        if entry.get("split") != split:
+            continue
+        try:
+            sentences = [s["raw"] for s in entry["sentences"]]
+            path = Path(image_root) / entry.get("filepath", "") / entry["filename"]
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{json_path}: images[{n}] lacks {err} (needs filename and sentences[].raw)") from None
+        if not sentences:
+            raise ValueError(f"{json_path}: images[{n}] ({entry['filename']}) has no sentences")
+        captions.extend(sentences)
+        owner.extend([len(paths)] * len(sentences))
+        paths.append(path)
+    if not paths:
+        raise ValueError(f"{json_path}: no images in split {split!r}")
+    return KarpathySplit(paths, captions, owner)
+
+
+class _ImageToText:
+    """Collects, for the rank's own images, the top-k caption indices from each score chunk."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.rows: dict[int, list[int]] = {}
+
+    def __call__(self, scores: Tensor, span: range) -> None:
+        per_image = scores.detach().float().cpu().T  # [C, Ncap]
+        captions = torch.arange(per_image.shape[1]).expand_as(per_image)
+        _, top = select_topk(per_image, captions, min(self.k, per_image.shape[1]))
+        self.rows.update({image: row for image, row in zip(span, top.tolist())})
+
+    def gather(self, info: RankInfo) -> dict[int, list[int]]:
+        if info.world == 1:
+            return self.rows
+        parts: list[Any] = [None] * info.world
+        dist.all_gather_object(parts, self.rows)
+        return {image: row for part in parts for image, row in part.items()}
+
+
+def evaluate_image_text(encoder: Encoder, n_images: int, load_images: Callable[[Sequence[int]], list[Image.Image]],
+                        captions: Sequence[str], caption_image: Sequence[int], info: RankInfo,
+                        k_values: Sequence[int] = (1, 5, 10), batch_size: int = 8, chunk_images: int = 256,
+                        score_device: str | torch.device = "cpu",
+                        compute_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Recall@k in both directions and ``rsum``; every rank returns the same values."""
+    k = max(k_values)
+    caption_emb = encode_sharded_queries(encoder, list(captions), batch_size, info)
+    i2t = _ImageToText(k)
+    image_ids = [str(i) for i in range(n_images)]
+    t2i = score_shard(encoder, caption_emb, n_images, load_images, image_ids, k, info, batch_size, chunk_images,
+                      score_device, compute_dtype, on_chunk=i2t)
+    ranked_captions = i2t.gather(info)
+    owner = torch.tensor(list(caption_image))
+    metrics: dict[str, float] = {}
+    for kk in sorted(k_values):
+        hits = [caption_image[c] in [pos for pos, _ in row[:kk]] for c, row in enumerate(t2i)]
+        metrics[f"t2i_recall_at_{kk}"] = sum(hits) / len(hits)
+        image_hits = [bool((owner[ranked_captions[i][:kk]] == i).any()) for i in range(n_images)]
+        metrics[f"i2t_recall_at_{kk}"] = sum(image_hits) / n_images
+    metrics["rsum"] = 100 * sum(metrics.values())
+    return metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m eval.image_text", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory (RetrieverEncoder.from_pretrained)")
+    p.add_argument("--karpathy-json", required=True, type=Path, help="dataset_flickr30k.json / dataset_coco.json")
+    p.add_argument("--image-root", required=True, type=Path, help="folder the image file names are relative to")
+    p.add_argument("--split", default="test", help="Karpathy split (default: test)")
+    p.add_argument("--k", type=parse_k, default=[1, 5, 10], help="recall cutoffs (default 1,5,10)")
+    p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here (default: stdout only)")
+    p.add_argument("--batch-size", type=int, default=8, help="encoder batch size")
+    p.add_argument("--chunk-images", type=int, default=256, help="images encoded and scored per chunk")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16" if torch.cuda.is_available() else "fp32",
+                   help="model weights dtype (default bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--head", choices=("dense", "multi"), default=None, help="override the checkpoint's head")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the checkpoint")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eval.retrieval import load_encoder
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    info = init_distributed(args.timeout)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    data = load_karpathy(args.karpathy_json, args.image_root, args.split)
+    encoder = load_encoder(args, device)
+    metrics = evaluate_image_text(encoder, len(data.image_paths), data.load_images, data.captions, data.caption_image,
+                                  info, args.k, args.batch_size, args.chunk_images, device,
+                                  torch.bfloat16 if device.type == "cuda" else None)
+    if info.is_main:
+        text = json.dumps({"split": args.split, "images": len(data.image_paths), "captions": len(data.captions),
+                           **metrics}, indent=2)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+        print(text)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
