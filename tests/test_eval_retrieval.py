@@ -179,6 +179,26 @@ def test_dead_rank_fails_instead_of_hanging(beir_dir: Path, tmp_path: Path) -> N
     assert proc.returncode != 0
 
 
+@pytest.mark.distributed
+def test_eval_dist_sh_matches_single_process(beir_dir: Path, tiny_model_dir, tmp_path: Path) -> None:
+    """shell/eval_dist.sh with 2 CPU ranks on a tiny checkpoint writes the same run and metrics as 1 process.
+
+    Batch size 2 and chunks of 4 make the encoder batches the same in both launches (12 queries -> 6 + 6,
+    23 pages -> 12 + 11): a real model's last float bits depend on which inputs share a padded batch.
+    """
+    from eval.retrieval import main
+
+    args = ["--model", str(tiny_model_dir("qwen2_vl")), "--tasks", str(beir_dir), "--head", "dense",
+            "--batch-size", "2", "--chunk-pages", "4", "--k", "1,5,10"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    script = Path(__file__).resolve().parents[1] / "shell" / "eval_dist.sh"
+    env = {**os.environ, "NPROC_PER_NODE": "2", "MASTER_PORT": str(29500 + os.getpid() % 1000), "PYTHON": sys.executable}
+    subprocess.run(["bash", str(script), *args, "--out", str(tmp_path / "two")], check=True, env=env, timeout=300,
+                   capture_output=True)
+    for name in ("run.trec", "metrics.json"):
+        assert (tmp_path / "two" / beir_dir.name / name).read_text() == (tmp_path / "one" / beir_dir.name / name).read_text()
+
+
 if __name__ == "__main__":
     info = init_distributed(timeout_s=20)
     if os.environ.get("TOY_KILL_RANK") == str(info.rank):
