@@ -110,11 +110,10 @@ def load_training_data(args) -> tuple[list[Pair], PageResolver]:
 
 def build_encoder(args):
     from retriever.encoder import RetrieverEncoder
-    from retriever.training_modes import LoraSettings
+    from retriever.training_modes import LoraSettings, unwrap
 
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                        targets=args.lora_targets.split(",") if args.lora_targets else None,
-                        include_vision=args.lora_vision)
+                        include_vision=args.lora_vision, target_modules=args.lora_target_modules)
     encoder = RetrieverEncoder.from_pretrained(
         args.model_name_or_path, _encoder_config(args), training_mode=args.training_mode, lora=lora,
         freeze_vision=args.freeze_vision, torch_dtype=DTYPES[args.torch_dtype],
@@ -123,22 +122,23 @@ def build_encoder(args):
     if args.drop_path_rate > 0 and set_drop_path(encoder, args.drop_path_rate) == 0:
         logger.warning("--drop_path_rate: this backbone has no drop-path modules; the flag has no effect")
     if args.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable()
+        unwrap(encoder.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return encoder
 
 
 def _encoder_config(args):
     """Head settings for a fresh backbone; None for a directory this project saved (its own config wins)."""
-    from retriever.encoder import EncoderConfig, is_retriever_dir
+    from retriever.encoder import CONFIG_FILE, EncoderConfig, infer_backbone
 
-    if is_retriever_dir(args.model_name_or_path):
+    path = Path(args.model_name_or_path)
+    if (path / CONFIG_FILE).exists():
         return None
     overrides = {
         "query_prefix": args.query_prefix, "query_augmentation_tokens": args.query_augmentation_tokens,
         "max_pixels": args.max_pixels,
     }
-    return EncoderConfig.for_backbone(
-        args.model_name_or_path, trust_remote_code=args.trust_remote_code, head=args.head, pooling=args.pooling,
+    return EncoderConfig(
+        backbone=infer_backbone(path, args.trust_remote_code), head=args.head, pooling=args.pooling,
         projection_dim=args.projection_dim, multi_dim=args.multi_dim, matryoshka_dims=args.matryoshka_dims,
         **{key: value for key, value in overrides.items() if value is not None},
     )
@@ -175,6 +175,7 @@ def total_steps(args, env: DistEnv, pairs: list[Pair]) -> int:
 def build_training_backend(args, env: DistEnv, encoder, loss, pairs: list[Pair]):
     """Optimizer groups, schedule and the backend (plain / DDP / DeepSpeed) that owns them."""
     from retriever.distributed import build_backend
+    from retriever.encoder import text_hidden_size
 
     steps = total_steps(args, env, pairs)
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * steps)
@@ -192,7 +193,7 @@ def build_training_backend(args, env: DistEnv, encoder, loss, pairs: list[Pair])
         shape = TrainingShape(
             micro_batch_size=args.per_device_train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
             world_size=env.world_size, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
-            hidden_size=encoder.hidden_size,
+            hidden_size=text_hidden_size(encoder.model),
         )
         ds_config = resolve_deepspeed_config(load_deepspeed_config(args.deepspeed), shape, args.deepspeed)
     named = list(encoder.named_parameters()) + [(f"loss.{n}", p) for n, p in loss.named_parameters()]
@@ -204,6 +205,7 @@ def build_training_backend(args, env: DistEnv, encoder, loss, pairs: list[Pair])
         encoder, loss=loss, param_groups=groups, optimizer_factory=optimizer_factory,
         scheduler_factory=scheduler_factory, deepspeed_config=ds_config,
         max_grad_norm=args.max_grad_norm or None, ddp=env.world_size > 1 and not ds_config,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
     return backend, made[0] if made else None
 

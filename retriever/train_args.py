@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--lora_r", type=int, default=16)
     mode.add_argument("--lora_alpha", type=int, default=32)
     mode.add_argument("--lora_dropout", type=float, default=0.05)
-    mode.add_argument("--lora_targets", default=None,
-                      help="comma-separated module names (default: the backbone's attention + MLP preset)")
+    mode.add_argument("--lora_target_modules", default=None,
+                      help="regex over module names to put LoRA on (default: the backbone's attention + MLP "
+                      "preset of the language model)")
     mode.add_argument("--lora_vision", action="store_true", help="also put LoRA on the vision tower")
 
     opt = parser.add_argument_group("optimisation")

@@ -129,3 +129,29 @@ def test_deepspeed_config_contradicting_flags_is_refused(tiny_model_dir, train_d
                           "--deepspeed", str(config)), timeout=120)
     assert result.returncode != 0
     assert "train_micro_batch_size_per_gpu is 16 but the training flags give 4" in result.stderr
+
+
+@pytest.mark.distributed
+def test_deepspeed_zero3_two_ranks_checkpoint_resume_and_final_save(tiny_model_dir, train_data, tmp_path):
+    """Through the trainer: ZeRO-3 on 2 ranks, a checkpoint, an exact resume, and a gathered (not empty) final model."""
+    from safetensors.torch import load_file
+
+    model, out = tiny_model_dir("qwen2_vl"), tmp_path / "zero3"
+    args = _args(model, train_data, out, "--max_steps", "3", "--save_steps", "2", "--per_device_train_batch_size", "2",
+                 "--gc_chunk_size", "1", "--deepspeed", str(REPO / "ds_configs" / "zero3.json"))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(30500 + os.getpid() % 1000), "-m", "retriever.train"]
+    first = subprocess.run([*torchrun, *args], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert first.returncode == 0, first.stderr[-4000:]
+    reference = read_log(out / "log.jsonl")
+    resumed = subprocess.run([*torchrun, *args, "--resume_from_checkpoint", str(out / "checkpoint-2")], env=_env(),
+                             cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    again = read_log(out / "log.jsonl")[3]
+    assert again["pages_sha1"] == reference[3]["pages_sha1"]
+    assert again["loss"] == pytest.approx(reference[3]["loss"], rel=1e-6)
+    start, final = load_file(str(model / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
+    assert set(final) == set(start)
+    for name, tensor in start.items():
+        assert final[name].shape == tensor.shape, f"{name} saved as a ZeRO-3 partition"
+    assert sum(not final[name].equal(tensor) for name, tensor in start.items()) > len(start) // 2
