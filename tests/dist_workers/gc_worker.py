@@ -90,6 +90,26 @@ def run_config(stage, chunk, learnable, multi, accum, rank, world) -> list[torch
         return params(model, loss)
 
 
+def resume_check(stage: int, learnable: bool, rank: int, world: int, directory: Path) -> float:
+    """Train step 1, checkpoint, train step 2 -> A; fresh backend + load checkpoint, train step 2 -> B; |A - B|."""
+    finals = []
+    for resume in (False, True):
+        model, loss = fresh(False, learnable)
+        ds_config = {"train_micro_batch_size_per_gpu": Q_PER_RANK, "gradient_accumulation_steps": 1,
+                     "train_batch_size": Q_PER_RANK * world, "gradient_clipping": 1.0,
+                     "zero_optimization": {"stage": stage}, "steps_per_print": 10**9}
+        backend = build_backend(model, optimizer_factory=optimizer_factory, loss=loss, deepspeed_config=ds_config)
+        if resume:
+            backend.load_checkpoint(directory)
+        else:
+            train(model, loss, backend, CHUNK, [[rank_batch(0, 0, rank)]])
+            backend.save_checkpoint(directory)
+        train(model, loss, backend, CHUNK, [[rank_batch(1, 0, rank)]])
+        with backend.gathered_parameters():
+            finals.append(params(model, loss))
+    return max_rel_diff(finals[1], finals[0])
+
+
 def max_rel_diff(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
     return max(((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item() for g, w in zip(got, want))
 
@@ -110,6 +130,8 @@ def main() -> None:
         want = refs[(multi, learnable, accum)]
         results[name] = {"max_rel_diff": max_rel_diff(got, want),
                          "reference_moved": max_rel_diff(want, params(*fresh(multi, learnable)))}
+    for stage, learnable in ((2, True), (3, False)):
+        results[f"zero{stage}_resume"] = resume_check(stage, learnable, rank, world, out.parent / f"ckpt{stage}")
     if rank == 0:
         out.write_text(json.dumps(results, indent=1))
 
