@@ -20,7 +20,7 @@ from PIL import Image
 
 from data_prep.pdf import PdfError, open_pdf, password_for
 
-FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+FORMATS = ("jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ class Supervisor:
         task, pos = w.task, w.pos
         w.kill()
         if not w.ready:
-            raise RuntimeError(f"a worker process failed to start ({reason}); run with one worker to see its error")
+            raise RuntimeError(f"a worker process failed to start ({reason}); its traceback is above")
         if task is not None and pos < len(task):
             self.on_fail(task[pos], reason)
             if pos + 1 < len(task):
@@ -118,6 +118,7 @@ class Supervisor:
                     try:
                         msg = conn.recv()
                     except (EOFError, OSError):
+                        w.proc.join(timeout=5)  # so that its exit code is known
                         self._replace(w, f"worker process died (exit code {w.proc.exitcode})", tasks)
                         continue
                     self._handle(w, msg)
