@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import transformers
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -131,7 +132,7 @@ class RetrieverEncoder(nn.Module):
             if training_mode != "lora":
                 model = model.merge_and_unload()
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        image_processor = load_image_processor(path, trust_remote_code)
         backbone = adapter_cls(tokenizer, image_processor, model.config)
         backbone.set_resolution(config.max_pixels, config.max_visual_tokens)
         backbone.bind(unwrap(model))
@@ -357,6 +358,23 @@ def check_checkpoint_files(path: Path, need_weights: bool = True, need_processor
     for alternatives in required:
         if not any((path / name).exists() for name in alternatives):
             raise FileNotFoundError(f"{path}: missing {' or '.join(alternatives)}")
+
+
+def load_image_processor(path: Path, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's image processor: ``AutoImageProcessor``, or its PIL-backend class by name.
+
+    Some transformers 5 releases make ``AutoImageProcessor`` itself require torchvision; there the class named
+    by ``preprocessor_config.json`` is loaded in its PIL variant (``<Name>Pil``) instead.
+    """
+    try:
+        return AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ImportError as err:
+        config = path / "preprocessor_config.json"
+        name = json.loads(config.read_text(encoding="utf-8")).get("image_processor_type", "") if config.exists() else ""
+        pil_class = getattr(transformers, name.removesuffix("Fast").removesuffix("Pil") + "Pil", None)
+        if pil_class is None:
+            raise ImportError(f"{path}: cannot load the image processor {name!r} without torchvision") from err
+        return pil_class.from_pretrained(path)
 
 
 def decode_image(image: Image.Image | bytes, image_id: str) -> Image.Image:

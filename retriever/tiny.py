@@ -230,6 +230,26 @@ BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
 }
 
 
+IMAGE_PROCESSORS = {"qwen2_vl": "Qwen2VLImageProcessorPil", "qwen2_5_vl": "Qwen2VLImageProcessorPil",
+                    "internvl": "GotOcr2ImageProcessorPil", "idefics3": "Idefics3ImageProcessorPil",
+                    "paligemma": "SiglipImageProcessorPil"}
+
+
+def unavailable_reason(arch: str) -> str | None:
+    """Why ``arch`` cannot be built with the installed transformers (None when it can).
+
+    Some transformers releases make a PIL-backend image processor require torchvision anyway.
+    """
+    import transformers
+
+    name = IMAGE_PROCESSORS[arch]
+    try:
+        getattr(transformers, name)()
+    except ImportError as err:
+        return f"{name} is unavailable in transformers {transformers.__version__}: {str(err).strip()[:120]}"
+    return None
+
+
 def build_tiny(arch: str, out: Path, *, dropout: float = 0.0, seed: int = 0) -> Path:
     """Writes a tiny random-weight checkpoint of ``arch`` to ``out`` and returns ``out``.
 
