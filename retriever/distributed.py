@@ -16,15 +16,15 @@ Design
   (DDP: ``no_sync`` otherwise; DeepSpeed: ``set_gradient_accumulation_boundary``). Under ZeRO-2/3 DeepSpeed
   still reduces on every ``engine.backward`` (its partitioning needs it), which is correct and avoids the
   "gradient computed twice" failure that bare ``loss.backward()`` calls cause.
-* Loss parameters (a learnable temperature) are not inside DDP/DeepSpeed: every rank computes the same global
-  loss, so their gradient is already identical on every rank and is added directly (``extra_params``). For
-  single-process and DDP they join the main optimizer; under DeepSpeed they get their own optimizer and
-  scheduler from the same factories.
+* Loss parameters (a learnable temperature, passed as ``loss=``) are not inside DDP/DeepSpeed: every rank
+  computes the same global loss, so their gradient is already identical on every rank and is added directly
+  (:meth:`Backend.add_extra_grads`). For single-process and DDP they join the main optimizer (keeping the
+  settings of the ``param_groups`` entry they appear in); under DeepSpeed they get their own optimizer and
+  scheduler from the same factories, saved next to the engine checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,9 @@ __all__ = [
     "gather_reps",
     "cat_reps",
     "gather_block_diagonal",
-    "init_distributed",
     "is_distributed",
     "pad_reps",
+    "rank_and_world",
 ]
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
@@ -55,7 +55,8 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group; ``(0, 1)`` without one."""
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
 
 
@@ -83,7 +84,7 @@ def cat_reps(parts: Sequence[Any]) -> Any:
 
 def _gather_padded(tensor: Tensor) -> list[Tensor]:
     """All-gather tensors whose shapes differ across ranks (any dim); returns each rank's unpadded tensor."""
-    _, world = _rank_world()
+    _, world = rank_and_world()
     shape = torch.tensor(tensor.shape, dtype=torch.long, device=tensor.device)
     shapes = [torch.zeros_like(shape) for _ in range(world)]
     dist.all_gather(shapes, shape)
@@ -127,7 +128,7 @@ def all_gather_with_grad(reps: Any) -> tuple[Any, list[int]]:
     gathered, counts = gather_reps(reps)
     if not is_distributed():
         return reps, counts
-    rank, _ = _rank_world()
+    rank, _ = rank_and_world()
     start = sum(counts[:rank])
     if isinstance(reps, Tensor):
         return torch.cat([gathered[:start], reps, gathered[start + counts[rank]:]]), counts
@@ -177,7 +178,7 @@ class Backend:
         gradient_accumulation_steps: int = 1,
         extra_params: Sequence[nn.Parameter] = (),
     ) -> None:
-        self.rank, self.world_size = _rank_world()
+        self.rank, self.world_size = rank_and_world()
         self.encoder = model
         self.module: nn.Module = MultiInput(model)
         self.optimizer = optimizer
@@ -231,9 +232,6 @@ class Backend:
         self.optimizer.zero_grad(set_to_none=True)
         self.micro_step = 0
         return norm
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return (p for p in self.encoder.parameters() if p.requires_grad)
 
     @contextlib.contextmanager
     def gathered_parameters(self) -> Iterator[None]:
@@ -304,7 +302,7 @@ class DeepSpeedBackend(Backend):
     ) -> None:
         import deepspeed
 
-        self.rank, self.world_size = _rank_world()
+        self.rank, self.world_size = rank_and_world()
         self.encoder = model
         self.extra_params = list(extra_params)
         self.micro_step = 0
@@ -443,13 +441,3 @@ def _split_groups(groups: list[dict[str, Any]], extra: Sequence[nn.Parameter]
     if missing:
         extra_groups.append({"params": missing})
     return model_groups, extra_groups
-
-
-def init_distributed(backend: str | None = None) -> tuple[int, int]:
-    """Initialise the default process group from torchrun's environment (no-op when absent); ``(rank, world)``."""
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not is_distributed():
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
-    return _rank_world()

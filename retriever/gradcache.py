@@ -12,9 +12,13 @@ PARAMETERS factors through the representations: ``dL/dθ = Σ_i <dL/dr_i, dr_i/d
    padded to a common length) and the loss of the GLOBAL batch is computed on them (every rank computes the
    same loss; the global positives mask is block-diagonal over ranks). Its gradient with respect to the
    representations (and the loss's own parameters, e.g. a learnable temperature) is taken.
-3. Second pass, chunk by chunk: the RNG state of the chunk is restored (dropout masks are identical), the
-   vision outputs are replayed when reused, and ``<r_chunk, dL/dr_chunk>`` is backpropagated through the
-   backend: ``no_sync`` on every chunk but the last (DDP), the DeepSpeed accumulation boundary only on the last.
+3. Second pass, one step per page chunk, each carrying its share of the query chunks in ONE module call:
+   every chunk's RNG state is restored around its own encoder call (dropout masks are identical), the vision
+   outputs are replayed when reused, and ``sum <r_chunk, dL/dr_chunk>`` is backpropagated through the
+   backend: ``no_sync`` on every step but the last (DDP), the DeepSpeed accumulation boundary only on the
+   last. Every step carries a page chunk so that every backward reaches every trainable parameter: DDP needs
+   that for its synchronising backward and DeepSpeed ZeRO-3 for the first backward of an optimizer step
+   (see :func:`_second_pass_plan`).
 
 The parameter gradient equals the full-batch gradient exactly (up to float summation order). With
 ``chunk_size`` 0/None the same cross-rank loss is used without caching: one forward of the whole local
@@ -36,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from retriever.distributed import Backend, cat_reps, gather_block_diagonal, gather_reps, _rank_world
+from retriever.distributed import Backend, cat_reps, gather_block_diagonal, gather_reps, rank_and_world
 from retriever.losses import ContrastiveLoss, is_multivector
 
 __all__ = ["GradCache", "RngState", "VisionReplay", "auto_chunk_size"]
@@ -65,9 +69,7 @@ def _detach(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.detach()
     if isinstance(value, dict):  # includes transformers ModelOutput (an OrderedDict subclass)
-        out = type(value)(**{k: _detach(v) for k, v in value.items()}) if hasattr(value, "to_tuple") else \
-            type(value)((k, _detach(v)) for k, v in value.items())
-        return out
+        return type(value)(**{k: _detach(v) for k, v in value.items()})
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(_detach(v) for v in value))
     if isinstance(value, (list, tuple)):
@@ -270,7 +272,7 @@ class GradCache:
         grads = torch.autograd.grad(loss, inputs)
         if self.loss_params:
             self.backend.add_extra_grads(grads[2:])
-        rank, _ = _rank_world()
+        rank, _ = rank_and_world()
         q_start, p_start = sum(q_counts[:rank]), sum(p_counts[:rank])
         q_grad = grads[0][q_start : q_start + q_counts[rank]]
         p_grad = grads[1][p_start : p_start + p_counts[rank]]

@@ -44,6 +44,11 @@ def test_deepspeed_checkpoint_resume_continues_identically(two_rank_results: dic
     assert two_rank_results[f"zero{stage}_resume"] < 1e-6
 
 
+@pytest.mark.distributed
+def test_gathers_across_ranks_with_uneven_sizes(two_rank_results: dict) -> None:
+    assert two_rank_results["gather_ok"] is True
+
+
 def test_plain_backend_checkpoint_round_trip(tmp_path) -> None:
     """Save after one step, load into a fresh backend: the next step gives the same parameters."""
     from dist_workers.gc_worker import CHUNK, fresh, optimizer_factory, params, rank_batch, train

@@ -17,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dist_workers.toy_encoder import ToyEncoder, toy_batch  # noqa: E402
-from retriever.distributed import build_backend  # noqa: E402
+from retriever.distributed import all_gather_with_grad, build_backend, gather_reps  # noqa: E402
+from retriever.heads import MultiVector  # noqa: E402
 from retriever.gradcache import GradCache  # noqa: E402
 from retriever.losses import ContrastiveLoss  # noqa: E402
 
@@ -110,6 +111,19 @@ def resume_check(stage: int, learnable: bool, rank: int, world: int, directory: 
     return max_rel_diff(finals[1], finals[0])
 
 
+def gather_check(rank: int) -> bool:
+    """Ranks hold different row and token counts: gathers pad tokens, keep rank order, route gradients home."""
+    x = torch.full((rank + 1, 3), float(rank + 1), requires_grad=True)
+    gathered, counts = all_gather_with_grad(x)
+    (gathered ** 2).sum().backward()
+    dense_ok = counts == [1, 2] and gathered[:, 0].tolist() == [1.0, 2.0, 2.0] and torch.equal(x.grad, 2 * x.detach())
+    length = 2 + rank
+    mv = MultiVector(torch.ones(1, length, 4) * (rank + 1), torch.ones(1, length, dtype=torch.bool))
+    mv_all, counts = gather_reps(mv)
+    return dense_ok and mv_all.emb.shape == (2, 3, 4) and mv_all.mask.tolist() == [[True, True, False], [True] * 3] \
+        and float(mv_all.emb[0, 2].abs().sum()) == 0.0
+
+
 def max_rel_diff(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
     return max(((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item() for g, w in zip(got, want))
 
@@ -130,6 +144,7 @@ def main() -> None:
         want = refs[(multi, learnable, accum)]
         results[name] = {"max_rel_diff": max_rel_diff(got, want),
                          "reference_moved": max_rel_diff(want, params(*fresh(multi, learnable)))}
+    results["gather_ok"] = gather_check(rank)
     for stage, learnable in ((2, True), (3, False)):
         results[f"zero{stage}_resume"] = resume_check(stage, learnable, rank, world, out.parent / f"ckpt{stage}")
     if rank == 0:
