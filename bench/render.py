@@ -3,7 +3,8 @@
 Measures, on the same PDFs at the same dpi with JPEG encoding included:
   * ``pdftoppm`` (poppler), one process, ``-jpeg -jpegopt quality=Q`` (one subprocess per PDF);
   * a bare PyMuPDF + PIL loop in this process (the floor the pipeline's overhead is measured against);
-  * ``data_prep.render`` end to end (worker start-up, pipes, HDF5 shard writes) with 1 and 2 worker processes.
+  * ``data_prep.render`` (task queue, pipes, HDF5 shard writes with fsync) with 1 and 2 worker processes, after
+    a 1-page run that pays the one-time cold start (worker server start + PyMuPDF import), reported separately.
 Then random reads per second of N pages: ``PageStore.get_bytes`` / ``get_image`` against opening individual PNG
 files of the same pages (``open().read()`` / ``PIL.Image.open().load()``).
 
@@ -119,6 +120,9 @@ def main() -> None:
         if not args.skip_pdftoppm:
             res["pdftoppm_pps"] = n / bench_pdftoppm(pdfs, args.dpi, args.quality, work)
         res["bare_loop_pps"] = n / bench_bare_loop(pages, settings)
+        one = work / "one_page.jsonl"  # cold start: worker process server + PyMuPDF import, paid once per run
+        one.write_text(json.dumps(pages[0]) + "\n")
+        res["cold_start_1_page_s"] = bench_pipeline(one, work / "store_one", settings, 1)[0]
         for workers in (1, 2):
             secs, rendered = bench_pipeline(pages_path, work / f"store{workers}", settings, workers)
             res[f"pipeline_{workers}p_pps"] = rendered / secs

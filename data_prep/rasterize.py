@@ -61,8 +61,8 @@ def render_page(page: pymupdf.Page, settings: RenderSettings) -> tuple[Image.Ima
     if long_pt * zoom > settings.max_side:
         zoom = (settings.max_side - 1) / long_pt  # 1 px margin: MuPDF rounds the pixel box outwards
     pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
-    img = Image.frombuffer("RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride, 1)
-    return img.copy(), zoom * 72.0
+    img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride)  # one copy
+    return img, zoom * 72.0
 
 
 def page_meta(rec: dict[str, Any], img: Image.Image, dpi: float, page: pymupdf.Page,
