@@ -116,7 +116,10 @@ def _info_nce(logits: Tensor, positives: Tensor, neg_bias: Tensor | None) -> Ten
     neg_logits = logits.masked_fill(positives, float("-inf"))
     if neg_bias is not None:
         neg_logits = neg_logits + neg_bias
-    neg_lse = torch.logsumexp(neg_logits, dim=1, keepdim=True)  # -inf when a row has no negatives
+    # A row without negatives (all dropped as suspected false negatives) has loss 0: keep its gradient finite.
+    has_neg = torch.isfinite(neg_logits).any(dim=1, keepdim=True)
+    neg_lse = torch.logsumexp(torch.where(has_neg, neg_logits, torch.zeros_like(neg_logits)), dim=1, keepdim=True)
+    neg_lse = torch.where(has_neg, neg_lse, torch.full_like(neg_lse, float("-inf")))
     per_pair = F.softplus(neg_lse - logits)
     per_pair = torch.where(positives, per_pair, torch.zeros((), dtype=logits.dtype, device=logits.device))
     n_pos = positives.sum(dim=1)

@@ -91,6 +91,15 @@ def test_false_negative_guard(mode: str) -> None:
     assert not torch.allclose(loss(q, p, positives), naive_loss(s, positives), rtol=1e-6)
 
 
+def test_query_without_negatives_has_zero_loss_and_finite_gradients() -> None:
+    q, p = _dense(2).requires_grad_(), _dense(2, seed=1)
+    positives = torch.tensor([[True, True], [False, True]])  # query 0: every page is a positive
+    loss = ContrastiveLoss(temperature=T)(q, p, positives)
+    loss.backward()
+    assert torch.isfinite(q.grad).all()
+    assert torch.allclose(loss, naive_loss(q.detach()[1:] @ p.T, positives[1:]) / 2, rtol=1e-12)
+
+
 def test_multivector_loss_uses_maxsim() -> None:
     q, p = _multi(3, 4, seed=0), _multi(5, 6, seed=1)
     positives = torch.eye(3, 5, dtype=torch.bool)
