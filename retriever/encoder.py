@@ -108,9 +108,7 @@ class RetrieverEncoder(nn.Module):
 
         The encoder is returned in eval mode (as transformers does); call ``.train()`` before training.
         """
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model directory {path} does not exist")
+        path = resolve_checkpoint(path)
         saved = read_saved_state(path) if (path / CONFIG_FILE).exists() else None
         if config is None:
             config = saved.encoder if saved else EncoderConfig(backbone=infer_backbone(path, trust_remote_code))
@@ -118,30 +116,20 @@ class RetrieverEncoder(nn.Module):
         if adapter_cls.requires_remote_code and not trust_remote_code:
             raise ValueError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
                              "trust_remote_code=True (--trust_remote_code) if you trust it")
-        load_kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation,
-                       "trust_remote_code": trust_remote_code}
-        adapter_dir = saved is not None and (path / ADAPTER_FILE).exists()
-        base_path = lora_base_path(path) if adapter_dir else path
-        check_checkpoint_files(base_path, need_processor=False)
         check_checkpoint_files(path, need_weights=False)
-        model = adapter_cls.load_model(base_path, **load_kwargs)
-        if adapter_dir:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, path, is_trainable=training_mode == "lora")
-            if training_mode != "lora":
-                model = model.merge_and_unload()
+        resume_lora = saved is not None and (path / ADAPTER_FILE).exists() and training_mode == "lora"
+        model = load_backbone_weights(path, adapter_cls, training_mode, dtype=torch_dtype,
+                                      attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        image_processor = load_image_processor(path, trust_remote_code)
-        backbone = adapter_cls(tokenizer, image_processor, model.config)
+        backbone = adapter_cls(tokenizer, load_image_processor(path, trust_remote_code), unwrap(model).config)
         backbone.set_resolution(config.max_pixels, config.max_visual_tokens)
         backbone.bind(unwrap(model))
-        if not (adapter_dir and training_mode == "lora"):
+        if resume_lora:  # the adapters keep training; the rest stays frozen as peft left it
+            lora = lora or (LoraSettings(**saved.lora) if saved.lora else None)
+            if freeze_vision:
+                backbone.vision_module(unwrap(model)).requires_grad_(False)
+        else:
             model = apply_training_mode(model, backbone, training_mode, lora, freeze_vision)
-        elif freeze_vision:
-            backbone.vision_module(unwrap(model)).requires_grad_(False)
-        if adapter_dir and training_mode == "lora" and lora is None and saved.lora:
-            lora = LoraSettings(**saved.lora)
         head = build_head(config, text_hidden_size(model)).to(unwrap(model).dtype)
         if saved is not None and same_head(config, saved.encoder):
             head.load_state_dict(load_file(str(path / HEADS_FILE)))
@@ -288,6 +276,40 @@ def copy_module_output(output: Any) -> Any:
     return output
 
 
+def load_backbone_weights(path: Path, adapter_cls: type[Backbone], training_mode: str,
+                          **load_kwargs: Any) -> nn.Module:
+    """The transformers model of ``path``; for a LoRA directory, its base with the adapters attached
+    (trainable in ``lora`` mode, merged into the weights otherwise)."""
+    is_adapter_dir = (path / CONFIG_FILE).exists() and (path / ADAPTER_FILE).exists()
+    base_path = lora_base_path(path) if is_adapter_dir else path
+    check_checkpoint_files(base_path, need_processor=False)
+    model = adapter_cls.load_model(base_path, **load_kwargs)
+    if not is_adapter_dir:
+        return model
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, path, is_trainable=training_mode == "lora")
+    return model if training_mode == "lora" else model.merge_and_unload()
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """A local checkpoint directory; a hub repo id is downloaded (config, safetensors, tokenizer and
+    processor files only: never pickled weights) when the hub can be reached."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name), allow_patterns=HUB_PATTERNS))
+    except Exception as err:  # offline, unknown repo, invalid id...
+        raise FileNotFoundError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
+                                f"({type(err).__name__})") from err
+
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
+
+
 def build_head(config: EncoderConfig, hidden_size: int) -> nn.Module:
     """The head named by ``config.head``; checks the Matryoshka sizes against the output size."""
     if config.head == "multi":
@@ -335,12 +357,15 @@ def read_saved_state(path: Path) -> SavedState:
 
 
 def lora_base_path(path: Path) -> Path:
-    """The base checkpoint an adapter directory was trained on."""
+    """The base checkpoint an adapter directory was trained on (a directory or a hub repo id)."""
     base = json.loads((path / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base or not Path(base).is_dir():
-        raise FileNotFoundError(f"{path / ADAPTER_FILE}: base model directory {base!r} (base_model_name_or_path) "
-                                "does not exist")
-    return Path(base)
+    if not base:
+        raise ValueError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
+    try:
+        return resolve_checkpoint(base)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
+            from err
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")

@@ -185,6 +185,11 @@ def test_checkpoint_missing_file_is_named(missing, tiny_model_dir, tmp_path):
         RetrieverEncoder.from_pretrained(copy)
 
 
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.*neither a checkpoint directory"):
+        RetrieverEncoder.from_pretrained(tmp_path / "nowhere")
+
+
 def test_saved_dir_missing_heads_is_named(encoder, tmp_path):
     encoder("paligemma").save_pretrained(tmp_path)
     (tmp_path / "heads.safetensors").unlink()
