@@ -31,7 +31,8 @@ class MiniCPMV(Backbone):
     name = "minicpm_v"
     model_types = ("minicpmv",)
     requires_remote_code = True
-    lora_language = r".*llm\.model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+    lora_language = (r".*llm\.model\.layers\.\d+\."
+                     r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))")
     lora_vision = r".*vpm\.encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)"
     image_keys = ("pixel_values", "tgt_sizes")
 

@@ -26,7 +26,8 @@ class QwenVL(Backbone):
     name = "qwen2_vl"
     model_types = ("qwen2_vl",)
     lora_language = rf".*language_model.*\.{LANGUAGE_LINEAR}"
-    lora_vision = r".*visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2|mlp\.gate_proj|mlp\.up_proj|mlp\.down_proj)"
+    lora_vision = (r".*visual\.blocks\.\d+\."
+                   r"(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2|mlp\.gate_proj|mlp\.up_proj|mlp\.down_proj)")
     image_keys = ("pixel_values", "image_grid_thw")
     default_page_prompt = "What is shown in this image?"
 
@@ -35,7 +36,9 @@ class QwenVL(Backbone):
         return self.image_processor.merge_size
 
     def set_resolution(self, max_pixels: int | None, max_visual_tokens: int | None) -> None:
-        caps = [c for c in (max_pixels, max_visual_tokens and max_visual_tokens * (14 * self.merge) ** 2) if c]
+        """Caps the image processor's pixel range (``smart_resize`` keeps the aspect ratio)."""
+        token_pixels = (self.image_processor.patch_size * self.merge) ** 2  # one visual token after merging
+        caps = [c for c in (max_pixels, max_visual_tokens and max_visual_tokens * token_pixels) if c]
         if not caps:
             return
         longest = min(caps)
