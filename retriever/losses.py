@@ -111,19 +111,29 @@ def _prefix(reps: Any, dim: int) -> Any:
     return matryoshka_prefixes(reps, [dim])[0]
 
 
-def _info_nce(logits: Tensor, positives: Tensor, neg_bias: Tensor | None) -> Tensor:
-    """Mean over rows of the per-row average, over positives, of ``softplus(lse(negatives) - positive)``."""
-    neg_logits = logits.masked_fill(positives, float("-inf"))
-    if neg_bias is not None:
-        neg_logits = neg_logits + neg_bias
-    # A row without negatives (all dropped as suspected false negatives) has loss 0: keep its gradient finite.
-    has_neg = torch.isfinite(neg_logits).any(dim=1, keepdim=True)
-    neg_lse = torch.logsumexp(torch.where(has_neg, neg_logits, torch.zeros_like(neg_logits)), dim=1, keepdim=True)
+def _info_nce(logits: Tensor, positives: Tensor, flagged: Tensor | None = None, flagged_offset: float = 0.0
+              ) -> Tensor:
+    """Mean over rows of the per-row average, over positives, of ``softplus(lse(negatives) - positive)``.
+
+    ``flagged`` negatives get ``flagged_offset`` added to their logit (``-inf`` drops them). Memory: besides
+    ``logits``, one ``[B, P]`` tensor (the masked negatives) is kept for backward; the positive terms are
+    gathered as a list, so large batches do not pay for several score-sized intermediates.
+    """
+    excluded = positives if flagged is None or flagged_offset != float("-inf") else positives | flagged
+    neg_logits = logits.masked_fill(excluded, float("-inf"))
+    if flagged is not None and flagged_offset != float("-inf"):
+        neg_logits = neg_logits + flagged.to(logits.dtype) * flagged_offset
+    # A row without negatives (e.g. all dropped as suspected false negatives) has loss 0; its gradient must
+    # stay finite, so its logsumexp runs over zeros and is then replaced by -inf.
+    has_neg = ~excluded.all(dim=1)
+    if not bool(has_neg.all()):
+        neg_logits = neg_logits.masked_fill(~has_neg[:, None], 0.0)
+    neg_lse = torch.logsumexp(neg_logits, dim=1)
     neg_lse = torch.where(has_neg, neg_lse, torch.full_like(neg_lse, float("-inf")))
-    per_pair = F.softplus(neg_lse - logits)
-    per_pair = torch.where(positives, per_pair, torch.zeros((), dtype=logits.dtype, device=logits.device))
-    n_pos = positives.sum(dim=1)
-    return (per_pair.sum(dim=1) / n_pos).mean()
+    rows, cols = positives.nonzero(as_tuple=True)
+    per_pair = F.softplus(neg_lse[rows] - logits[rows, cols])
+    per_row = torch.zeros_like(neg_lse).index_add(0, rows, per_pair)
+    return (per_row / positives.sum(dim=1)).mean()
 
 
 class ContrastiveLoss(nn.Module):
@@ -185,21 +195,20 @@ class ContrastiveLoss(nn.Module):
         """Loss at one representation size."""
         raw = scores(q_reps, p_reps, self.score_chunk_size)
         logits = raw * self.scale().to(raw.dtype)
-        loss = _info_nce(logits, positives, self._false_negative_bias(raw.detach(), positives))
+        flagged = self._suspected_false_negatives(raw.detach(), positives)
+        offset = float("-inf") if self.false_negative_mode == "drop" else math.log(self.false_negative_weight)
+        loss = _info_nce(logits, positives, flagged, offset)
         if self.symmetric:
             has_query = positives.any(dim=0)
-            loss = 0.5 * (loss + _info_nce(logits.T[has_query], positives.T[has_query], None))
+            loss = 0.5 * (loss + _info_nce(logits.T[has_query], positives.T[has_query]))
         return loss
 
-    def _false_negative_bias(self, raw: Tensor, positives: Tensor) -> Tensor | None:
-        """Additive logit bias for suspected false negatives (``-inf`` drops, ``log w`` down-weights)."""
+    def _suspected_false_negatives(self, raw: Tensor, positives: Tensor) -> Tensor | None:
+        """Negatives scoring above ``factor`` x the query's best positive score (None when the guard is off)."""
         if self.false_negative_factor is None:
             return None
         best_pos = raw.masked_fill(~positives, float("-inf")).amax(dim=1, keepdim=True)
-        flagged = (raw > self.false_negative_factor * best_pos) & ~positives
-        penalty = float("-inf") if self.false_negative_mode == "drop" else math.log(self.false_negative_weight)
-        zero = torch.zeros((), dtype=raw.dtype, device=raw.device)
-        return torch.where(flagged, torch.full_like(zero, penalty), zero)
+        return (raw > self.false_negative_factor * best_pos) & ~positives
 
     @staticmethod
     def _check(q_reps: Any, p_reps: Any, positives: Tensor) -> Tensor:
