@@ -207,3 +207,24 @@ def test_maxsim_of_encoder_outputs_matches_naive_loop(encoder):
         for j, dj in enumerate(rows(d)):
             naive = sum(max(float(a @ b) for b in dj) for a in qi)
             assert abs(scores[i, j].item() - naive) < 1e-10
+
+
+@pytest.mark.shared_pdfs
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
+def test_real_pdf_pages(arch, shared_pdfs, encoder):
+    """Pages rendered from real PDFs (a tall page, a tiny one, a scan) encode under a resolution cap."""
+    fitz = pytest.importorskip("fitz")
+    images = []
+    for name in ("skinnypage.pdf", "small_page_size.pdf", "olmo-page-1.pdf"):
+        path = shared_pdfs / "olmocr-gnarly" / name
+        if path.exists():
+            with fitz.open(path) as doc:
+                pix = doc[0].get_pixmap(dpi=24)
+                images.append(Image.frombytes("RGB", (pix.width, pix.height), pix.samples))
+    if not images:
+        pytest.skip("none of the chosen PDFs is present")
+    enc = encoder(arch, max_visual_tokens=64, pooling="mean")
+    emb = enc.encode_pages(images, batch_size=2)
+    assert emb.shape == (len(images), 64) and torch.isfinite(emb).all()
+    alone = torch.cat([enc.encode_pages([image]) for image in images])
+    assert (emb - alone).abs().max() < 1e-5
