@@ -82,7 +82,7 @@ def build_model(device: str, out: Path) -> Path:
     tokenizer = byte_level_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
     ids = tokenizer.convert_tokens_to_ids
     text = QWEN2_VL_2B["text"] | dict(vocab_size=vocab_size_for(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                      eos_token_id=tokenizer.eos_token_id)
+                                      eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
     config = Qwen2VLConfig(text_config=text, vision_config=QWEN2_VL_2B["vision"], tie_word_embeddings=True,
                            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
                            vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
