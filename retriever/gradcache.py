@@ -182,7 +182,8 @@ class GradCache:
         if reuse_frozen_vision:
             module = encoder.vision_module()
             if module is None:
-                raise ValueError("reuse_frozen_vision: this encoder has no frozen vision tower (train with --freeze_vision)")
+                raise ValueError("reuse_frozen_vision: this encoder has no frozen vision tower "
+                                 "(train with --freeze_vision)")
             self.vision = VisionReplay(module)
         self.loss_params = [p for p in loss.parameters() if p.requires_grad]
 

@@ -160,7 +160,7 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if false_negative_mode not in ("drop", "downweight"):
             raise ValueError(f"false_negative_mode must be 'drop' or 'downweight', got {false_negative_mode!r}")
-        if matryoshka_weights is not None and (matryoshka_dims is None or len(matryoshka_weights) != len(matryoshka_dims)):
+        if matryoshka_weights is not None and len(matryoshka_weights) != len(matryoshka_dims or ()):
             raise ValueError("matryoshka_weights needs matryoshka_dims of the same length")
         if not 0 < false_negative_weight <= 1:
             raise ValueError(f"false_negative_weight must be in (0, 1], got {false_negative_weight}")

@@ -7,7 +7,6 @@ and runs every configuration; rank 0 writes ``{config: max relative parameter di
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
