@@ -123,7 +123,7 @@ def build_encoder(args):
         logger.warning("--drop_path_rate: this backbone has no drop-path modules; the flag has no effect")
     if args.gradient_checkpointing:
         unwrap(encoder.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return encoder
+    return encoder.train()
 
 
 def _encoder_config(args):
@@ -231,8 +231,10 @@ def batch_stream(args, env: DistEnv, encoder, pairs: list[Pair], resolver: PageR
                           epoch, corpus)
         batches = EpochBatches(plan, start, env.rank, env.world_size, pairs, resolver.get_image,
                                encoder.prepare_queries, encoder.prepare_pages)
+        # its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG, which would
+        # shift the dropout stream of a resumed run against an uninterrupted one
         loader = DataLoader(batches, batch_size=None, num_workers=args.dataloader_num_workers,
-                            persistent_workers=False)
+                            generator=torch.Generator().manual_seed(args.seed + epoch))
         for i, batch in enumerate(loader):
             yield epoch, start + i, batch
         epoch, start = epoch + 1, 0
