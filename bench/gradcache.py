@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="batch for the frozen-vision reuse comparison (0 = skip)")
     parser.add_argument("--loss_batches", default="256,1024",
                         help="batches for the multi-vector loss memory measurement (empty = skip)")
+    parser.add_argument("--dense_loss_batches", default="64,4096",
+                        help="batches for the dense loss memory measurement: its [B, B] score matrices (empty = skip)")
+    parser.add_argument("--dense_loss_dim", type=int, default=64, help="dense embedding size for that measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     parser.add_argument("--model_dir", type=Path, default=None, help="reuse a checkpoint built by an earlier run")
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
@@ -175,12 +178,21 @@ def cached_reps_mib(enc, cfg: dict[str, Any]) -> float:
 
 
 def run_loss_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Multi-vector loss alone: B queries x 16 tokens, B pages x 64 tokens, dim 128, chunked MaxSim."""
+    """The loss alone, forward + backward on random reps: multi-vector (B queries x 16 tokens, B pages x 64
+    tokens, dim 128, chunked MaxSim) or dense (``loss_dense``: dim ``cfg["dim"]``, the [B, B] score matrices)."""
     from retriever.heads import MultiVector
     from retriever.losses import ContrastiveLoss
 
     n, lq, ld, dim = cfg["batch"], 16, 64, 128
     gen = torch.Generator().manual_seed(0)
+    if cfg["mode"] == "loss_dense":
+        q, p = (torch.nn.functional.normalize(torch.randn(n, cfg["dim"], generator=gen), dim=-1)
+                .to(cfg["device"]).requires_grad_() for _ in range(2))
+        base = peak_memory_mib(cfg["device"])
+        start = time.perf_counter()
+        ContrastiveLoss()(q, p, torch.eye(n, dtype=torch.bool, device=cfg["device"])).backward()
+        return {"step_s": time.perf_counter() - start, "peak_mib": peak_memory_mib(cfg["device"]),
+                "peak_before_mib": base, "score_matrix_mib": n * n * 4 / 2**20}
 
     def reps(length: int) -> MultiVector:
         emb = torch.nn.functional.normalize(torch.randn(n, length, dim, generator=gen), dim=-1)
@@ -199,7 +211,7 @@ def run_loss_config(cfg: dict[str, Any]) -> dict[str, Any]:
 def child(cfg: dict[str, Any]) -> None:
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
-    result = run_loss_config(cfg) if cfg["mode"] == "loss" else run_step_config(cfg)
+    result = run_loss_config(cfg) if cfg["mode"].startswith("loss") else run_step_config(cfg)
     print("RESULT " + json.dumps({**cfg, **result}), flush=True)
 
 
@@ -207,7 +219,7 @@ def child(cfg: dict[str, Any]) -> None:
 def configurations(args: argparse.Namespace, model_dir: Path) -> list[dict[str, Any]]:
     gpu = args.device == "cuda"
     chunk = args.chunk or (8 if gpu else 64)
-    plain = args.plain_batches or ("8" if gpu else "64,256")
+    plain = args.plain_batches if args.plain_batches is not None else ("8" if gpu else "64,256")
     base = dict(device=args.device, head=args.head, chunk=chunk, threads=args.threads, model_dir=str(model_dir),
                 gradient_checkpointing=args.gradient_checkpointing)
     configs = [base | dict(mode="plain", batch=int(b)) for b in plain.split(",") if b]
@@ -216,6 +228,8 @@ def configurations(args: argparse.Namespace, model_dir: Path) -> list[dict[str, 
         configs += [base | dict(mode="frozen_vision", batch=args.reuse_batch, freeze_vision=True, reuse=r)
                     for r in (False, True)]
     configs += [base | dict(mode="loss", batch=int(b)) for b in args.loss_batches.split(",") if b]
+    configs += [base | dict(mode="loss_dense", batch=int(b), dim=args.dense_loss_dim)
+                for b in args.dense_loss_batches.split(",") if b]
     return configs
 
 
@@ -230,6 +244,9 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
 def describe(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"| {r['mode']} | {r['batch']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} |"
+    if r["mode"] == "loss_dense":
+        return (f"| loss (dense, dim {r['dim']}) | {r['batch']} | step {r['step_s']:.2f} s | peak {r['peak_mib']:.0f} MiB "
+                f"(before {r['peak_before_mib']:.0f}) | one [B, B] matrix {r['score_matrix_mib']:.1f} MiB |")
     if r["mode"] == "loss":
         return (f"| loss (MaxSim, chunked) | {r['batch']} | step {r['step_s']:.2f} s | peak {r['peak_mib']:.0f} MiB "
                 f"(before {r['peak_before_mib']:.0f}, reps {r['reps_mib']:.1f}) | naive block {r['naive_block_gib']:.1f} GiB |")
