@@ -3,8 +3,11 @@
 Measures, on the same PDFs at the same dpi with JPEG encoding included:
   * ``pdftoppm`` (poppler), one process, ``-jpeg -jpegopt quality=Q`` (one subprocess per PDF);
   * a bare PyMuPDF + PIL loop in this process (the floor the pipeline's overhead is measured against);
-  * ``data_prep.render`` (task queue, pipes, HDF5 shard writes with fsync) with 1 and 2 worker processes, after
-    a 1-page run that pays the one-time cold start (worker server start + PyMuPDF import), reported separately.
+  * ``data_prep.render`` (task queue, pipes, HDF5 shard writes with fsync) with 1 and 2 worker processes, with
+    the CPU seconds per page of the whole pipeline (main process + workers; needs psutil), and the one-time cold
+    start of a fresh CLI run on a 1-page list (interpreter, PyMuPDF import, worker start), reported separately.
+On a shared machine the wall-clock 1->2 process scaling is limited by the free cores (the load average is
+printed); the CPU cost per page shows what the pipeline itself adds.
 Then random reads per second of N pages: ``PageStore.get_bytes`` / ``get_image`` against opening individual PNG
 files of the same pages (``open().read()`` / ``PIL.Image.open().load()``).
 
@@ -22,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,10 +60,57 @@ def bench_bare_loop(pages: list[dict], settings: RenderSettings) -> float:
     return time.perf_counter() - t0
 
 
-def bench_pipeline(pages_path: Path, out: Path, settings: RenderSettings, workers: int) -> tuple[float, int]:
+class _CpuMeter:
+    """CPU seconds of this process and all its descendants (render workers), sampled every 0.1 s by a thread
+    because workers exit at the end of a run; accurate to about 0.1 s per worker."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.seen: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.1):
+            for child in self.me.children(recursive=True):
+                try:
+                    t = child.cpu_times()
+                    self.seen[child.pid] = t.user + t.system
+                except Exception:  # exited between listing and reading
+                    pass
+
+    def __enter__(self) -> "_CpuMeter":
+        t = self.me.cpu_times()
+        self.base = t.user + t.system
+        self.before = {c.pid: sum(c.cpu_times()[:2]) for c in self.me.children(recursive=True)}
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        t = self.me.cpu_times()
+        own = t.user + t.system - self.base
+        self.seconds = own + sum(v - self.before.get(pid, 0.0) for pid, v in self.seen.items())
+
+
+def bench_pipeline(pages_path: Path, out: Path, settings: RenderSettings, workers: int) -> tuple[float, int, float]:
+    """Wall seconds, pages rendered, CPU seconds (this process + workers)."""
+    with _CpuMeter() as cpu:
+        t0 = time.perf_counter()
+        counts = render(pages_path, out, settings, workers=workers)
+        wall = time.perf_counter() - t0
+    return wall, counts["rendered"], cpu.seconds
+
+
+def bench_cold_start(pages_path: Path, out: Path) -> float:
+    """Seconds for a fresh ``python -m data_prep.render`` on a 1-page list: interpreter, imports, worker start."""
     t0 = time.perf_counter()
-    counts = render(pages_path, out, settings, workers=workers)
-    return time.perf_counter() - t0, counts["rendered"]
+    subprocess.run([sys.executable, "-m", "data_prep.render", "--pages", str(pages_path), "--out", str(out)],
+                   check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 def bench_reads(store_path: Path, work: Path, n_pages: int, n_reads: int, n_decodes: int,
@@ -119,13 +170,16 @@ def main() -> None:
         res: dict[str, object] = {"pdfs": len(pdfs), "pages": n, "dpi": args.dpi, "quality": args.quality}
         if not args.skip_pdftoppm:
             res["pdftoppm_pps"] = n / bench_pdftoppm(pdfs, args.dpi, args.quality, work)
+        cpu0 = time.process_time()
         res["bare_loop_pps"] = n / bench_bare_loop(pages, settings)
-        one = work / "one_page.jsonl"  # cold start: worker process server + PyMuPDF import, paid once per run
+        res["bare_loop_cpu_ms_per_page"] = 1000 * (time.process_time() - cpu0) / n
+        one = work / "one_page.jsonl"
         one.write_text(json.dumps(pages[0]) + "\n")
-        res["cold_start_1_page_s"] = bench_pipeline(one, work / "store_one", settings, 1)[0]
+        res["cold_start_1_page_cli_s"] = bench_cold_start(one, work / "store_one")
         for workers in (1, 2):
-            secs, rendered = bench_pipeline(pages_path, work / f"store{workers}", settings, workers)
+            secs, rendered, cpu_s = bench_pipeline(pages_path, work / f"store{workers}", settings, workers)
             res[f"pipeline_{workers}p_pps"] = rendered / secs
+            res[f"pipeline_{workers}p_cpu_ms_per_page"] = 1000 * cpu_s / rendered
         res["scaling_1_to_2"] = res["pipeline_2p_pps"] / res["pipeline_1p_pps"]
         if "pdftoppm_pps" in res:
             res["pipeline_1p_vs_pdftoppm"] = res["pipeline_1p_pps"] / res["pdftoppm_pps"]
