@@ -11,13 +11,15 @@ page's valid tokens, and sum those maxima over the query's valid tokens.
   never win even when every real score is negative; padded query tokens contribute exactly zero.
 
 * :func:`maxsim_blocked` / :func:`maxsim_lists` are the evaluation path (no autograd). Queries are flattened to
-  one ``[Nq*Lq, D]`` matrix and pages are processed in blocks of ``B`` pages flattened to ``[B*Ld, D]``, so each
-  block is a single GEMM whose ``[Nq*Lq, B*Ld]`` output is reduced with ``amax`` over its contiguous last axis,
-  which keeps the intermediate small enough to stay in cache and avoids the permute-copy of an einsum.
+  one ``[D, Nq*Lq]`` matrix and pages are processed in blocks of ``B`` pages flattened to ``[B*Ld, D]``, so each
+  block is a single GEMM ``[B*Ld, D] @ [D, Nq*Lq]`` (pages on the long side, which MKL runs faster than the
+  transposed product on this shape) whose output (at most ``block_elems`` floats) is reduced with ``amax`` over
+  the page-token axis, vectorised along the contiguous query-token axis.
   Instead of a masking pass over the similarity block, padded page tokens are overwritten with a copy of a
   valid token of the same page (the max is then unchanged, negative scores included) and padded query tokens
-  with zeros (they add exactly ``0``). :func:`maxsim_lists` also sorts pages by length so each block is padded
-  only to its own longest page.
+  with zeros (they add exactly ``0``). :func:`maxsim_lists` also sorts queries and pages by length and pads
+  them in groups, so each block is padded only to its own longest item (fewer wasted FLOPs than padding
+  everything, or every fixed-size batch, to its longest member).
 
 * :func:`dense_scores` is the single-vector head's score, ``q @ d.T``.
 
@@ -85,12 +87,13 @@ def maxsim_blocked(
     q_mask: Tensor,
     d_emb: Tensor,
     d_mask: Tensor,
-    block_elems: int = 1 << 22,
+    block_elems: int = 1 << 24,
     compute_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Evaluation MaxSim ``[Nq, Nd]`` (float32, no autograd) over padded tensors, computed in page blocks.
 
-    ``block_elems`` bounds the similarity block ``Nq*Lq x B*Ld`` (4M floats = 16 MiB by default; query rows
+    ``block_elems`` bounds the similarity block ``Nq*Lq x B*Ld`` (16M floats = 64 MiB by default: few large
+    GEMMs beat many cache-sized ones, whose per-call thread synchronisation dominates on busy CPUs; query rows
     are split too when one page alone would exceed it). ``compute_dtype`` (e.g. ``torch.bfloat16`` on GPU)
     sets the matmul precision; default keeps the input dtype.
     """
@@ -101,18 +104,19 @@ def maxsim_blocked(
     out = torch.empty(nq, nd, dtype=torch.float32, device=q_emb.device)
     if nq == 0 or nd == 0:
         return out
-    q_flat = q_emb.masked_fill(~q_mask.unsqueeze(-1), 0).to(dtype).reshape(nq * lq, dim)
+    q_cols = q_emb.masked_fill(~q_mask.unsqueeze(-1), 0).to(dtype).reshape(nq * lq, dim).T.contiguous()
     d_full = _fill_padding(d_emb, d_mask).to(dtype)
     q_rows = max(1, min(nq, block_elems // (lq * ld)))
     pages = max(1, min(nd, block_elems // (q_rows * lq * ld)))
     for q0 in range(0, nq, q_rows):
-        q_blk = q_flat[q0 * lq : (q0 + q_rows) * lq]
-        n_q = q_blk.shape[0] // lq
+        q_blk = q_cols[:, q0 * lq : (q0 + q_rows) * lq]  # [D, n_q*Lq]
+        n_q = q_blk.shape[1] // lq
         for d0 in range(0, nd, pages):
             d_blk = d_full[d0 : d0 + pages]
-            sim = q_blk @ d_blk.reshape(-1, dim).T  # [n_q*Lq, B*Ld]
-            best = sim.view(n_q * lq, d_blk.shape[0], ld).amax(dim=-1)  # [n_q*Lq, B]
-            out[q0 : q0 + n_q, d0 : d0 + d_blk.shape[0]] = best.view(n_q, lq, -1).sum(dim=1, dtype=torch.float32)
+            n_d = d_blk.shape[0]
+            sim = d_blk.reshape(n_d * ld, dim) @ q_blk  # [B*Ld, n_q*Lq]: pages as the GEMM's long side
+            best = sim.view(n_d, ld, n_q * lq).amax(dim=1)  # [B, n_q*Lq], reduced along rows (vectorised)
+            out[q0 : q0 + n_q, d0 : d0 + n_d] = best.view(n_d, n_q, lq).sum(dim=-1, dtype=torch.float32).T
     return out
 
 
@@ -126,32 +130,45 @@ def pad_multivector(vectors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return emb, mask.to(emb.device)
 
 
+def _length_groups(lengths: Sequence[int], max_padded_tokens: int) -> list[list[int]]:
+    """Positions sorted by length, cut into groups whose padded size (count x longest) stays within budget."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:  # ascending, so a group's longest member is its last
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= max_padded_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 @torch.no_grad()
 def maxsim_lists(
     queries: Sequence[Tensor] | tuple[Tensor, Tensor],
     pages: Sequence[Tensor],
-    block_elems: int = 1 << 22,
+    block_elems: int = 1 << 24,
     compute_dtype: torch.dtype | None = None,
-    group_tokens: int = 1 << 17,
+    group_tokens: int = 1 << 14,
+    query_group_tokens: int = 1 << 10,
 ) -> Tensor:
-    """Evaluation MaxSim ``[Nq, Nd]`` for unpadded pages ``[L_i, D]`` (columns in the order of ``pages``).
+    """Evaluation MaxSim ``[Nq, Nd]`` for unpadded queries and pages ``[L_i, D]`` (input order kept).
 
-    Pages are sorted by length and padded in groups of at most ``group_tokens`` padded tokens, so
-    dynamic-resolution pages of very different token counts do not all pay for the longest one.
-    ``queries`` is a list of ``[L_i, D]`` or a padded ``(emb, mask)`` pair.
+    Queries and pages are each sorted by length and padded in groups (at most ``query_group_tokens`` /
+    ``group_tokens`` padded tokens), so items of very different lengths (dynamic-resolution pages, short and
+    long queries) do not all pay for the longest one. ``queries`` may also be a padded ``(emb, mask)`` pair.
     """
-    q_emb, q_mask = queries if isinstance(queries, tuple) else pad_multivector(queries)
-    out = torch.empty(q_emb.shape[0], len(pages), dtype=torch.float32, device=q_emb.device)
-    lengths = [p.shape[0] for p in pages]
-    order = sorted(range(len(pages)), key=lengths.__getitem__)
-    start = 0
-    while start < len(order):
-        end = start + 1  # sorted ascending, so the group's padded size is (size) x (length of its last page)
-        while end < len(order) and (end - start + 1) * lengths[order[end]] <= group_tokens:
-            end += 1
-        group = order[start:end]
+    if isinstance(queries, tuple):
+        queries = [e[m] for e, m in zip(*queries)]
+    device = queries[0].device if len(queries) else torch.device("cpu")
+    out = torch.empty(len(queries), len(pages), dtype=torch.float32, device=device)
+    if not len(queries) or not len(pages):
+        return out
+    q_groups = [(torch.tensor(g, device=device), pad_multivector([queries[i] for i in g]))
+                for g in _length_groups([q.shape[0] for q in queries], query_group_tokens)]
+    for group in _length_groups([p.shape[0] for p in pages], group_tokens):
         d_emb, d_mask = pad_multivector([pages[i] for i in group])
-        device = q_emb.device
-        out[:, group] = maxsim_blocked(q_emb, q_mask, d_emb.to(device), d_mask.to(device), block_elems, compute_dtype)
-        start = end
+        d_emb, d_mask = d_emb.to(device), d_mask.to(device)
+        cols = torch.tensor(group, device=device)
+        for rows, (q_emb, q_mask) in q_groups:
+            out[rows[:, None], cols] = maxsim_blocked(q_emb, q_mask, d_emb, d_mask, block_elems, compute_dtype)
     return out
