@@ -143,6 +143,17 @@ def test_missing_corpus_ids_warn_with_counts(tmp_path: Path) -> None:
         load_retrieval_data(str(root))
 
 
+def test_task_registry_comes_from_mteb(beir_dir: Path) -> None:
+    from eval.datasets import resolve_tasks
+
+    v1 = dict(resolve_tasks(["vidore_v1"]))
+    assert len(v1) == 10 and v1["VidoreDocVQARetrieval"] == "mteb/docvqa_test_subsampled_beir"
+    assert len(resolve_tasks(["vidore_v2"])) >= 4 and len(resolve_tasks(["vidore_v3"])) >= 8
+    assert resolve_tasks(["VidoreArxivQARetrieval", str(beir_dir), "org/some_beir"]) == [
+        ("VidoreArxivQARetrieval", "mteb/arxivqa_test_subsampled_beir"), (beir_dir.name, str(beir_dir)),
+        ("some_beir", "org/some_beir")]
+
+
 def test_page_store_as_corpus(beir_dir: Path, tmp_path: Path) -> None:
     store_mod = pytest.importorskip("data_prep.store")
     import io
