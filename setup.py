@@ -24,7 +24,7 @@ CORE = [
 
 EXTRAS = {
     "gpu": ["flash-attn>=2.6", "faiss-gpu-cu12>=1.8", "vllm>=0.8"],
-    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pandas>=2.0"],
+    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pandas>=2.0", "psutil>=5.9"],
     "wandb": ["wandb>=0.17"],
 }
 
