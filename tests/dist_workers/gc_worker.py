@@ -22,16 +22,19 @@ from retriever.gradcache import GradCache  # noqa: E402
 from retriever.losses import ContrastiveLoss  # noqa: E402
 
 Q_PER_RANK, NEG_PER_RANK, CHUNK, STEPS, LR = 3, 1, 2, 2, 0.5
-CONFIGS = {  # name -> (ZeRO stage or None for DDP, GradCache chunk, learnable temperature, multi-vector, accumulation)
-    "ddp_gc": (None, CHUNK, False, False, 1),
-    "ddp_gc_multi_learnable_temp": (None, CHUNK, True, True, 1),
-    "ddp_gc_accum2": (None, CHUNK, False, False, 2),
-    "ddp_plain": (None, None, False, False, 1),
-    "zero1_gc": (1, CHUNK, False, False, 1),
-    "zero2_gc": (2, CHUNK, False, False, 1),
-    "zero2_gc_learnable_temp_accum2": (2, CHUNK, True, False, 2),
-    "zero3_gc": (3, CHUNK, False, False, 1),
-    "zero3_gc_multi": (3, CHUNK, False, True, 1),
+CONFIGS = {  # name -> (ZeRO stage or None for DDP, GradCache chunk, learnable temperature, multi-vector,
+    #                 accumulation, frozen vision tower with its outputs reused)
+    "ddp_gc": (None, CHUNK, False, False, 1, False),
+    "ddp_gc_multi_learnable_temp": (None, CHUNK, True, True, 1, False),
+    "ddp_gc_accum2": (None, CHUNK, False, False, 2, False),
+    "ddp_gc_frozen_vision_reuse": (None, CHUNK, False, False, 1, True),
+    "ddp_plain": (None, None, False, False, 1, False),
+    "zero1_gc": (1, CHUNK, False, False, 1, False),
+    "zero2_gc": (2, CHUNK, False, False, 1, False),
+    "zero2_gc_learnable_temp_accum2": (2, CHUNK, True, False, 2, False),
+    "zero3_gc": (3, CHUNK, False, False, 1, False),
+    "zero3_gc_multi": (3, CHUNK, False, True, 1, False),
+    "zero3_gc_frozen_vision_reuse": (3, CHUNK, False, False, 1, True),
 }
 
 
@@ -51,33 +54,35 @@ def global_batch(step: int, micro: int, world: int):
     return q, p, torch.block_diag(*[p[2] for p in parts])
 
 
-def fresh(multi: bool, learnable: bool):
+def fresh(multi: bool, learnable: bool, frozen: bool = False):
     torch.manual_seed(0)
-    return ToyEncoder(multi=multi, dropout=0.0), ContrastiveLoss(temperature=0.1, learnable_temperature=learnable)
+    return (ToyEncoder(multi=multi, dropout=0.0, freeze_vision=frozen),
+            ContrastiveLoss(temperature=0.1, learnable_temperature=learnable))
 
 
 def params(model, loss) -> list[torch.Tensor]:
     return [t.detach().clone() for t in list(model.parameters()) + list(loss.parameters())]
 
 
-def train(model, loss, backend, chunk, batches) -> None:
+def train(model, loss, backend, chunk, batches, reuse: bool = False) -> None:
     """``batches[step][micro]``: one optimizer step per outer item."""
-    gc = GradCache(model, loss, backend, chunk)
+    gc = GradCache(model, loss, backend, chunk, reuse_frozen_vision=reuse)
     for micro_batches in batches:
         for q, p, positives in micro_batches:
             gc.step(q, p, positives)
         backend.optimizer_step()
 
 
-def reference(multi: bool, learnable: bool, accum: int, world: int) -> list[torch.Tensor]:
-    model, loss = fresh(multi, learnable)
+def reference(multi: bool, learnable: bool, accum: int, frozen: bool, world: int) -> list[torch.Tensor]:
+    """Single process, no reuse (the frozen-vision runs are compared with recomputation)."""
+    model, loss = fresh(multi, learnable, frozen)
     backend = build_backend(model, optimizer_factory=optimizer_factory, loss=loss, gradient_accumulation_steps=accum)
     train(model, loss, backend, CHUNK, [[global_batch(s, m, world) for m in range(accum)] for s in range(STEPS)])
     return params(model, loss)
 
 
-def run_config(stage, chunk, learnable, multi, accum, rank, world) -> list[torch.Tensor]:
-    model, loss = fresh(multi, learnable)
+def run_config(stage, chunk, learnable, multi, accum, reuse, rank, world) -> list[torch.Tensor]:
+    model, loss = fresh(multi, learnable, reuse)
     ds_config = None
     if stage is not None:
         ds_config = {"train_micro_batch_size_per_gpu": Q_PER_RANK, "gradient_accumulation_steps": accum,
@@ -85,7 +90,7 @@ def run_config(stage, chunk, learnable, multi, accum, rank, world) -> list[torch
                      "zero_optimization": {"stage": stage}, "steps_per_print": 10**9}
     backend = build_backend(model, optimizer_factory=optimizer_factory, loss=loss, deepspeed_config=ds_config,
                             ddp=stage is None, gradient_accumulation_steps=accum)
-    train(model, loss, backend, chunk, [[rank_batch(s, m, rank) for m in range(accum)] for s in range(STEPS)])
+    train(model, loss, backend, chunk, [[rank_batch(s, m, rank) for m in range(accum)] for s in range(STEPS)], reuse)
     with backend.gathered_parameters():
         return params(model, loss)
 
@@ -131,23 +136,26 @@ def main() -> None:
     out, names = Path(sys.argv[1]), sys.argv[2:] or list(CONFIGS)
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    keys = {(CONFIGS[n][3], CONFIGS[n][2], CONFIGS[n][4]) for n in names}  # (multi, learnable, accumulation)
+    keys = {(CONFIGS[n][3], CONFIGS[n][2], CONFIGS[n][4], CONFIGS[n][5]) for n in names}  # multi, learnable, accum,
+    # frozen vision
     refs = {key: reference(*key, world) for key in keys}
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
     results = {}
     for name in names:
-        stage, chunk, learnable, multi, accum = CONFIGS[name]
-        got = run_config(stage, chunk, learnable, multi, accum, rank, world)
-        want = refs[(multi, learnable, accum)]
+        stage, chunk, learnable, multi, accum, reuse = CONFIGS[name]
+        got = run_config(stage, chunk, learnable, multi, accum, reuse, rank, world)
+        want = refs[(multi, learnable, accum, reuse)]
         results[name] = {"max_rel_diff": max_rel_diff(got, want),
-                         "reference_moved": max_rel_diff(want, params(*fresh(multi, learnable)))}
+                         "reference_moved": max_rel_diff(want, params(*fresh(multi, learnable, reuse)))}
     results["gather_ok"] = gather_check(rank)
     for stage, learnable in ((2, True), (3, False)):
         results[f"zero{stage}_resume"] = resume_check(stage, learnable, rank, world, out.parent / f"ckpt{stage}")
     if rank == 0:
         out.write_text(json.dumps(results, indent=1))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
 
 
 if __name__ == "__main__":
