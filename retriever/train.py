@@ -255,9 +255,8 @@ def train_loop(args, env: DistEnv, encoder, pairs, resolver, backend, scheduler,
         for micro in range(args.gradient_accumulation_steps):
             epoch, index, batch = next(stream)
             with autocast:
-                out = gradcache.step(_to_device(batch["query_inputs"], env.device),
-                                     _to_device(batch["page_inputs"], env.device),
-                                     batch["positives"].to(env.device),
+                # inputs stay on the CPU: the encoder moves each GradCache chunk to the device as it encodes it
+                out = gradcache.step(batch["query_inputs"], batch["page_inputs"], batch["positives"],
                                      sync=micro == args.gradient_accumulation_steps - 1)
             losses.append(float(out["loss"]))
             digest.update("\n".join(batch["page_ids"]).encode())
@@ -295,10 +294,6 @@ def save_final(args, env: DistEnv, encoder) -> Path:
         dist.barrier()
     _info(env, f"saved the trained encoder to {final}")
     return final
-
-
-def _to_device(inputs: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def _current_lr(scheduler, args) -> float:
