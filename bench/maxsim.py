@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shlex
 import sys
 import time
@@ -55,26 +56,30 @@ def make_inputs(args: argparse.Namespace, dynamic: bool, device: str) -> tuple[l
     return [vecs(int(n)) for n in q_len], [vecs(int(n)) for n in p_len]
 
 
-def timed(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> tuple[float, torch.Tensor]:
-    """Best wall time of ``repeats`` runs after one warm-up."""
-    out = fn()
-    best = float("inf")
+def timed(fns: dict[str, Callable[[], torch.Tensor]], repeats: int, device: str) -> dict[str, tuple[float, torch.Tensor]]:
+    """Best wall time of each function over ``repeats`` interleaved rounds, after one warm-up each.
+
+    Interleaving gives every contender the same share of a machine whose load changes over time.
+    """
+    outputs = {name: fn() for name, fn in fns.items()}
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for name, fn in fns.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outputs[name] = fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: (best[name], outputs[name]) for name in fns}
 
 
 def bf16_matmul_rate(device: str, n: int = 8192) -> float:
     """Measured dense bf16 GEMM rate in FLOP/s (the GPU reference for MaxSim's efficiency)."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    seconds, _ = timed(lambda: a @ b, 5, device)
+    seconds, _ = timed({"gemm": lambda: a @ b}, 5, device)["gemm"]
     return 2 * n**3 / seconds
 
 
@@ -83,11 +88,15 @@ def run_layout(args: argparse.Namespace, dynamic: bool, colpali: Callable | None
     queries, pages = make_inputs(args, dynamic, args.device)
     dtype = torch.bfloat16 if args.bf16 else None
     pairs = sum(q.shape[0] for q in queries) * sum(p.shape[0] for p in pages)  # exact dot products needed
-    ours_s, ours = timed(lambda: maxsim_lists(queries, pages, compute_dtype=dtype), args.repeats, args.device)
+    fns = {"ours": lambda: maxsim_lists(queries, pages, compute_dtype=dtype)}
+    if colpali is not None and not args.bf16:
+        fns["colpali"] = lambda: colpali(queries, pages, device=args.device)
+    times = timed(fns, args.repeats, args.device)
+    ours_s, ours = times["ours"]
     result = {"layout": "dynamic" if dynamic else "fixed", "ours_s": ours_s,
               "ours_gflops": 2 * args.dim * pairs / ours_s / 1e9}
-    if colpali is not None and not args.bf16:
-        theirs_s, theirs = timed(lambda: colpali(queries, pages, device=args.device), args.repeats, args.device)
+    if "colpali" in times:
+        theirs_s, theirs = times["colpali"]
         diff = (ours.cpu() - theirs.cpu()).abs().max().item()
         if diff > 1e-3:
             raise SystemExit(f"scores differ from colpali-engine by {diff} ({result['layout']} layout)")
@@ -103,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--page-tokens", type=int, default=1030, help="page tokens (fixed) / max page tokens (dynamic)")
     p.add_argument("--min-page-tokens", type=int, default=256, help="min page tokens of the dynamic layout")
     p.add_argument("--dim", type=int, default=128, help="embedding dimension")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs (best is reported)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (best of each is reported)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 matmuls (GPU); skips the colpali comparison")
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         print("colpali-engine is not installed: comparison skipped (pip install --no-deps colpali-engine)")
     report = {"command": "python -m bench.maxsim " + shlex.join(sys.argv[1:] if argv is None else argv),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "threads": torch.get_num_threads(), "shape": vars(args),
+              "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0], "shape": vars(args),
               "results": [run_layout(args, dynamic, colpali) for dynamic in (False, True)]}
     if args.device.startswith("cuda"):
         peak = bf16_matmul_rate(args.device)
