@@ -12,9 +12,8 @@ page's valid tokens, and sum those maxima over the query's valid tokens.
 
 * :func:`maxsim_blocked` / :func:`maxsim_lists` are the evaluation path (no autograd). Queries are flattened to
   one ``[D, Nq*Lq]`` matrix and pages are processed in blocks of ``B`` pages flattened to ``[B*Ld, D]``, so each
-  block is a single GEMM ``[B*Ld, D] @ [D, Nq*Lq]`` (pages on the long side, which MKL runs faster than the
-  transposed product on this shape) whose output (at most ``block_elems`` floats) is reduced with ``amax`` over
-  the page-token axis, vectorised along the contiguous query-token axis.
+  block is a single GEMM ``[B*Ld, D] @ [D, Nq*Lq]`` whose output (at most ``block_elems`` floats) is reduced
+  with ``amax`` over the page-token axis, vectorised along the contiguous query-token axis.
   Instead of a masking pass over the similarity block, padded page tokens are overwritten with a copy of a
   valid token of the same page (the max is then unchanged, negative scores included) and padded query tokens
   with zeros (they add exactly ``0``). :func:`maxsim_lists` also sorts queries and pages by length and pads
