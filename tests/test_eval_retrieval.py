@@ -143,6 +143,17 @@ def test_missing_corpus_ids_warn_with_counts(tmp_path: Path) -> None:
         load_retrieval_data(str(root))
 
 
+def test_bad_folders_name_the_problem(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    with pytest.raises(FileNotFoundError, match="no 'queries' table"):
+        load_retrieval_data(str(tmp_path))
+    Dataset.from_dict({"qid": ["q1"], "text_x": ["a"]}).to_parquet(str(tmp_path / "queries.parquet"))
+    Dataset.from_dict({"query-id": ["q1"], "corpus-id": ["p1"], "score": [1]}).to_parquet(str(tmp_path / "qrels.parquet"))
+    with pytest.raises(ValueError, match=r"queries table has columns \['qid', 'text_x'\]"):
+        load_retrieval_data(str(tmp_path))
+
+
 def test_task_registry_comes_from_mteb(beir_dir: Path) -> None:
     from eval.datasets import resolve_tasks
 
