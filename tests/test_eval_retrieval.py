@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -214,9 +215,13 @@ def test_eval_dist_sh_matches_single_process(beir_dir: Path, tiny_model_dir, tmp
             "--batch-size", "2", "--chunk-pages", "4", "--k", "1,5,10"]
     assert main(args + ["--out", str(tmp_path / "one")]) == 0
     script = Path(__file__).resolve().parents[1] / "shell" / "eval_dist.sh"
-    env = {**os.environ, "NPROC_PER_NODE": "2", "MASTER_PORT": str(29500 + os.getpid() % 1000), "PYTHON": sys.executable}
-    subprocess.run(["bash", str(script), *args, "--out", str(tmp_path / "two")], check=True, env=env, timeout=300,
-                   capture_output=True)
+    with socket.socket() as probe:  # a port free right now (other jobs on this machine may hold fixed ones)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "NPROC_PER_NODE": "2", "MASTER_PORT": str(port), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(script), *args, "--out", str(tmp_path / "two")], env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("run.trec", "metrics.json"):
         assert (tmp_path / "two" / beir_dir.name / name).read_text() == (tmp_path / "one" / beir_dir.name / name).read_text()
 
