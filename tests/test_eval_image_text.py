@@ -100,7 +100,8 @@ def test_one_and_two_ranks_identical(karpathy: Path, tmp_path: Path) -> None:
                                  init_distributed(60), k_values=(1, 2, 5), chunk_images=2)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
            str(karpathy), str(tmp_path)]
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120, capture_output=True)
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "metrics.json").read_text()) == single
 
 

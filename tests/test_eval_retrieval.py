@@ -189,7 +189,8 @@ def test_one_and_two_ranks_identical(beir_dir: Path, tmp_path: Path, multi: bool
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            __file__, str(beir_dir), str(tmp_path), "multi" if multi else "dense"]
-    subprocess.run(cmd, check=True, env=env, timeout=120, capture_output=True)
+    proc = subprocess.run(cmd, env=env, timeout=120, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "run.json").read_text()) == single
 
 
