@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=None, help="time this checkpoint instead of the tiny ones")
     p.add_argument("--head", choices=("dense", "multi"), default="dense", help="head of the encoder")
     p.add_argument("--pages", type=int, default=32, help="pages per timed run")
-    p.add_argument("--batch-size", type=int, default=8, help="pages per forward")
+    p.add_argument("--batch_size", type=int, default=8, help="pages per forward")
     p.add_argument("--size", type=int, default=112, help="typical page height in pixels")
     p.add_argument("--repeats", type=int, default=3, help="timed runs (best is reported)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype")

@@ -107,7 +107,7 @@ def load_encoder(cfg: dict[str, Any]):
                                            torch_dtype=dtype, freeze_vision=cfg.get("freeze_vision", False))
     enc.to(cfg["device"]).train()
     if cfg["gradient_checkpointing"]:
-        enc.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enc.enable_activation_checkpointing()
     return enc
 
 

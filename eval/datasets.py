@@ -95,7 +95,13 @@ def _table(source: str, part: str, split: str) -> Dataset:
 
 def load_retrieval_data(source: str, split: str = "test", name: str | None = None,
                         page_store: str | Path | None = None) -> RetrievalData:
-    """Load one BEIR-layout task; ``page_store`` replaces the corpus table (its ids are the corpus ids)."""
+    """Load one BEIR-layout task; ``page_store`` replaces the corpus table (its ids are the corpus ids).
+
+    ``source`` may also be a pairs JSONL (``{"query", "pos": [ids]}`` lines, as ``data_prep.build_splits`` writes
+    a held-out split): its queries and positives are the task, and ``page_store`` is required as the corpus.
+    """
+    if str(source).endswith(".jsonl"):
+        return _pairs_task(Path(source), name, page_store)
     queries, qrels_table = _table(source, "queries", split), _table(source, "qrels", split)
     q_id = _column(queries, _QUERY_ID, "queries", source)
     q_text = _column(queries, _QUERY_TEXT, "queries", source)
@@ -121,6 +127,23 @@ def load_retrieval_data(source: str, split: str = "test", name: str | None = Non
     return data
 
 
+def _pairs_task(path: Path, name: str | None, page_store: str | Path | None) -> RetrievalData:
+    """A task from a pairs JSONL: query ``q<i>`` is the i-th pair, its ``pos`` pages are relevant (score 1)."""
+    from data_prep.store import PageStore
+    from retriever.pairs import read_jsonl_pairs
+
+    if page_store is None:
+        raise ValueError(f"{path}: a pairs JSONL task needs --page_store (the corpus its page ids refer to)")
+    pairs = read_jsonl_pairs(path)
+    store = PageStore(page_store)
+    ids = store.ids()
+    queries = {f"q{i}": pair.query for i, pair in enumerate(pairs)}
+    qrels: Qrels = {f"q{i}": {page: 1 for page in pair.pos} for i, pair in enumerate(pairs)}
+    data = RetrievalData(name or path.stem, ids, _store_loader(store, ids), queries, qrels)
+    data.check()
+    return data
+
+
 def _table_loader(images: Dataset) -> Callable[[Sequence[int]], list[Image.Image]]:
     def load(positions: Sequence[int]) -> list[Image.Image]:
         return [img.convert("RGB") for img in images.select(list(positions))["image"]]
@@ -138,7 +161,7 @@ def resolve_tasks(names: Sequence[str]) -> list[tuple[str, str]]:
     resolved: list[tuple[str, str]] = []
     for name in names:
         if Path(name).exists():
-            resolved.append((Path(name).name, name))
+            resolved.append((Path(name).stem if name.endswith(".jsonl") else Path(name).name, name))
         elif name in GROUPS or name.startswith("Vidore"):
             import mteb
 

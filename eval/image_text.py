@@ -133,17 +133,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.image_text", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint directory (RetrieverEncoder.from_pretrained)")
-    p.add_argument("--karpathy-json", required=True, type=Path, help="dataset_flickr30k.json / dataset_coco.json")
-    p.add_argument("--image-root", required=True, type=Path, help="folder the image file names are relative to")
+    p.add_argument("--karpathy_json", required=True, type=Path, help="dataset_flickr30k.json / dataset_coco.json")
+    p.add_argument("--image_root", required=True, type=Path, help="folder the image file names are relative to")
     p.add_argument("--split", default="test", help="Karpathy split (default: test)")
     p.add_argument("--k", type=parse_k, default=[1, 5, 10], help="recall cutoffs (default 1,5,10)")
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here (default: stdout only)")
-    p.add_argument("--batch-size", type=int, default=8, help="encoder batch size")
-    p.add_argument("--chunk-images", type=int, default=256, help="images encoded and scored per chunk")
+    p.add_argument("--batch_size", type=int, default=8, help="encoder batch size")
+    p.add_argument("--chunk_images", type=int, default=256, help="images encoded and scored per chunk")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16" if torch.cuda.is_available() else "fp32",
                    help="model weights dtype (default bf16 on GPU, fp32 on CPU)")
     p.add_argument("--head", choices=("dense", "multi"), default=None, help="override the checkpoint's head")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the checkpoint")
+    p.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the checkpoint")
     p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
     return p.parse_args(argv)
 

@@ -79,24 +79,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint directory (RetrieverEncoder.from_pretrained)")
     p.add_argument("--tasks", nargs="+", required=True,
-                   help="local BEIR folders, hub dataset names, MTEB task names (VidoreDocVQARetrieval) or groups "
-                        "vidore_v1 / vidore_v2 / vidore_v3")
+                   help="local BEIR folders, hub dataset names, MTEB task names (VidoreDocVQARetrieval), groups "
+                        "vidore_v1 / vidore_v2 / vidore_v3, or a pairs JSONL (held-out split) with --page_store")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
-    p.add_argument("--page-store", default=None, help="page store to use as the corpus (one task only)")
+    p.add_argument("--page_store", default=None, help="page store to use as the corpus (one task only)")
     p.add_argument("--k", type=parse_k, default=list(DEFAULT_K), help="metric cutoffs (default 1,3,5,10,100)")
     p.add_argument("--depth", type=int, default=None, help="pages kept per query in the run (default: max k)")
-    p.add_argument("--batch-size", type=int, default=8, help="encoder batch size")
-    p.add_argument("--chunk-pages", type=int, default=256, help="pages encoded and scored per chunk")
+    p.add_argument("--batch_size", type=int, default=8, help="encoder batch size")
+    p.add_argument("--chunk_pages", type=int, default=256, help="pages encoded and scored per chunk")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16" if torch.cuda.is_available() else "fp32",
                    help="model weights dtype (default bf16 on GPU, fp32 on CPU)")
     p.add_argument("--head", choices=("dense", "multi"), default=None,
                    help="override the checkpoint's head (fresh head on a plain transformers checkpoint)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the checkpoint")
+    p.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the checkpoint")
     p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
     args = p.parse_args(argv)
     if args.page_store and len(args.tasks) != 1:
-        p.error("--page-store needs exactly one task")
+        p.error("--page_store needs exactly one task")
     return args
 
 

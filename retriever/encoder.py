@@ -191,6 +191,17 @@ class RetrieverEncoder(nn.Module):
         hidden = self.backbone.hidden_states(self.hf_model, inputs)
         return self.head(hidden, inputs["attention_mask"])
 
+    def enable_activation_checkpointing(self) -> None:
+        """Non-reentrant activation checkpointing of the backbone (exact under GradCache's replay).
+
+        transformers 5.2x names it ``activation_checkpointing_enable``; older 5.x releases only have
+        ``gradient_checkpointing_enable``."""
+        model = self.hf_model
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def vision_module(self) -> nn.Module | None:
         """The vision tower, whose output is a pure function of the pixel inputs (see docs/MODELS.md)."""
         return self.backbone.vision_module(self.hf_model)

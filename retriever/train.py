@@ -110,7 +110,7 @@ def load_training_data(args) -> tuple[list[Pair], PageResolver]:
 
 def build_encoder(args):
     from retriever.encoder import RetrieverEncoder
-    from retriever.training_modes import LoraSettings, unwrap
+    from retriever.training_modes import LoraSettings
 
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                         include_vision=args.lora_vision, target_modules=args.lora_target_modules)
@@ -122,7 +122,7 @@ def build_encoder(args):
     if args.drop_path_rate > 0 and set_drop_path(encoder, args.drop_path_rate) == 0:
         logger.warning("--drop_path_rate: this backbone has no drop-path modules; the flag has no effect")
     if args.gradient_checkpointing:
-        unwrap(encoder.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        encoder.enable_activation_checkpointing()
     return encoder.train()
 
 

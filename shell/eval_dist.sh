@@ -11,7 +11,7 @@
 #
 #   bash shell/eval_dist.sh --model ckpt --tasks vidore_v1 --out results/vidore_v1
 #   EVAL_MODULE=eval.image_text NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 bash shell/eval_dist.sh \
-#       --model ckpt --karpathy-json dataset_flickr30k.json --image-root flickr30k-images --out f30k.json
+#       --model ckpt --karpathy_json dataset_flickr30k.json --image_root flickr30k-images --out f30k.json
 set -euo pipefail
 
 DRY_RUN=0

@@ -109,8 +109,8 @@ def test_cli_with_tiny_model(karpathy: Path, tiny_model_dir, tmp_path: Path) -> 
     from eval.image_text import main
 
     out = tmp_path / "m.json"
-    assert main(["--model", str(tiny_model_dir("qwen2_vl")), "--karpathy-json", str(karpathy), "--image-root",
-                 str(karpathy.parent), "--head", "multi", "--out", str(out), "--batch-size", "4"]) == 0
+    assert main(["--model", str(tiny_model_dir("qwen2_vl")), "--karpathy_json", str(karpathy), "--image_root",
+                 str(karpathy.parent), "--head", "multi", "--out", str(out), "--batch_size", "4"]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["images"] == N_IMAGES and metrics["captions"] == 2 * N_IMAGES
     assert 0.0 <= metrics["t2i_recall_at_1"] <= metrics["t2i_recall_at_5"] <= metrics["t2i_recall_at_10"] == 1.0

@@ -50,7 +50,7 @@ def test_mteb_equals_native_tiny_model(toy_data, tiny_model_dir, tmp_path: Path,
     model_dir = tiny_model_dir("qwen2_vl")
     beir = make_beir(tmp_path / "ToyRetrieval")
     argv = ["--model", str(model_dir), "--tasks", str(beir), "--out", str(tmp_path / "out"), "--head", head,
-            "--batch-size", "4", "--chunk-pages", "8", "--k", "1,3,5,10"]
+            "--batch_size", "4", "--chunk_pages", "8", "--k", "1,3,5,10"]
     torch.manual_seed(0)  # a plain checkpoint gets a freshly initialised head: same seed, same head
     assert main(argv) == 0
     native = json.loads((tmp_path / "out" / "ToyRetrieval" / "metrics.json").read_text())["aggregate"]

@@ -213,7 +213,7 @@ def test_eval_dist_sh_matches_single_process(beir_dir: Path, tiny_model_dir, tmp
     from eval.retrieval import main
 
     args = ["--model", str(tiny_model_dir("qwen2_vl")), "--tasks", str(beir_dir), "--head", "dense",
-            "--batch-size", "2", "--chunk-pages", "4", "--k", "1,5,10"]
+            "--batch_size", "2", "--chunk_pages", "4", "--k", "1,5,10"]
     assert main(args + ["--out", str(tmp_path / "one")]) == 0
     script = Path(__file__).resolve().parents[1] / "shell" / "eval_dist.sh"
     with socket.socket() as probe:  # a port free right now (other jobs on this machine may hold fixed ones)

@@ -75,7 +75,7 @@ def test_qwen2_5_vl_gradcache_equals_full_batch(tmp_path, head: str) -> None:
 
 def test_qwen2_vl_gradient_checkpointing(qwen_dir) -> None:
     enc = _load(qwen_dir, "multi")
-    enc.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enc.enable_activation_checkpointing()
     _check(enc, 2)
 
 
