@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep.jsonl import iter_jsonl
 from data_prep.store import PageStoreWriter
 
 SETS = ("arxivqa", "chartqa", "docvqa", "infographicvqa", "plotqa", "slidevqa")
@@ -79,13 +80,12 @@ def _load_json(path: Path) -> Any:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield f"{path}: line {lineno}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise FormatError(f"{path}: line {lineno}: invalid JSON: {e.msg}") from None
+    """``("<file>: line N", record)`` for each line; malformed lines raise ``FormatError``."""
+    try:
+        for lineno, rec in iter_jsonl(path):
+            yield f"{path}: line {lineno}", rec
+    except ValueError as e:
+        raise FormatError(str(e)) from None
 
 
 def _get(rec: dict, where: str, *names: str) -> Any:

@@ -17,6 +17,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from data_prep.jsonl import iter_jsonl
+
 
 class _UnionFind:
     def __init__(self) -> None:
@@ -39,17 +41,10 @@ def read_pairs(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
     """Read pairs files; clear error naming file and line for bad JSON or missing ``query`` / ``pos``."""
     out = []
     for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {lineno}: invalid JSON: {e.msg}") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or not rec.get("pos"):
-                    raise ValueError(f"{path}: line {lineno}: a pair needs a 'query' string and a non-empty 'pos'")
-                out.append(rec)
+        for lineno, rec in iter_jsonl(path):
+            if not isinstance(rec.get("query"), str) or not rec.get("pos"):
+                raise ValueError(f"{path}: line {lineno}: a pair needs a 'query' string and a non-empty 'pos'")
+            out.append(rec)
     return out
 
 

@@ -12,10 +12,11 @@ stable across renames and identical for duplicate files.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from data_prep.jsonl import iter_jsonl
 
 REQUIRED = ("id", "doc_id", "page", "source")
 
@@ -36,7 +37,7 @@ def read_pages(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read and validate a page list: clear error naming file and line for bad JSON, missing fields, duplicates."""
     seen: dict[str, int] = {}
     out = []
-    for lineno, rec in _iter_jsonl(path):
+    for lineno, rec in iter_jsonl(path):
         missing = [k for k in REQUIRED if k not in rec]
         if missing:
             raise ValueError(f"{path}: line {lineno}: missing field(s) {missing}")
@@ -47,20 +48,6 @@ def read_pages(path: str | os.PathLike) -> list[dict[str, Any]]:
         seen[rec["id"]] = lineno
         out.append(rec)
     return out
-
-
-def _iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno}: invalid JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object")
-            yield lineno, rec
 
 
 def find_pdfs(inputs: list[str]) -> list[tuple[Path, str]]:

@@ -16,6 +16,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from data_prep.jsonl import iter_jsonl
+
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -52,16 +54,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     written = skipped = 0
     out = Path(args.out)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    with Path(args.pages).open(encoding="utf-8") as pages, tmp.open("w", encoding="utf-8") as handle:
-        for number, line in enumerate(tqdm(pages, desc="queries from text", unit="page"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{args.pages}:{number}: not valid JSON ({err.msg})") from err
+    with tmp.open("w", encoding="utf-8") as handle:
+        for number, record in tqdm(iter_jsonl(args.pages), desc="queries from text", unit="page"):
             if "id" not in record:
-                raise ValueError(f"{args.pages}:{number}: no 'id' field")
+                raise ValueError(f"{args.pages}: line {number}: no 'id' field")
             pair = pair_for_page(record, rng, args.min_words, args.max_words)
             if pair is None:
                 skipped += 1

@@ -12,12 +12,12 @@ number and the offending id, instead of hours into it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep.jsonl import iter_jsonl
 from retriever.pages import DatasetPages, PageResolver, PageSource
 
 
@@ -28,6 +28,7 @@ class Pair:
     query: str
     pos: tuple[str, ...]
     neg: tuple[str, ...] = field(default=())
+    line: int = field(default=0, compare=False)  # line of the JSONL file (row of a dataset), for error messages
 
 
 class PairsError(ValueError):
@@ -39,24 +40,18 @@ def read_jsonl_pairs(path: str | Path) -> list[Pair]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data {path} does not exist")
-    pairs = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                pairs.append(_parse_line(line, path, number))
+    try:
+        records = list(iter_jsonl(path))
+    except ValueError as err:
+        raise PairsError(str(err)) from None
+    pairs = [_parse_record(record, path, number) for number, record in records]
     if not pairs:
         raise PairsError(f"{path}: no training pairs")
     return pairs
 
 
-def _parse_line(line: str, path: Path, number: int) -> Pair:
-    where = f"{path}:{number}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise PairsError(f"{where}: not valid JSON ({err.msg})") from err
-    if not isinstance(record, dict):
-        raise PairsError(f"{where}: expected a JSON object")
+def _parse_record(record: dict, path: Path, number: int) -> Pair:
+    where = f"{path}: line {number}"
     query = record.get("query")
     if not isinstance(query, str) or not query.strip():
         raise PairsError(f"{where}: 'query' must be a non-empty string")
@@ -67,19 +62,19 @@ def _parse_line(line: str, path: Path, number: int) -> Pair:
     if not pos:
         raise PairsError(f"{where}: 'pos' is empty; every query needs at least one positive page")
     clean_neg = tuple(dict.fromkeys(i for i in neg if i not in pos))
-    return Pair(query=query, pos=tuple(dict.fromkeys(pos)), neg=clean_neg)
+    return Pair(query=query, pos=tuple(dict.fromkeys(pos)), neg=clean_neg, line=number)
 
 
 def validate_pairs(pairs: list[Pair], resolver: PageResolver, source: str | Path) -> None:
     """Check that every page id resolves; raise naming the file, line number and id of the first that does not."""
     seen: dict[str, bool] = {}
-    for number, pair in enumerate(tqdm(pairs, desc="checking page ids", unit="pair", leave=False), start=1):
+    for pair in tqdm(pairs, desc="checking page ids", unit="pair", leave=False):
         for page_id in pair.pos + pair.neg:
             if page_id not in seen:
                 seen[page_id] = page_id in resolver
             if not seen[page_id]:
                 names = ", ".join(s.name for s in resolver.sources)
-                raise PairsError(f"{source}:{number}: unknown page id {page_id!r} (looked in: {names})")
+                raise PairsError(f"{source}: line {pair.line}: unknown page id {page_id!r} (looked in: {names})")
 
 
 def is_hf_dataset(path: str | Path) -> bool:
@@ -113,5 +108,5 @@ def load_hf_pairs(path: str | Path, image_column: str = "image", id_column: str 
     for row, (query, page_id) in enumerate(zip(dataset["query"], pages.row_ids)):
         if not isinstance(query, str) or not query.strip():
             raise PairsError(f"{path}: row {row} has an empty query")
-        pairs.append(Pair(query=query, pos=(page_id,)))
+        pairs.append(Pair(query=query, pos=(page_id,), line=row))
     return pairs, pages

@@ -40,21 +40,22 @@ def test_reads_and_validates(tmp_path, image_root):
 def test_unknown_id_names_file_line_and_id(tmp_path, image_root):
     path = _write(tmp_path / "train.jsonl", [
         json.dumps({"query": "what", "pos": ["a.png"]}),
+        "",
         json.dumps({"query": "who", "pos": ["c.png"], "neg": ["missing.png"]}),
     ])
-    with pytest.raises(PairsError, match=r"train\.jsonl:2: unknown page id 'missing\.png'"):
+    with pytest.raises(PairsError, match=r"train\.jsonl: line 3: unknown page id 'missing\.png'"):
         validate_pairs(read_jsonl_pairs(path), PageResolver([ImageFolder(image_root)]), path)
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "not valid JSON"),
+    ("{not json", "invalid JSON"),
     (json.dumps({"pos": ["a.png"]}), "'query' must be a non-empty string"),
     (json.dumps({"query": "q", "pos": []}), "'pos' is empty"),
     (json.dumps({"query": "q", "pos": "a.png"}), "'pos' must be a list"),
 ])
 def test_malformed_lines(tmp_path, line, message):
     path = _write(tmp_path / "bad.jsonl", [json.dumps({"query": "ok", "pos": ["a.png"]}), line])
-    with pytest.raises(PairsError, match=rf"bad\.jsonl:2: .*{message}"):
+    with pytest.raises(PairsError, match=rf"bad\.jsonl: line 2: .*{message}"):
         read_jsonl_pairs(path)
 
 

@@ -120,7 +120,7 @@ def test_bad_line_fails_before_training(train_data, tmp_path):
     args[args.index("--train_data") + 1] = str(bad)
     result = _train(args, timeout=120)
     assert result.returncode != 0
-    assert f"{bad}:2: unknown page id 'nope.png'" in result.stderr
+    assert f"{bad}: line 2: unknown page id 'nope.png'" in result.stderr
 
 
 def test_deepspeed_config_contradicting_flags_is_refused(tiny_model_dir, train_data, tmp_path):
