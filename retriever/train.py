@@ -58,16 +58,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
     env = init_distributed(args.deepspeed is not None)
     torch.manual_seed(args.seed)
     pairs, resolver = load_training_data(args)
+    steps = total_steps(args, env, pairs)
     encoder = build_encoder(args)
     loss = build_loss(args)
-    backend, scheduler = build_training_backend(args, env, encoder, loss, pairs)
+    backend, scheduler = build_training_backend(args, env, encoder, loss, steps)
     gradcache = build_gradcache(args, encoder, loss, backend, env)
     state = TrainerState()
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
         state = load_checkpoint(backend, resume)
         _info(env, f"resumed from {resume} at step {state.global_step}")
-    train_loop(args, env, encoder, pairs, resolver, backend, scheduler, gradcache, state)
+    train_loop(args, env, encoder, pairs, resolver, backend, scheduler, gradcache, state, steps)
     final = save_final(args, env, encoder)
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -172,12 +173,11 @@ def total_steps(args, env: DistEnv, pairs: list[Pair]) -> int:
     return math.ceil(args.num_train_epochs * steps_per_epoch(args, env, pairs))
 
 
-def build_training_backend(args, env: DistEnv, encoder, loss, pairs: list[Pair]):
-    """Optimizer groups, schedule and the backend (plain / DDP / DeepSpeed) that owns them."""
+def build_training_backend(args, env: DistEnv, encoder, loss, steps: int):
+    """Optimizer groups, schedule over ``steps`` optimizer steps and the backend (plain / DDP / DeepSpeed)."""
     from retriever.distributed import build_backend
     from retriever.encoder import text_hidden_size
 
-    steps = total_steps(args, env, pairs)
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * steps)
     made: list = []
 
@@ -241,8 +241,7 @@ def batch_stream(args, env: DistEnv, encoder, pairs: list[Pair], resolver: PageR
 
 
 def train_loop(args, env: DistEnv, encoder, pairs, resolver, backend, scheduler, gradcache,
-               state: TrainerState) -> None:
-    steps = total_steps(args, env, pairs)
+               state: TrainerState, steps: int) -> None:
     log = TrainLog(args.output_dir, env.rank == 0, [r for r in args.report_to if r != "none"], args.run_name,
                    vars(args))
     stream = batch_stream(args, env, encoder, pairs, resolver, state)
