@@ -25,6 +25,9 @@ import torch
 from PIL import Image
 
 
+# The text model's attention and MLP projections: the LoRA language preset of every adapter here.
+LANGUAGE_LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
 @dataclass
 class Example:
     """One tokenized query or page: token ids and the image tensors of its (at most one) image."""

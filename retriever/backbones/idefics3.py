@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .base import Backbone, Example, position_ids_from_mask
+from .base import LANGUAGE_LINEAR, Backbone, Example, position_ids_from_mask
 
-LANGUAGE_LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 FAKE, GLOBAL, IMAGE = "<fake_token_around_image>", "<global-img>", "<image>"
 
 

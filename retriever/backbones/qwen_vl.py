@@ -17,9 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .base import Backbone, Example, position_ids_from_mask
-
-LANGUAGE_LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+from .base import LANGUAGE_LINEAR, Backbone, Example, position_ids_from_mask
 
 
 class QwenVL(Backbone):
