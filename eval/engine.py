@@ -20,7 +20,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from eval.topk import RunningTopK, merge_across_ranks
+from retriever.distributed import join_process_group
 from retriever.scoring import dense_scores, maxsim_lists, pad_multivector
 
 __all__ = ["Encoder", "RankInfo", "encode_sharded_queries", "init_distributed", "is_multi_vector", "score_shard",
@@ -73,11 +73,7 @@ class RankInfo:
 
 def init_distributed(timeout_s: float) -> RankInfo:
     """Join the torchrun group (NCCL with CUDA, else gloo) with a collective timeout; no-op when not launched."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    join_process_group(datetime.timedelta(seconds=timeout_s))
     return RankInfo()
 
 

@@ -25,7 +25,9 @@ Design
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = [
+    "join_process_group",
     "Backend",
     "MultiInput",
     "all_gather_with_grad",
@@ -48,6 +51,24 @@ __all__ = [
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def join_process_group(timeout: timedelta, use_deepspeed: bool = False) -> None:
+    """Join the process group torchrun describes (NCCL with CUDA, else gloo), with a collective timeout.
+
+    Sets this process's CUDA device from ``LOCAL_RANK``; a no-op for a single process or a group already joined.
+    With ``use_deepspeed`` the group is made through ``deepspeed.init_distributed`` (same backend and timeout)."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if use_deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout)
 
 
 def is_distributed() -> bool:

@@ -77,21 +77,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 def init_distributed(use_deepspeed: bool) -> DistEnv:
     """Join the process group that torchrun describes (gloo on CPU, nccl on GPU); single process otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if cuda else "gloo"
-        if use_deepspeed:
-            import deepspeed
+    from retriever.distributed import join_process_group
 
-            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
-        else:
-            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    join_process_group(timedelta(minutes=30), use_deepspeed)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return DistEnv(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                   local_rank=local_rank, device=device)
 
 
 def load_training_data(args) -> tuple[list[Pair], PageResolver]:
