@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retriever.encoder import EncoderConfig, RetrieverEncoder
+from retriever.model.dtype import add_dtype_argument
+from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 from retriever.tiny import BUILDERS, build_tiny
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def make_pages(n: int, size: int, seed: int = 0) -> list[Image.Image]:
@@ -47,7 +46,7 @@ def best_time(fn, repeats: int) -> float:
 
 def bench_arch(path: Path, arch: str | None, args: argparse.Namespace) -> dict:
     config = EncoderConfig(backbone=arch, head=args.head) if arch else None
-    encoder = RetrieverEncoder.from_pretrained(path, config, torch_dtype=DTYPES[args.dtype],
+    encoder = RetrieverEncoder.from_pretrained(path, config, dtype=args.dtype,
                                                trust_remote_code=args.trust_remote_code).to(args.device)
     pages = make_pages(args.pages, args.size)
     batches = [pages[i:i + args.batch_size] for i in range(0, len(pages), args.batch_size)]
@@ -89,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=8, help="pages per forward")
     p.add_argument("--size", type=int, default=112, help="typical page height in pixels")
     p.add_argument("--repeats", type=int, default=3, help="timed runs (best is reported)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype")
+    add_dtype_argument(p, "float32", "model dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--trust_remote_code", action="store_true", help="allow checkpoint code (MiniCPM-V)")

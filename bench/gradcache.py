@@ -100,11 +100,11 @@ def build_model(device: str, out: Path) -> Path:
 
 
 def load_encoder(cfg: dict[str, Any]):
-    from retriever.encoder import EncoderConfig, RetrieverEncoder
+    from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 
     dtype = torch.bfloat16 if cfg["device"] == "cuda" else torch.float32
     enc = RetrieverEncoder.from_pretrained(cfg["model_dir"], EncoderConfig(backbone="qwen2_vl", head=cfg["head"]),
-                                           torch_dtype=dtype, freeze_vision=cfg.get("freeze_vision", False))
+                                           dtype=dtype, freeze_vision=cfg.get("freeze_vision", False))
     enc.to(cfg["device"]).train()
     if cfg["gradient_checkpointing"]:
         enc.enable_activation_checkpointing()
@@ -133,9 +133,9 @@ def peak_memory_mib(device: str) -> float:
 
 
 def run_step_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    from retriever.distributed import build_backend
-    from retriever.gradcache import GradCache
-    from retriever.losses import ContrastiveLoss
+    from retriever.training.backends import build_backend
+    from retriever.training.gradcache import GradCache
+    from retriever.training.losses import ContrastiveLoss
 
     enc = load_encoder(cfg)
     backend = build_backend(enc, optimizer_factory=lambda groups: torch.optim.SGD(groups, lr=0.0))
@@ -180,8 +180,8 @@ def cached_reps_mib(enc, cfg: dict[str, Any]) -> float:
 def run_loss_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The loss alone, forward + backward on random reps: multi-vector (B queries x 16 tokens, B pages x 64
     tokens, dim 128, chunked MaxSim) or dense (``loss_dense``: dim ``cfg["dim"]``, the [B, B] score matrices)."""
-    from retriever.heads import MultiVector
-    from retriever.losses import ContrastiveLoss
+    from retriever.model.embeddings import MultiVector
+    from retriever.training.losses import ContrastiveLoss
 
     n, lq, ld, dim = cfg["batch"], 16, 64, 128
     gen = torch.Generator().manual_seed(0)

@@ -37,7 +37,6 @@ Page ids
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 import re
@@ -47,6 +46,8 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 from PIL import Image
+
+from data_prep.images import decode_image
 
 SHARD_GLOB = "shard-*.h5"
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
@@ -163,9 +164,8 @@ class PageStore:
         return data
 
     def get_image(self, page_id: str) -> Image.Image:
-        """The page decoded to an RGB PIL image."""
-        img = Image.open(io.BytesIO(self.get_bytes(page_id)))
-        return img.convert("RGB") if img.mode != "RGB" else img
+        """The page decoded to an RGB PIL image (``ValueError`` naming the page and shard if it does not decode)."""
+        return decode_image(self.get_bytes(page_id), f"{page_id} ({self._shards[self._locate(page_id)[0]]})")
 
     def meta(self, page_id: str) -> dict[str, Any]:
         """Per-page metadata (source, page, width, height, dpi, format, ...); ``{}`` for shards without ``meta``."""

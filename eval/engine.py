@@ -4,7 +4,7 @@ Design
 ------
 * Encoders are duck-typed by :class:`Encoder`: ``encode_queries(texts, batch_size, progress)``,
   ``encode_pages(images, batch_size, ids, progress)`` returning ``[N, D]`` (dense) or a list of ``[L_i, D]``
-  (multi-vector), plus ``multi_vector``. :func:`is_multi_vector` also accepts ``config.head == "multi"``.
+  (multi-vector), plus the ``multi_vector`` flag (``RetrieverEncoder`` has all three).
 * Under ``torchrun`` every rank encodes a contiguous shard of the queries (all-gathered afterwards: queries are
   small) and a contiguous shard of the corpus, chunk by chunk. Each chunk is scored against all queries
   (dense dot or blocked MaxSim) and folded into a running top-k, so neither the score matrix nor all page
@@ -16,11 +16,11 @@ Design
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,11 +31,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from eval.topk import RunningTopK, merge_across_ranks
-from retriever.distributed import join_process_group
-from retriever.scoring import dense_scores, maxsim_lists, pad_multivector
+from retriever.model.embeddings import pad_multivector
+from retriever.model.scoring import dense_scores, maxsim_lists
+from retriever.process_group import RankInfo, join_process_group
 
-__all__ = ["Encoder", "RankInfo", "encode_sharded_queries", "init_distributed", "is_multi_vector", "score_shard",
-           "shard_range", "trec_tie_key"]
+__all__ = ["Encoder", "encode_sharded_queries", "init_distributed", "score_shard", "shard_range", "trec_tie_key"]
 
 logger = logging.getLogger(__name__)
 Embeddings = Tensor | list[Tensor]
@@ -52,29 +52,9 @@ class Encoder(Protocol):
                      progress: bool) -> Embeddings: ...
 
 
-def is_multi_vector(encoder: Any) -> bool:
-    """``encoder.multi_vector`` if defined, else ``encoder.config.head == "multi"``."""
-    flag = getattr(encoder, "multi_vector", None)
-    return bool(flag) if flag is not None else getattr(encoder.config, "head", "dense") == "multi"
-
-
-class RankInfo:
-    """This process's rank and world size (1 process when no group is initialised)."""
-
-    def __init__(self) -> None:
-        active = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if active else 0
-        self.world = dist.get_world_size() if active else 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def init_distributed(timeout_s: float) -> RankInfo:
     """Join the torchrun group (NCCL with CUDA, else gloo) with a collective timeout; no-op when not launched."""
-    join_process_group(datetime.timedelta(seconds=timeout_s))
-    return RankInfo()
+    return join_process_group(timedelta(seconds=timeout_s))
 
 
 def shard_range(n: int, rank: int, world: int) -> range:
@@ -89,12 +69,12 @@ def encode_sharded_queries(encoder: Encoder, texts: Sequence[str], batch_size: i
     part = shard_range(len(texts), info.rank, info.world)
     local = encoder.encode_queries([texts[i] for i in part], batch_size=batch_size, progress=info.is_main) \
         if len(part) else []
-    local_list = list(local) if is_multi_vector(encoder) or isinstance(local, list) else list(local.unbind(0))
+    local_list = list(local) if isinstance(local, list) else list(local.unbind(0))
     if info.world > 1:
         gathered: list[Any] = [None] * info.world
         dist.all_gather_object(gathered, local_list)
         local_list = [e for shard in gathered for e in shard]
-    if is_multi_vector(encoder):
+    if encoder.multi_vector:
         return local_list
     return torch.stack(local_list) if local_list else torch.empty(0, 0)
 
@@ -139,7 +119,7 @@ def score_shard(
     sees every ``[Nq, C]`` score chunk (used for image->text ranking). With ``state_dir`` the running top-k is
     checkpointed per chunk and resumed (only when ``on_chunk`` is None, since its state is not saved).
     """
-    multi = is_multi_vector(encoder)
+    multi = encoder.multi_vector
     device = torch.device(score_device)
     if multi:
         queries: Any = tuple(t.to(device) for t in pad_multivector(query_emb)) if len(query_emb) else None

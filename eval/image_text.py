@@ -14,6 +14,13 @@ Captions are the queries and images the pages, so the model's asymmetric score (
 over image tokens, or the dense dot) is used in both directions. Each rank encodes a shard of the captions
 (gathered) and scores a shard of the images chunk by chunk: text->image keeps a running top-k merged across
 ranks; image->text ranks all captions for the rank's own images from each score chunk, then gathers.
+
+Ties are broken deterministically, on every machine:
+
+* image->text: captions with the same score rank by caption index, lower first (the order of the JSON).
+  Captions with identical text (COCO and Flickr30K have some) are encoded and scored once and share that score
+  row, so they tie exactly by construction, never by the luck of floating-point rounding;
+* text->image: images with the same score rank as trec_eval orders equal scores (see :mod:`eval.topk`).
 """
 from __future__ import annotations
 
@@ -31,11 +38,13 @@ import torch.distributed as dist
 from PIL import Image
 from torch import Tensor
 
-from eval.engine import Encoder, RankInfo, encode_sharded_queries, init_distributed, score_shard
+from eval.engine import Encoder, encode_sharded_queries, init_distributed, score_shard
 from eval.score_run import parse_k
 from eval.topk import select_topk
+from retriever.model.saved import add_model_arguments, load_encoder_from_args
+from retriever.process_group import RankInfo
 
-__all__ = ["KarpathySplit", "evaluate_image_text", "load_karpathy", "main"]
+__all__ = ["KarpathySplit", "evaluate_image_text", "load_karpathy", "main", "unique_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +93,25 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
     return KarpathySplit(paths, captions, owner)
 
 
-class _ImageToText:
-    """Collects, for the rank's own images, the top-k caption indices from each score chunk."""
+def unique_texts(texts: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The distinct texts in first-seen order, and for each input text the position of its distinct text."""
+    position: dict[str, int] = {}
+    rows = [position.setdefault(t, len(position)) for t in texts]
+    return list(position), rows
 
-    def __init__(self, k: int) -> None:
+
+class _ImageToText:
+    """Collects, for the rank's own images, the top-k caption indices from each score chunk.
+
+    ``caption_row[c]`` is the score row of caption c (captions with identical text share one row)."""
+
+    def __init__(self, k: int, caption_row: Sequence[int]) -> None:
         self.k = k
+        self.caption_row = torch.tensor(list(caption_row), dtype=torch.long)
         self.rows: dict[int, list[int]] = {}
 
     def __call__(self, scores: Tensor, span: range) -> None:
-        per_image = scores.detach().float().cpu().T  # [C, Ncap]
+        per_image = scores.detach().float().cpu()[self.caption_row].T  # [C, Ncap]
         captions = torch.arange(per_image.shape[1]).expand_as(per_image)
         _, top = select_topk(per_image, captions, min(self.k, per_image.shape[1]))
         self.rows.update({image: row for image, row in zip(span, top.tolist())})
@@ -112,11 +131,13 @@ def evaluate_image_text(encoder: Encoder, n_images: int, load_images: Callable[[
                         compute_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Recall@k in both directions and ``rsum``; every rank returns the same values."""
     k = max(k_values)
-    caption_emb = encode_sharded_queries(encoder, list(captions), batch_size, info)
-    i2t = _ImageToText(k)
+    texts, caption_row = unique_texts(captions)
+    caption_emb = encode_sharded_queries(encoder, texts, batch_size, info)
+    i2t = _ImageToText(k, caption_row)
     image_ids = [str(i) for i in range(n_images)]
-    t2i = score_shard(encoder, caption_emb, n_images, load_images, image_ids, k, info, batch_size, chunk_images,
-                      score_device, compute_dtype, on_chunk=i2t)
+    t2i_by_text = score_shard(encoder, caption_emb, n_images, load_images, image_ids, k, info, batch_size,
+                              chunk_images, score_device, compute_dtype, on_chunk=i2t)
+    t2i = [t2i_by_text[row] for row in caption_row]
     ranked_captions = i2t.gather(info)
     owner = torch.tensor(list(caption_image))
     metrics: dict[str, float] = {}
@@ -132,7 +153,7 @@ def evaluate_image_text(encoder: Encoder, n_images: int, load_images: Callable[[
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.image_text", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint directory (RetrieverEncoder.from_pretrained)")
+    add_model_arguments(p)
     p.add_argument("--karpathy_json", required=True, type=Path, help="dataset_flickr30k.json / dataset_coco.json")
     p.add_argument("--image_root", required=True, type=Path, help="folder the image file names are relative to")
     p.add_argument("--split", default="test", help="Karpathy split (default: test)")
@@ -140,23 +161,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here (default: stdout only)")
     p.add_argument("--batch_size", type=int, default=8, help="encoder batch size")
     p.add_argument("--chunk_images", type=int, default=256, help="images encoded and scored per chunk")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16" if torch.cuda.is_available() else "fp32",
-                   help="model weights dtype (default bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--head", choices=("dense", "multi"), default=None, help="override the checkpoint's head")
-    p.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the checkpoint")
     p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.retrieval import load_encoder
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     info = init_distributed(args.timeout)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     data = load_karpathy(args.karpathy_json, args.image_root, args.split)
-    encoder = load_encoder(args, device)
+    encoder = load_encoder_from_args(args, device)
     metrics = evaluate_image_text(encoder, len(data.image_paths), data.load_images, data.captions, data.caption_image,
                                   info, args.k, args.batch_size, args.chunk_images, device,
                                   torch.bfloat16 if device.type == "cuda" else None)

@@ -3,7 +3,7 @@
 :class:`MtebRetriever` implements mteb's ``EncoderProtocol`` (as an ``AbsEncoder``): ``encode`` receives mteb's
 DataLoader of batches (``"text"`` for queries, ``"image"`` for pages) and returns ``[N, D]`` (dense) or a
 zero-padded ``[N, L, D]`` (multi-vector); ``similarity`` is the dot product or MaxSim from
-:mod:`retriever.scoring`, where a multi-vector token is padding exactly when it is all zeros (real tokens are
+:mod:`retriever.model.scoring`, where a multi-vector token is padding exactly when it is all zeros (real tokens are
 L2-normalised, never zero). With it ``mteb.evaluate(MtebRetriever.from_pretrained(path), mteb.get_benchmark(
 "ViDoRe(v1)"))`` runs MTEB's own pipeline and metrics on our checkpoints.
 
@@ -24,8 +24,9 @@ from mteb.models.model_meta import ModelMeta
 from torch import Tensor
 
 from eval.datasets import RetrievalData
-from eval.engine import Encoder, is_multi_vector
-from retriever.scoring import dense_scores, maxsim_blocked
+from eval.engine import Encoder
+from retriever.model.saved import load_encoder
+from retriever.model.scoring import dense_scores, maxsim_blocked
 
 __all__ = ["MtebRetriever", "local_task"]
 
@@ -37,19 +38,16 @@ class MtebRetriever(AbsEncoder):
                  batch_size: int = 8) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
-        self.multi_vector = is_multi_vector(encoder)
+        self.multi_vector = encoder.multi_vector
         self.mteb_model_meta = ModelMeta.create_empty(
             overwrites={"name": name, "revision": revision, "modalities": ["image", "text"]})
 
     @classmethod
-    def from_pretrained(cls, path: str, trust_remote_code: bool = False, torch_dtype: torch.dtype | None = None,
+    def from_pretrained(cls, path: str, trust_remote_code: bool = False, dtype: torch.dtype | str | None = None,
                         **kwargs: Any) -> MtebRetriever:
-        """Load a checkpoint with ``RetrieverEncoder.from_pretrained`` and wrap it."""
-        from retriever.encoder import RetrieverEncoder
-
-        encoder = RetrieverEncoder.from_pretrained(path, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype)
-        if torch.cuda.is_available():
-            encoder = encoder.cuda()
+        """Load a checkpoint with :func:`retriever.model.saved.load_encoder` (on the GPU when there is one)."""
+        device = "cuda" if torch.cuda.is_available() else None
+        encoder = load_encoder(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         return cls(encoder, name=f"vlmret/{path.rstrip('/').split('/')[-1]}", **kwargs)
 
     def encode(self, inputs, *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,

@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,12 @@ import torch
 import torch.distributed as dist
 
 from eval.datasets import RetrievalData, load_retrieval_data, resolve_tasks
-from eval.engine import Encoder, RankInfo, encode_sharded_queries, init_distributed, score_shard
+from eval.engine import Encoder, encode_sharded_queries, init_distributed, score_shard
 from eval.metrics import DEFAULT_K, evaluate_run
 from eval.score_run import parse_k
 from eval.trec import Run, write_run
+from retriever.model.saved import add_model_arguments, load_encoder_from_args
+from retriever.process_group import RankInfo
 
 __all__ = ["evaluate_task", "main", "markdown_table"]
 
@@ -58,26 +59,10 @@ def markdown_table(results: dict[str, dict[str, float]], metrics: Sequence[str] 
     return "\n".join(lines) + "\n"
 
 
-def load_encoder(args: argparse.Namespace, device: torch.device) -> Encoder:
-    """The checkpoint as a :class:`retriever.encoder.RetrieverEncoder` on ``device``."""
-    from retriever.encoder import CONFIG_FILE, EncoderConfig, RetrieverEncoder, infer_backbone, read_saved_state
-
-    config = None
-    if args.head is not None:
-        path = Path(args.model)
-        saved = read_saved_state(path) if (path / CONFIG_FILE).exists() else None
-        base = asdict(saved.encoder) if saved else {"backbone": infer_backbone(path, args.trust_remote_code)}
-        config = EncoderConfig.from_dict({**base, "head": args.head})
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    encoder = RetrieverEncoder.from_pretrained(args.model, config, torch_dtype=dtype,
-                                               trust_remote_code=args.trust_remote_code)
-    return encoder.to(device).eval()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.retrieval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint directory (RetrieverEncoder.from_pretrained)")
+    add_model_arguments(p)
     p.add_argument("--tasks", nargs="+", required=True,
                    help="local BEIR folders, hub dataset names, MTEB task names (VidoreDocVQARetrieval), groups "
                         "vidore_v1 / vidore_v2 / vidore_v3, or a pairs JSONL (held-out split) with --page_store")
@@ -88,11 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=None, help="pages kept per query in the run (default: max k)")
     p.add_argument("--batch_size", type=int, default=8, help="encoder batch size")
     p.add_argument("--chunk_pages", type=int, default=256, help="pages encoded and scored per chunk")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16" if torch.cuda.is_available() else "fp32",
-                   help="model weights dtype (default bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--head", choices=("dense", "multi"), default=None,
-                   help="override the checkpoint's head (fresh head on a plain transformers checkpoint)")
-    p.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the checkpoint")
     p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
     args = p.parse_args(argv)
     if args.page_store and len(args.tasks) != 1:
@@ -127,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     info = init_distributed(args.timeout)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     try:
-        encoder = load_encoder(args, device)
+        encoder = load_encoder_from_args(args, device)
         results = run_tasks(encoder, resolve_tasks(args.tasks), args, info, device)
     except RuntimeError as err:
         if info.world > 1:

@@ -1,7 +1,7 @@
 """Export a LoRA-trained retriever as a standalone checkpoint.
 
 ``python -m retriever.merge --model RUN_DIR --out MERGED_DIR`` loads a directory written by
-``RetrieverEncoder.save_pretrained`` in LoRA mode (adapter + heads + config), folds the adapters into the
+``retriever.model.saved.save_encoder`` in LoRA mode (adapter + heads + config), folds the adapters into the
 base weights with peft's ``merge_and_unload`` and writes a full checkpoint (transformers ``config.json`` +
 ``model.safetensors``, heads, retriever config, tokenizer / image-processor files) that loads as ``full``
 without the base checkpoint or peft.
@@ -13,18 +13,16 @@ from pathlib import Path
 
 import torch
 
-from .encoder import ADAPTER_FILE, RetrieverEncoder
+from retriever.model.dtype import add_dtype_argument
+from retriever.model.saved import ADAPTER_FILE, load_encoder
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-def merge(model_dir: Path, out_dir: Path, dtype: torch.dtype | None = None,
+def merge(model_dir: Path, out_dir: Path, dtype: torch.dtype | str | None = None,
           trust_remote_code: bool = False) -> Path:
     """Merges the LoRA run in ``model_dir`` into a full checkpoint at ``out_dir``; returns ``out_dir``."""
     if not (model_dir / ADAPTER_FILE).exists():
         raise FileNotFoundError(f"{model_dir / ADAPTER_FILE} is missing: {model_dir} is not a LoRA run to merge")
-    encoder = RetrieverEncoder.from_pretrained(model_dir, training_mode="lora", torch_dtype=dtype,
-                                               trust_remote_code=trust_remote_code)
+    encoder = load_encoder(model_dir, training_mode="lora", dtype=dtype, trust_remote_code=trust_remote_code)
     encoder.merge_and_save(out_dir, in_place=True)
     return out_dir
 
@@ -35,12 +33,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Merge a LoRA retriever (adapter + heads) into a standalone full checkpoint.")
     parser.add_argument("--model", required=True, type=Path, help="directory written in LoRA mode")
     parser.add_argument("--out", required=True, type=Path, help="output directory for the merged checkpoint")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="dtype to load and save in (default: the checkpoint's own)")
+    add_dtype_argument(parser, None, "dtype to load and save in (default: the checkpoint's own)")
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="allow code from the checkpoint (needed by MiniCPM-V only)")
     args = parser.parse_args(argv)
-    out = merge(args.model, args.out, DTYPES.get(args.dtype), args.trust_remote_code)
+    out = merge(args.model, args.out, args.dtype, args.trust_remote_code)
     print(f"merged checkpoint written to {out}")
 
 

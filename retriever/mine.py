@@ -20,15 +20,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from retriever.model.embeddings import pad_multivector
+from retriever.model.saved import add_model_arguments, load_encoder_from_args
+from retriever.model.scoring import maxsim_lists
 from retriever.pages import ImageFolder, PageResolver, StorePages
 from retriever.pairs import read_jsonl_pairs, validate_pairs
-from retriever.scoring import maxsim_lists, pad_multivector
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m retriever.mine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="retriever directory (e.g. OUTPUT_DIR/final) or checkpoint")
+    add_model_arguments(parser)
     parser.add_argument("--train_data", required=True, help="pairs JSONL to add negatives to")
     parser.add_argument("--out", required=True, help="output pairs JSONL (same lines with 'neg' replaced)")
     parser.add_argument("--page_store", nargs="*", default=[], help="HDF5 page store(s)")
@@ -41,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16, help="encoding batch size")
     parser.add_argument("--cache_dir", default=None, help="page-embedding cache (default: OUT.cache/)")
     parser.add_argument("--shard_size", type=int, default=1024, help="pages per cached embedding shard")
-    parser.add_argument("--trust_remote_code", action="store_true")
     return parser
 
 
@@ -99,7 +100,6 @@ def choose_negatives(ranked: list[str], positives: Sequence[str], num_negatives:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from retriever.encoder import RetrieverEncoder
 
     sources = [StorePages(path) for path in args.page_store] + ([ImageFolder(args.image_root)] if args.image_root else [])
     resolver = PageResolver(sources)
@@ -109,12 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         ids = list(dict.fromkeys(page for pair in pairs for page in pair.pos + pair.neg))
     else:
         ids = list(dict.fromkeys(page for source in sources for page in source.ids()))
-    encoder = RetrieverEncoder.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).eval()
+    encoder = load_encoder_from_args(args, "cuda" if torch.cuda.is_available() else None)
     cache = Path(args.cache_dir or f"{args.out}.cache")
     pages = encode_corpus(encoder, resolver, ids, cache, args.batch_size, args.shard_size)
     queries = encoder.encode_queries([pair.query for pair in pairs], batch_size=args.batch_size, progress=True)
     depth = args.num_negatives + args.skip_top + max(len(pair.pos) for pair in pairs)
-    if isinstance(queries, list):
+    if encoder.multi_vector:
         found = search_multi(queries, pages, depth)
     else:
         found = search_dense(queries, torch.stack(pages), depth, args.faiss_index)

@@ -7,11 +7,12 @@ Sources are opened lazily per process, so a resolver can be handed to forked Dat
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Iterable, Protocol
 
 from PIL import Image
+
+from data_prep.images import decode_image
 
 
 class PageSource(Protocol):
@@ -119,13 +120,3 @@ class PageResolver:
             names = ", ".join(s.name for s in self.sources)
             raise KeyError(f"page id {page_id!r} is in none of the page sources ({names})")
         return source.get_image(page_id)
-
-
-def decode_image(data: bytes, what: str) -> Image.Image:
-    """Decode image bytes to RGB, with an error that names the page when they are not an image."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as err:  # PIL raises several types for corrupt data
-        raise ValueError(f"page {what}: cannot decode image: {err}") from err
-    return image.convert("RGB")

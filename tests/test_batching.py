@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from retriever.batching import plan_epoch, rank_slice
+from retriever.training.batching import plan_epoch, rank_slice
 from retriever.pairs import Pair
 
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from dist_workers.gc_worker import CONFIGS
-from retriever.distributed import _split_groups, all_gather_with_grad, gather_block_diagonal, gather_reps
-from retriever.gradcache import _second_pass_plan
-from retriever.heads import MultiVector
+from retriever.training.backends import _split_groups
+from retriever.training.gather import all_gather_with_grad, gather_block_diagonal, gather_reps
+from retriever.training.gradcache import _second_pass_plan
+from retriever.model.embeddings import MultiVector
 
 WORKER = Path(__file__).parent / "dist_workers" / "gc_worker.py"
 
@@ -52,7 +53,7 @@ def test_gathers_across_ranks_with_uneven_sizes(two_rank_results: dict) -> None:
 def test_plain_backend_checkpoint_round_trip(tmp_path) -> None:
     """Save after one step, load into a fresh backend: the next step gives the same parameters."""
     from dist_workers.gc_worker import CHUNK, fresh, optimizer_factory, params, rank_batch, train
-    from retriever.distributed import build_backend
+    from retriever.training.backends import build_backend
 
     finals = []
     for resume in (False, True):

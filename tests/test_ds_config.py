@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from retriever.ds_config import TrainingShape, load_deepspeed_config, resolve_deepspeed_config, zero_stage
+from retriever.training.ds_config import TrainingShape, load_deepspeed_config, resolve_deepspeed_config, zero_stage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
 SHAPE = TrainingShape(micro_batch_size=4, gradient_accumulation_steps=2, world_size=3, max_grad_norm=1.0, bf16=False,

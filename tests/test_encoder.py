@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from retriever.encoder import EncoderConfig, RetrieverEncoder, copy_module_output
-from retriever.heads import MultiVector
+from retriever.model.encoder import EncoderConfig, RetrieverEncoder, copy_module_output
+from retriever.model.embeddings import MultiVector
 from retriever.tiny import unavailable_reason
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma")
@@ -37,7 +37,7 @@ def encoder(tiny_model_dir):
         key = (arch, dtype, repr(sorted(config.items())))
         if key not in cache:
             cache[key] = RetrieverEncoder.from_pretrained(
-                tiny_model_dir(arch), EncoderConfig(backbone=arch, **config), torch_dtype=dtype)
+                tiny_model_dir(arch), EncoderConfig(backbone=arch, **config), dtype=dtype)
         enc = cache[key]
         enc.config.padding_side = "right"
         return enc
@@ -132,7 +132,7 @@ def test_save_load_round_trip(arch, encoder, tmp_path):
     enc = encoder(arch, torch.float64, projection_dim=16, matryoshka_dims=[4, 8], query_augmentation_tokens=3)
     torch.nn.init.normal_(enc.head.projection.weight)
     enc.save_pretrained(tmp_path)
-    loaded = RetrieverEncoder.from_pretrained(tmp_path, torch_dtype=torch.float64)
+    loaded = RetrieverEncoder.from_pretrained(tmp_path, dtype=torch.float64)
     assert loaded.config == enc.config
     for batch in (enc.prepare_pages(pages()), enc.prepare_queries(QUERIES)):
         assert torch.equal(enc(batch), loaded(batch))
@@ -198,7 +198,7 @@ def test_saved_dir_missing_heads_is_named(encoder, tmp_path):
 
 
 def test_maxsim_of_encoder_outputs_matches_naive_loop(encoder):
-    scoring = pytest.importorskip("retriever.scoring")
+    scoring = pytest.importorskip("retriever.model.scoring")
     enc = encoder("qwen2_vl", torch.float64, head="multi")
     with torch.no_grad():
         q, d = enc(enc.prepare_queries(QUERIES)), enc(enc.prepare_pages(pages()))

@@ -45,7 +45,8 @@ def test_mteb_equals_native_tiny_model(toy_data, tiny_model_dir, tmp_path: Path,
 
     import torch
 
-    from eval.retrieval import load_encoder, main, parse_args
+    from eval.retrieval import main, parse_args
+    from retriever.model.saved import load_encoder_from_args
 
     model_dir = tiny_model_dir("qwen2_vl")
     beir = make_beir(tmp_path / "ToyRetrieval")
@@ -59,7 +60,7 @@ def test_mteb_equals_native_tiny_model(toy_data, tiny_model_dir, tmp_path: Path,
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["average"] == native
 
     torch.manual_seed(0)
-    encoder = load_encoder(parse_args(argv), device=torch.device("cpu"))
+    encoder = load_encoder_from_args(parse_args(argv), device=torch.device("cpu"))
     scores = _mteb_scores(MtebRetriever(encoder, batch_size=4), toy_data)
     assert scores["main_score"] == pytest.approx(native["ndcg_at_5"], abs=1e-5)
     assert scores["mrr_at_10"] == pytest.approx(native["mrr_at_10"], abs=1e-5)

@@ -8,9 +8,9 @@ import torch
 
 from dist_workers.grad_check import grads_of, sgd, assert_close, gradcache_grads, reference_grads
 from dist_workers.toy_encoder import ToyEncoder, toy_batch
-from retriever.distributed import build_backend
-from retriever.gradcache import GradCache, auto_chunk_size
-from retriever.losses import ContrastiveLoss
+from retriever.training.backends import build_backend
+from retriever.training.gradcache import GradCache, auto_chunk_size
+from retriever.training.losses import ContrastiveLoss
 
 N_Q, N_NEG = 5, 2  # 5 queries, 7 pages (2 hard negatives): chunk 2 and 3 leave uneven last chunks
 

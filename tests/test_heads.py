@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retriever.heads import DenseHead, MultiVectorHead, matryoshka_prefixes, pool
+from retriever.model.heads import DenseHead, MultiVectorHead, matryoshka_prefixes, pool
 
 
 def batch(padding_side: str) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retriever.heads import MultiVector
-from retriever.losses import ContrastiveLoss, chunked_maxsim
-from retriever.scoring import maxsim
+from retriever.model.embeddings import MultiVector
+from retriever.training.losses import ContrastiveLoss, chunked_maxsim
+from retriever.model.scoring import maxsim
 
 T = 0.05
 

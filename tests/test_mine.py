@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from retriever.mine import choose_negatives, main, search_dense, search_multi
-from retriever.scoring import maxsim
+from retriever.model.scoring import maxsim
 
 
 def test_dense_search_matches_brute_force():
@@ -35,7 +35,7 @@ def test_choose_negatives_skips_positives_and_top():
 
 
 def test_cli_end_to_end(tiny_model_dir, tmp_path):
-    from retriever.encoder import EncoderConfig, RetrieverEncoder
+    from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 
     root = tmp_path / "images"
     root.mkdir()

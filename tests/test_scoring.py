@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retriever.scoring import dense_scores, maxsim, maxsim_blocked, maxsim_lists, pad_multivector
+from retriever.model.embeddings import pad_multivector
+from retriever.model.scoring import dense_scores, maxsim, maxsim_blocked, maxsim_lists
 
 
 def _random_batch(n: int, max_len: int, dim: int, gen: torch.Generator, scattered: bool = False):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
-from retriever.encoder import load_image_processor
+from retriever.model.saved import load_image_processor
 from retriever.tiny import BUILDERS, build_tiny, main, unavailable_reason
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma")

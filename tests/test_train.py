@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from retriever.train_log import read_log
+from retriever.training.logs import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = 24
@@ -60,7 +60,7 @@ def test_train_smoke_saves_final_model(tiny_model_dir, train_data, tmp_path):
     assert all(record["loss"] > 0 and record["pairs_per_second"] > 0 for record in log.values())
     assert (out / "loss.png").stat().st_size > 0
     assert any((out / "runs").iterdir()), "no TensorBoard event file"
-    from retriever.encoder import RetrieverEncoder
+    from retriever.model.encoder import RetrieverEncoder
 
     encoder = RetrieverEncoder.from_pretrained(out / "final")
     assert encoder.config.head == "multi"
@@ -156,3 +156,18 @@ def test_deepspeed_zero3_two_ranks_checkpoint_resume_and_final_save(tiny_model_d
     for name, tensor in start.items():
         assert final[name].shape == tensor.shape, f"{name} saved as a ZeRO-3 partition"
     assert sum(not final[name].equal(tensor) for name, tensor in start.items()) > len(start) // 2
+
+
+def test_dtype_flag_one_spelling_and_deprecated_aliases() -> None:
+    """--dtype everywhere; the trainer's old --torch_dtype and the evaluators' fp32/bf16 still parse, with a warning."""
+    from eval.retrieval import parse_args as eval_args
+    from retriever.training.args import build_parser
+
+    base = ["--model_name_or_path", "m", "--output_dir", "o", "--train_data", "t.jsonl"]
+    assert build_parser().parse_args(base + ["--dtype", "bfloat16"]).dtype == "bfloat16"
+    with pytest.warns(FutureWarning, match="--torch_dtype is deprecated; use --dtype"):
+        assert build_parser().parse_args(base + ["--torch_dtype", "float64"]).dtype == "float64"
+    with pytest.warns(FutureWarning, match="--dtype bf16 is deprecated; use --dtype bfloat16"):
+        assert eval_args(["--model", "m", "--tasks", "t", "--out", "o", "--dtype", "bf16"]).dtype == "bfloat16"
+    with pytest.raises(SystemExit):
+        eval_args(["--model", "m", "--tasks", "t", "--out", "o", "--dtype", "int8"])

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from retriever.encoder import EncoderConfig, RetrieverEncoder
+from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 from retriever.merge import main as merge_main
-from retriever.training_modes import LoraSettings, lora_target_regex
+from retriever.model.training_modes import LoraSettings, lora_target_regex
 from retriever.tiny import unavailable_reason
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma")
@@ -88,7 +88,7 @@ def test_unknown_mode(tiny_model_dir):
 def test_lora_save_load_and_merge(arch, tiny_model_dir, tmp_path):
     enc = RetrieverEncoder.from_pretrained(
         tiny_model_dir(arch), EncoderConfig(backbone=arch, head="multi", multi_dim=16), training_mode="lora",
-        lora=LoraSettings(r=4, include_vision=True), torch_dtype=torch.float64)
+        lora=LoraSettings(r=4, include_vision=True), dtype=torch.float64)
     with torch.no_grad():  # LoRA B starts at zero; make the adapters change the output
         for name, p in enc.model.named_parameters():
             if "lora_B" in name:
@@ -99,18 +99,18 @@ def test_lora_save_load_and_merge(arch, tiny_model_dir, tmp_path):
     enc.save_pretrained(run)
     assert (run / "adapter_model.safetensors").is_file() and not (run / "model.safetensors").exists()
 
-    again = RetrieverEncoder.from_pretrained(run, training_mode="lora", torch_dtype=torch.float64)
+    again = RetrieverEncoder.from_pretrained(run, training_mode="lora", dtype=torch.float64)
     assert again.is_peft and again.trainable_parameter_count() == enc.trainable_parameter_count()
     assert again.lora == enc.lora
     assert torch.equal(again(batch).emb, want)
 
     base = RetrieverEncoder.from_pretrained(tiny_model_dir(arch), EncoderConfig(backbone=arch, head="multi",
-                                            multi_dim=16), torch_dtype=torch.float64)
+                                            multi_dim=16), dtype=torch.float64)
     base.head.load_state_dict(enc.head.state_dict())
     assert (base(batch).emb - want).abs().max() > 1e-3  # the adapters do change the embeddings
 
     merge_main(["--model", str(run), "--out", str(tmp_path / "merged"), "--dtype", "float64"])
-    merged = RetrieverEncoder.from_pretrained(tmp_path / "merged", torch_dtype=torch.float64)
+    merged = RetrieverEncoder.from_pretrained(tmp_path / "merged", dtype=torch.float64)
     assert not merged.is_peft and merged.training_mode == "full"
     assert (merged(batch).emb - want).abs().max() < 1e-10
     enc.merge_and_save(tmp_path / "copy")  # not in place: the encoder keeps its adapters

@@ -16,10 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dist_workers.toy_encoder import ToyEncoder, toy_batch  # noqa: E402
-from retriever.distributed import all_gather_with_grad, build_backend, gather_reps  # noqa: E402
-from retriever.heads import MultiVector  # noqa: E402
-from retriever.gradcache import GradCache  # noqa: E402
-from retriever.losses import ContrastiveLoss  # noqa: E402
+from retriever.training.backends import build_backend  # noqa: E402
+from retriever.training.gather import all_gather_with_grad, gather_reps  # noqa: E402
+from retriever.model.embeddings import MultiVector  # noqa: E402
+from retriever.training.gradcache import GradCache  # noqa: E402
+from retriever.training.losses import ContrastiveLoss  # noqa: E402
 
 Q_PER_RANK, NEG_PER_RANK, CHUNK, STEPS, LR = 3, 1, 2, 2, 0.5
 CONFIGS = {  # name -> (ZeRO stage or None for DDP, GradCache chunk, learnable temperature, multi-vector,

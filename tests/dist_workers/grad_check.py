@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from retriever.distributed import build_backend, cat_reps
-from retriever.gradcache import GradCache
+from retriever.model.embeddings import cat_embeddings
+from retriever.training.backends import build_backend
+from retriever.training.gradcache import GradCache
 
 
 def sgd(groups):
@@ -28,8 +29,8 @@ def reference_grads(model, loss, q, p, positives, chunk: int | None, seed: int) 
     """Full-batch gradient with graph kept: chunks forwarded in GradCache's order (same dropout masks)."""
     torch.manual_seed(seed)
     if chunk:
-        q_reps = cat_reps([model(c) for c in model.split_inputs(q, chunk)])
-        p_reps = cat_reps([model(c) for c in model.split_inputs(p, chunk)])
+        q_reps = cat_embeddings([model(c) for c in model.split_inputs(q, chunk)])
+        p_reps = cat_embeddings([model(c) for c in model.split_inputs(p, chunk)])
     else:
         q_reps, p_reps = model(q), model(p)
     loss(q_reps, p_reps, positives).backward()

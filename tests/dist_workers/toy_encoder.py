@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from retriever.heads import MultiVector
+from retriever.model.embeddings import MultiVector
 
 VOCAB, PATCH_DIM = 50, 6
 

@@ -32,7 +32,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["dense_scores", "maxsim", "maxsim_blocked", "maxsim_lists", "pad_multivector"]
+from retriever.model.embeddings import MultiVector, pad_multivector, unpad
+
+__all__ = ["dense_scores", "maxsim", "maxsim_blocked", "maxsim_lists"]
 
 
 def dense_scores(q_emb: Tensor, d_emb: Tensor) -> Tensor:
@@ -119,16 +121,6 @@ def maxsim_blocked(
     return out
 
 
-def pad_multivector(vectors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Stack unpadded ``[L_i, D]`` tensors into ``([N, max L, D], bool mask [N, max L])`` (zero padding)."""
-    if not vectors:
-        raise ValueError("pad_multivector needs at least one tensor")
-    lengths = torch.tensor([v.shape[0] for v in vectors])
-    emb = torch.nn.utils.rnn.pad_sequence(list(vectors), batch_first=True)
-    mask = torch.arange(emb.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-    return emb, mask.to(emb.device)
-
-
 def _length_groups(lengths: Sequence[int], max_padded_tokens: int) -> list[list[int]]:
     """Positions sorted by length, cut into groups whose padded size (count x longest) stays within budget."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
@@ -157,7 +149,7 @@ def maxsim_lists(
     long queries) do not all pay for the longest one. ``queries`` may also be a padded ``(emb, mask)`` pair.
     """
     if isinstance(queries, tuple):
-        queries = [e[m] for e, m in zip(*queries)]
+        queries = unpad(MultiVector(*queries))
     device = queries[0].device if len(queries) else torch.device("cpu")
     out = torch.empty(len(queries), len(pages), dtype=torch.float32, device=device)
     if not len(queries) or not len(pages):

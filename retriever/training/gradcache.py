@@ -8,7 +8,7 @@ PARAMETERS factors through the representations: ``dL/dθ = Σ_i <dL/dr_i, dr_i/d
 1. First pass, no grad, chunk by chunk (``encoder.split_inputs``: per example, so flattened patch tensors are
    split per image). The CPU and CUDA RNG states before each chunk are recorded; with
    ``reuse_frozen_vision`` the frozen vision tower's outputs are recorded too.
-2. The representations are gathered across ranks (:func:`retriever.distributed.gather_reps`, multi-vector reps
+2. The representations are gathered across ranks (:func:`retriever.training.gather.gather_reps`, multi-vector reps
    padded to a common length) and the loss of the GLOBAL batch is computed on them (every rank computes the
    same loss; the global positives mask is block-diagonal over ranks). Its gradient with respect to the
    representations (and the loss's own parameters, e.g. a learnable temperature) is taken.
@@ -40,8 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from retriever.distributed import Backend, cat_reps, gather_block_diagonal, gather_reps, rank_and_world
-from retriever.losses import ContrastiveLoss, is_multivector
+from retriever.model.embeddings import cat_embeddings, is_multi_vector
+from retriever.process_group import RankInfo
+from retriever.training.backends import Backend
+from retriever.training.gather import gather_block_diagonal, gather_reps
+from retriever.training.losses import ContrastiveLoss
 
 __all__ = ["GradCache", "RngState", "VisionReplay", "auto_chunk_size"]
 
@@ -112,20 +115,20 @@ class VisionReplay:
 
 
 def _tensor_of(reps: Any) -> Tensor:
-    return reps.emb if is_multivector(reps) else reps
+    return reps.emb if is_multi_vector(reps) else reps
 
 
 def _leaf(reps: Any) -> Any:
     """Detached copy of the reps as autograd leaves, in at least float32 (the loss is computed in it)."""
     tensor = _tensor_of(reps).detach()
     tensor = tensor.to(torch.promote_types(tensor.dtype, torch.float32)).requires_grad_()
-    return type(reps)(tensor, reps.mask) if is_multivector(reps) else tensor
+    return type(reps)(tensor, reps.mask) if is_multi_vector(reps) else tensor
 
 
 def _dot(reps: Any, grad: Tensor) -> Tensor:
     """Surrogate ``<reps, grad>`` whose backward sends ``grad`` into the encoder."""
     tensor = _tensor_of(reps)
-    if is_multivector(reps):
+    if is_multi_vector(reps):
         grad = grad[:, : tensor.shape[1]]
     return (tensor * grad.to(tensor.dtype)).sum()
 
@@ -218,8 +221,8 @@ class GradCache:
         chunks = [self.encoder.split_inputs(query_inputs, self.chunk_size),
                   self.encoder.split_inputs(page_inputs, self.chunk_size)]
         cached = [[self._first_pass(c) for c in side] for side in chunks]
-        loss, grads = self._loss_and_grads(cat_reps([c.reps for c in cached[0]]),
-                                           cat_reps([c.reps for c in cached[1]]), positives)
+        loss, grads = self._loss_and_grads(cat_embeddings([c.reps for c in cached[0]]),
+                                           cat_embeddings([c.reps for c in cached[1]]), positives)
         for side, side_grad in zip(cached, grads):
             offset = 0
             for entry in side:
@@ -273,7 +276,7 @@ class GradCache:
         grads = torch.autograd.grad(loss, inputs)
         if self.loss_params:
             self.backend.add_extra_grads(grads[2:])
-        rank, _ = rank_and_world()
+        rank = RankInfo.current().rank
         q_start, p_start = sum(q_counts[:rank]), sum(p_counts[:rank])
         q_grad = grads[0][q_start : q_start + q_counts[rank]]
         p_grad = grads[1][p_start : p_start + p_counts[rank]]

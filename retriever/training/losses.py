@@ -7,7 +7,7 @@ One loss, :class:`ContrastiveLoss`, takes query representations, page representa
 in-batch negatives, explicit hard negatives and pages gathered from other ranks are all just columns.
 
 * Scores: dense reps ``[N, D]`` use dot products; multi-vector reps (``MultiVector(emb, mask)``) use MaxSim
-  from :mod:`retriever.scoring`, evaluated by :class:`ChunkedMaxSim`, an autograd function that computes the
+  from :mod:`retriever.model.scoring`, evaluated by :class:`ChunkedMaxSim`, an autograd function that computes the
   ``[B, P]`` score matrix block by block and recomputes each block in backward. Peak memory is one block
   (``score_chunk_size`` queries x ``score_chunk_size`` pages x ``Lq x Ld``), never ``[B, P, Lq, Ld]``.
 * Multiple positives: each positive ``p`` of query ``i`` is contrasted with the negatives of ``i``:
@@ -33,17 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from retriever.heads import MultiVector, matryoshka_prefixes
-from retriever.scoring import maxsim
+from retriever.model.embeddings import MultiVector, is_multi_vector
+from retriever.model.heads import matryoshka_prefixes
+from retriever.model.scoring import maxsim
 
-__all__ = ["ChunkedMaxSim", "ContrastiveLoss", "is_multivector", "chunked_maxsim", "scores"]
+__all__ = ["ChunkedMaxSim", "ContrastiveLoss", "chunked_maxsim", "scores"]
 
 MAX_LOGIT_SCALE = 100.0
-
-
-def is_multivector(reps: Any) -> bool:
-    """True for a ``MultiVector(emb [N, L, D], mask [N, L])`` named tuple, False for a dense ``[N, D]`` tensor."""
-    return isinstance(reps, MultiVector)
 
 
 class ChunkedMaxSim(torch.autograd.Function):
@@ -97,16 +93,16 @@ def chunked_maxsim(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor,
 
 def scores(q_reps: Any, p_reps: Any, chunk: int = 64) -> Tensor:
     """Score matrix ``[B, P]``: dot products for dense reps, chunked MaxSim for multi-vector reps."""
-    if is_multivector(q_reps) != is_multivector(p_reps):
+    if is_multi_vector(q_reps) != is_multi_vector(p_reps):
         raise TypeError("queries and pages must both be dense tensors or both MultiVector")
-    if is_multivector(q_reps):
+    if is_multi_vector(q_reps):
         return chunked_maxsim(q_reps.emb, q_reps.mask, p_reps.emb, p_reps.mask, chunk)
     return q_reps @ p_reps.T
 
 
 def _prefix(reps: Any, dim: int) -> Any:
     """Re-normalised Matryoshka prefix of size ``dim`` (dense or multi-vector; zero padding stays zero)."""
-    if is_multivector(reps):
+    if is_multi_vector(reps):
         return MultiVector(matryoshka_prefixes(reps.emb, [dim])[0], reps.mask)
     return matryoshka_prefixes(reps, [dim])[0]
 
@@ -213,8 +209,8 @@ class ContrastiveLoss(nn.Module):
     @staticmethod
     def _check(q_reps: Any, p_reps: Any, positives: Tensor) -> Tensor:
         """Validate the mask against the reps; return it as bool."""
-        n_q = (q_reps.emb if is_multivector(q_reps) else q_reps).shape[0]
-        n_p = (p_reps.emb if is_multivector(p_reps) else p_reps).shape[0]
+        n_q = (q_reps.emb if is_multi_vector(q_reps) else q_reps).shape[0]
+        n_p = (p_reps.emb if is_multi_vector(p_reps) else p_reps).shape[0]
         if positives.shape != (n_q, n_p):
             raise ValueError(f"positives mask has shape {tuple(positives.shape)}, expected ({n_q}, {n_p})")
         positives = positives.to(torch.bool)

@@ -7,28 +7,24 @@
 - ``DenseHead``: pooling, optional linear projection, optional L2 normalisation.  Matryoshka training and
   evaluation use ``matryoshka_prefixes`` to take nested prefixes, each re-normalised.
 - ``MultiVectorHead``: ColBERT/ColPali style per-token linear projection to ``dim`` (128 by default),
-  L2-normalised per token, padded positions exactly zero, returned with the boolean mask.
+  L2-normalised per token, padded positions exactly zero, returned with the boolean mask as a
+  :class:`retriever.model.embeddings.MultiVector`.
 
 Heads hold only their own parameters, so the encoder saves them separately from the backbone weights.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from retriever.model.embeddings import MultiVector
+
 Pooling = Literal["last", "mean", "weighted_mean", "cls"]
 POOLINGS: tuple[str, ...] = ("last", "mean", "weighted_mean", "cls")
-
-
-class MultiVector(NamedTuple):
-    """Per-token embeddings ``emb`` [B, L, D] (unit norm, exactly 0 where ``mask`` [B, L] is False)."""
-
-    emb: Tensor
-    mask: Tensor
 
 
 def pool(hidden: Tensor, mask: Tensor, pooling: Pooling) -> Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from retriever.model.dtype import add_dtype_argument
+
 
 def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
@@ -63,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--query_augmentation_tokens", type=int, default=None, help="ColPali-style augmentation tokens")
     model.add_argument("--max_pixels", type=int, default=None, help="cap on page image pixels (resolution control)")
     model.add_argument("--attn_implementation", default=None, help="sdpa (default), eager or flash_attention_2")
-    model.add_argument("--torch_dtype", choices=["float32", "bfloat16", "float64"], default="float32",
-                       help="weight dtype at load time (use --bf16 for mixed precision training)")
+    add_dtype_argument(model, "float32", "weight dtype at load time (use --bf16 for mixed precision training)",
+                       aliases=["--torch_dtype"])
 
     loss = parser.add_argument_group("loss")
     loss.add_argument("--temperature", type=float, default=0.02)
@@ -146,8 +148,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--matryoshka_dims applies to --head dense only")
     if args.temperature <= 0:
         raise ValueError("--temperature must be > 0")
-    if args.bf16 and args.torch_dtype == "float64":
-        raise ValueError("--bf16 and --torch_dtype float64 exclude each other")
+    if args.bf16 and args.dtype == "float64":
+        raise ValueError("--bf16 and --dtype float64 exclude each other")
     if args.freeze_vision and args.lora_vision:
         raise ValueError("--freeze_vision and --lora_vision exclude each other")
     if args.training_mode != "lora" and args.lora_vision:

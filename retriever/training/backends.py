@@ -1,4 +1,4 @@
-"""Training backends (single process, DDP, DeepSpeed ZeRO-1/2/3) behind one interface, and cross-rank gathers.
+"""Training backends (single process, DDP, DeepSpeed ZeRO-1/2/3) behind one interface.
 
 Design
 ------
@@ -25,9 +25,7 @@ Design
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,137 +33,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = [
-    "join_process_group",
-    "Backend",
-    "MultiInput",
-    "all_gather_with_grad",
-    "build_backend",
-    "gather_reps",
-    "cat_reps",
-    "gather_block_diagonal",
-    "is_distributed",
-    "pad_reps",
-    "rank_and_world",
-]
+from retriever.process_group import RankInfo, is_distributed
+
+__all__ = ["Backend", "DDPBackend", "DeepSpeedBackend", "MultiInput", "build_backend"]
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
-def join_process_group(timeout: timedelta, use_deepspeed: bool = False) -> None:
-    """Join the process group torchrun describes (NCCL with CUDA, else gloo), with a collective timeout.
-
-    Sets this process's CUDA device from ``LOCAL_RANK``; a no-op for a single process or a group already joined.
-    With ``use_deepspeed`` the group is made through ``deepspeed.init_distributed`` (same backend and timeout)."""
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if use_deepspeed:
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
-    else:
-        dist.init_process_group(backend=backend, timeout=timeout)
-
-
-def is_distributed() -> bool:
-    """True when a default process group is initialised."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the default process group; ``(0, 1)`` without one."""
-    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
-
-
-# --------------------------------------------------------------------------------------------- gathers
-def pad_reps(reps: Any, length: int) -> Any:
-    """Pad a ``MultiVector`` to ``length`` tokens (zero vectors, mask False); dense tensors pass through."""
-    if isinstance(reps, Tensor):
-        return reps
-    extra = length - reps.emb.shape[1]
-    if extra == 0:
-        return reps
-    emb = nn.functional.pad(reps.emb, (0, 0, 0, extra))
-    mask = nn.functional.pad(reps.mask, (0, extra), value=False)
-    return type(reps)(emb, mask)
-
-
-def cat_reps(parts: Sequence[Any]) -> Any:
-    """Concatenate dense tensors or MultiVectors along the batch, padding tokens to the longest part."""
-    if isinstance(parts[0], Tensor):
-        return torch.cat(list(parts))
-    length = max(p.emb.shape[1] for p in parts)
-    padded = [pad_reps(p, length) for p in parts]
-    return type(parts[0])(torch.cat([p.emb for p in padded]), torch.cat([p.mask for p in padded]))
-
-
-def _gather_padded(tensor: Tensor) -> list[Tensor]:
-    """All-gather tensors whose shapes differ across ranks (any dim); returns each rank's unpadded tensor."""
-    _, world = rank_and_world()
-    shape = torch.tensor(tensor.shape, dtype=torch.long, device=tensor.device)
-    shapes = [torch.zeros_like(shape) for _ in range(world)]
-    dist.all_gather(shapes, shape)
-    max_shape = torch.stack(shapes).amax(dim=0).tolist()
-    pad: list[int] = []
-    for have, want in zip(reversed(tensor.shape), reversed(max_shape)):
-        pad += [0, want - have]
-    padded = nn.functional.pad(tensor, pad) if any(pad) else tensor.contiguous()
-    out = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded)
-    return [o[tuple(slice(0, s) for s in sh.tolist())] for o, sh in zip(out, shapes)]
-
-
-def _gather_bool(mask: Tensor) -> list[Tensor]:
-    return [m.to(torch.bool) for m in _gather_padded(mask.to(torch.uint8))]
-
-
-def gather_reps(reps: Any) -> tuple[Any, list[int]]:
-    """All-gather (detached) reps from every rank in rank order; returns ``(global reps, per-rank counts)``.
-
-    MultiVectors are padded to the longest token count over all ranks. Single process: returns the input.
-    """
-    if not is_distributed():
-        n = (reps if isinstance(reps, Tensor) else reps.emb).shape[0]
-        return reps, [n]
-    if isinstance(reps, Tensor):
-        parts = _gather_padded(reps.detach())
-        return torch.cat(parts), [p.shape[0] for p in parts]
-    embs = _gather_padded(reps.emb.detach())
-    masks = _gather_bool(reps.mask)
-    parts = [type(reps)(e, m) for e, m in zip(embs, masks)]
-    return cat_reps(parts), [e.shape[0] for e in embs]
-
-
-def all_gather_with_grad(reps: Any) -> tuple[Any, list[int]]:
-    """Like :func:`gather_reps`, but this rank's slot keeps its autograd graph (other ranks' slots are constants).
-
-    Backpropagating a loss on the result gives this rank's share of the global gradient; sum over ranks (what
-    :meth:`Backend.backward` arranges) gives the full-batch gradient.
-    """
-    gathered, counts = gather_reps(reps)
-    if not is_distributed():
-        return reps, counts
-    rank, _ = rank_and_world()
-    start = sum(counts[:rank])
-    if isinstance(reps, Tensor):
-        return torch.cat([gathered[:start], reps, gathered[start + counts[rank]:]]), counts
-    local = pad_reps(reps, gathered.emb.shape[1])
-    emb = torch.cat([gathered.emb[:start], local.emb, gathered.emb[start + counts[rank]:]])
-    return type(reps)(emb, gathered.mask), counts
-
-
-def gather_block_diagonal(mask: Tensor) -> Tensor:
-    """Global ``[sum B_r, sum P_r]`` positives mask: each rank's local mask on the diagonal."""
-    if not is_distributed():
-        return mask.to(torch.bool)
-    return torch.block_diag(*_gather_bool(mask))
-
-
-# --------------------------------------------------------------------------------------------- backends
 class MultiInput(nn.Module):
     """Wraps the encoder: ``forward(*inputs)`` encodes each input dict; one input returns one output.
 
@@ -198,10 +73,13 @@ class Backend:
         max_grad_norm: float | None,
         gradient_accumulation_steps: int = 1,
         extra_params: Sequence[nn.Parameter] = (),
+        module: nn.Module | None = None,
     ) -> None:
-        self.rank, self.world_size = rank_and_world()
+        """``module`` is what forward calls go through (default: :class:`MultiInput` around ``model``)."""
+        info = RankInfo.current()
+        self.rank, self.world_size = info.rank, info.world
         self.encoder = model
-        self.module: nn.Module = MultiInput(model)
+        self.module: nn.Module = module if module is not None else MultiInput(model)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.max_grad_norm = max_grad_norm
@@ -323,24 +201,18 @@ class DeepSpeedBackend(Backend):
     ) -> None:
         import deepspeed
 
-        self.rank, self.world_size = rank_and_world()
-        self.encoder = model
-        self.extra_params = list(extra_params)
-        self.micro_step = 0
-        self.sync_override = None
         config = dict(deepspeed_config)
         config.setdefault("zero_allow_untested_optimizer", True)
-        self.gradient_accumulation_steps = int(config.get("gradient_accumulation_steps", 1))
         optimizer = None if "optimizer" in config else optimizer_factory(param_groups)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+        self.engine, optimizer, _, scheduler = deepspeed.initialize(
             model=MultiInput(model),
             optimizer=optimizer,
             model_parameters=param_groups if optimizer is None else None,
             lr_scheduler=None if "scheduler" in config else scheduler_factory,
             config=config,
         )
-        self.module = self.engine
-        self.max_grad_norm = config.get("gradient_clipping")
+        super().__init__(model, optimizer, scheduler, config.get("gradient_clipping"),
+                         int(config.get("gradient_accumulation_steps", 1)), extra_params, module=self.engine)
         self.extra_optimizer = optimizer_factory(extra_groups) if extra_groups else None
         self.extra_scheduler = (
             scheduler_factory(self.extra_optimizer) if self.extra_optimizer and scheduler_factory else None

@@ -1,0 +1,22 @@
+"""Decoding page images: the one decoder every reader of pages goes through (stores, image folders, datasets, the
+encoder's inputs), so a page that is not an image always fails the same way, naming the page."""
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+__all__ = ["decode_image"]
+
+
+def decode_image(image: Image.Image | bytes | bytearray | memoryview, what: str) -> Image.Image:
+    """An RGB PIL image from encoded bytes or a PIL image; failures raise ``ValueError("page <what>: ...")``."""
+    try:
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            image = Image.open(io.BytesIO(bytes(image)))
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected a PIL image or encoded bytes, got {type(image).__name__}")
+        image.load()
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
+        raise ValueError(f"page {what}: cannot decode image: {err}") from err

@@ -1,0 +1,54 @@
+"""The weight dtype flag, spelled the same by every tool: ``--dtype {float32,bfloat16,float16,float64}``.
+
+The names are torch's (and transformers 5's ``dtype=`` argument). Two older spellings still work and print a
+deprecation warning: the trainer's ``--torch_dtype`` flag, and the evaluators' short values ``fp32``, ``bf16``,
+``fp16``.
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["DTYPES", "add_dtype_argument", "default_dtype", "dtype_name"]
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                                  "float64": torch.float64}
+_OLD_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
+
+
+def dtype_name(text: str) -> str:
+    """The canonical name of a dtype flag value (argparse ``type``); the short old names warn."""
+    if text in _OLD_NAMES:
+        warnings.warn(f"--dtype {text} is deprecated; use --dtype {_OLD_NAMES[text]}", FutureWarning, stacklevel=2)
+        return _OLD_NAMES[text]
+    if text not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; choose from {', '.join(DTYPES)}")
+    return text
+
+
+def default_dtype() -> str:
+    """bfloat16 where CUDA is available, float32 on the CPU (the evaluators' default)."""
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+class _DeprecatedFlag(argparse.Action):
+    """Stores like the flag it aliases, with a deprecation warning naming the new flag."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        warnings.warn(f"{option_string} is deprecated; use --{self.dest}", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser | Any, default: str | None, help: str,
+                       aliases: Sequence[str] = ()) -> None:
+    """Add ``--dtype`` (and deprecated alias flags such as ``--torch_dtype``) to a parser or argument group."""
+    parser.add_argument("--dtype", type=dtype_name, default=default, metavar="{" + ",".join(DTYPES) + "}",
+                        help=help)
+    for alias in aliases:
+        parser.add_argument(alias, dest="dtype", type=dtype_name, action=_DeprecatedFlag, metavar="DTYPE",
+                            help="deprecated alias of --dtype")

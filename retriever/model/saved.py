@@ -1,0 +1,256 @@
+"""The checkpoint format, and the one loader every tool calls: :func:`load_encoder`.
+
+A retriever directory (what ``save_encoder`` / ``RetrieverEncoder.save_pretrained`` write; safetensors only):
+
+* ``retriever_config.json``: the :class:`~retriever.model.encoder.EncoderConfig` plus the training mode, the
+  frozen-vision flag and the LoRA settings (:class:`SavedState`);
+* ``heads.safetensors``: the retrieval head's weights;
+* the backbone, as either a full transformers checkpoint (``config.json``, ``model*.safetensors``) or a peft
+  adapter (``adapter_config.json``, ``adapter_model.safetensors``, whose ``base_model_name_or_path`` names the
+  base checkpoint);
+* the tokenizer and image-processor files.
+
+:func:`load_encoder` takes such a directory, a plain transformers VLM checkpoint (fresh heads, built from
+``settings``), or a hub repo id where a hub is reachable (config, safetensors, tokenizer and processor files
+only: never pickled weights). The training recipe, the evaluators, the miner, the merge tool and the MTEB wrapper
+all load through it, so a new checkpoint format is taught here once.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+from .backbones import Backbone, backbone_for_model_type, get_backbone
+from .dtype import DTYPES, add_dtype_argument, default_dtype
+from .encoder import EncoderConfig, build_head, text_hidden_size
+from .training_modes import LoraSettings, apply_training_mode, unwrap
+
+if TYPE_CHECKING:
+    from .encoder import RetrieverEncoder
+
+__all__ = ["ADAPTER_FILE", "CONFIG_FILE", "HEADS_FILE", "SavedState", "add_model_arguments",
+           "check_checkpoint_files", "encoder_config", "infer_backbone", "is_saved_retriever", "load_encoder",
+           "load_encoder_from_args", "load_image_processor", "read_saved_state", "resolve_checkpoint", "save_encoder"]
+
+logger = logging.getLogger(__name__)
+CONFIG_FILE = "retriever_config.json"
+HEADS_FILE = "heads.safetensors"
+ADAPTER_FILE = "adapter_config.json"
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
+
+
+@dataclass
+class SavedState:
+    """The contents of ``retriever_config.json``."""
+
+    encoder: EncoderConfig
+    training_mode: str = "full"
+    freeze_vision: bool = False
+    lora: dict | None = field(default=None)
+
+
+def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
+                 settings: Mapping[str, Any] | None = None, override: Mapping[str, Any] | None = None,
+                 dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
+                 training_mode: str = "full", lora: LoraSettings | None = None, freeze_vision: bool = False,
+                 attn_implementation: str | None = None, trust_remote_code: bool = False) -> RetrieverEncoder:
+    """A :class:`RetrieverEncoder` from a retriever directory, a transformers checkpoint or a hub id.
+
+    The encoder settings are, in order of precedence: ``config`` if given; else the directory's saved config;
+    else ``settings`` (EncoderConfig fields for fresh heads on a plain checkpoint; the backbone is inferred).
+    ``override`` then replaces single fields whatever the source (e.g. ``{"head": "multi"}``). ``dtype`` is a
+    torch dtype or one of :data:`~retriever.model.dtype.DTYPES`' names. The encoder is returned in eval mode (as
+    transformers does), on ``device`` when given; call ``.train()`` before training.
+    """
+    from .encoder import RetrieverEncoder
+
+    path = resolve_checkpoint(path_or_id)
+    saved = read_saved_state(path) if is_saved_retriever(path) else None
+    config = encoder_config(path, config, saved, settings, override, trust_remote_code)
+    adapter_cls = get_backbone(config.backbone)
+    if adapter_cls.requires_remote_code and not trust_remote_code:
+        raise ValueError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
+                         "trust_remote_code=True (--trust_remote_code) if you trust it")
+    check_checkpoint_files(path, need_weights=False)
+    resume_lora = saved is not None and (path / ADAPTER_FILE).exists() and training_mode == "lora"
+    model = load_backbone_weights(path, adapter_cls, training_mode, dtype=DTYPES.get(dtype, dtype),
+                                  attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    backbone = adapter_cls(tokenizer, load_image_processor(path, trust_remote_code), unwrap(model).config)
+    backbone.set_resolution(config.max_pixels, config.max_visual_tokens)
+    backbone.bind(unwrap(model))
+    if resume_lora:  # the adapters keep training; the rest stays frozen as peft left it
+        lora = lora or (LoraSettings(**saved.lora) if saved.lora else None)
+        if freeze_vision:
+            backbone.vision_module(unwrap(model)).requires_grad_(False)
+    else:
+        model = apply_training_mode(model, backbone, training_mode, lora, freeze_vision)
+    head = build_head(config, text_hidden_size(model)).to(unwrap(model).dtype)
+    if saved is not None and same_head(config, saved.encoder):
+        head.load_state_dict(load_file(str(path / HEADS_FILE)))
+    elif saved is not None:
+        logger.warning("%s: head settings differ from the saved ones; starting with fresh heads", path)
+    encoder = RetrieverEncoder(config, backbone, model, head, training_mode, freeze_vision, lora)
+    return (encoder.to(device) if device is not None else encoder).eval()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint flags of the tools that use a trained retriever (evaluators, miner, query filter):
+    ``--model``, ``--dtype``, ``--head`` and ``--trust_remote_code``; read back by :func:`load_encoder_from_args`."""
+    parser.add_argument("--model", required=True,
+                        help="retriever directory (e.g. OUTPUT_DIR/final), or a transformers VLM checkpoint (fresh "
+                        "heads; see --head)")
+    add_dtype_argument(parser, default_dtype(), "model weights dtype (default bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--head", choices=("dense", "multi"), default=None,
+                        help="override the checkpoint's head (a fresh head on a plain transformers checkpoint)")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="allow code shipped with the checkpoint (MiniCPM-V only)")
+
+
+def load_encoder_from_args(args: argparse.Namespace, device: torch.device | str | None = None) -> RetrieverEncoder:
+    """:func:`load_encoder` with the flags of :func:`add_model_arguments`, in eval mode on ``device``."""
+    return load_encoder(args.model, override={"head": args.head} if args.head else None, dtype=args.dtype,
+                        device=device, trust_remote_code=args.trust_remote_code)
+
+
+def encoder_config(path: Path, config: EncoderConfig | None, saved: SavedState | None,
+                   settings: Mapping[str, Any] | None, override: Mapping[str, Any] | None,
+                   trust_remote_code: bool) -> EncoderConfig:
+    """The encoder settings :func:`load_encoder` uses (see its precedence rules)."""
+    if config is None and saved is not None:
+        config = saved.encoder
+    if config is None:
+        config = EncoderConfig.from_dict({**(settings or {}), "backbone": infer_backbone(path, trust_remote_code)})
+    return dataclasses.replace(config, **override) if override else config
+
+
+def save_encoder(encoder: RetrieverEncoder, out_dir: str | Path) -> None:
+    """Writes config, heads and backbone (peft adapter in LoRA mode, full weights otherwise) to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = SavedState(encoder.config, encoder.training_mode, encoder.freeze_vision,
+                       encoder.lora.to_dict() if encoder.lora and encoder.is_peft else None)
+    (out / CONFIG_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
+    save_file({k: v.contiguous() for k, v in encoder.head.state_dict().items()}, str(out / HEADS_FILE))
+    encoder.model.save_pretrained(out, safe_serialization=True)
+    encoder.backbone.tokenizer.save_pretrained(out)
+    encoder.backbone.image_processor.save_pretrained(out)
+
+
+def is_saved_retriever(path: Path) -> bool:
+    """Whether ``path`` is a directory written by :func:`save_encoder` (rather than a plain VLM checkpoint)."""
+    return (path / CONFIG_FILE).exists()
+
+
+def load_backbone_weights(path: Path, adapter_cls: type[Backbone], training_mode: str,
+                          **load_kwargs: Any) -> nn.Module:
+    """The transformers model of ``path``; for a LoRA directory, its base with the adapters attached
+    (trainable in ``lora`` mode, merged into the weights otherwise)."""
+    is_adapter_dir = (path / CONFIG_FILE).exists() and (path / ADAPTER_FILE).exists()
+    base_path = lora_base_path(path) if is_adapter_dir else path
+    check_checkpoint_files(base_path, need_processor=False)
+    model = adapter_cls.load_model(base_path, **load_kwargs)
+    if not is_adapter_dir:
+        return model
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, path, is_trainable=training_mode == "lora")
+    return model if training_mode == "lora" else model.merge_and_unload()
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """A local checkpoint directory; a hub repo id is downloaded (config, safetensors, tokenizer and
+    processor files only: never pickled weights) when the hub can be reached."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name), allow_patterns=HUB_PATTERNS))
+    except Exception as err:  # offline, unknown repo, invalid id...
+        raise FileNotFoundError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
+                                f"({type(err).__name__})") from err
+
+
+def same_head(a: EncoderConfig, b: EncoderConfig) -> bool:
+    """Whether two configs define heads with the same parameters."""
+    return (a.head, a.projection_dim, a.multi_dim) == (b.head, b.projection_dim, b.multi_dim)
+
+
+def infer_backbone(path: Path, trust_remote_code: bool) -> str:
+    """Backbone name from the checkpoint's ``config.json`` model_type."""
+    check_checkpoint_files(path, need_processor=False, need_weights=False)
+    model_type = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
+    return backbone_for_model_type(model_type).name
+
+
+def read_saved_state(path: Path) -> SavedState:
+    """Parses ``retriever_config.json`` and checks the heads file is present."""
+    if not (path / HEADS_FILE).exists():
+        raise FileNotFoundError(f"{path / HEADS_FILE} is missing (the saved retrieval heads)")
+    try:
+        data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        return SavedState(encoder=EncoderConfig.from_dict(data["encoder"]),
+                          training_mode=data.get("training_mode", "full"),
+                          freeze_vision=data.get("freeze_vision", False), lora=data.get("lora"))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path / CONFIG_FILE}: invalid retriever config: {err}") from err
+
+
+def lora_base_path(path: Path) -> Path:
+    """The base checkpoint an adapter directory was trained on (a directory or a hub repo id)."""
+    base = json.loads((path / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
+    try:
+        return resolve_checkpoint(base)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
+            from err
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def check_checkpoint_files(path: Path, need_weights: bool = True, need_processor: bool = True) -> None:
+    """Raises FileNotFoundError naming the first missing file of a checkpoint directory."""
+    required: list[tuple[str, ...]] = [("config.json",)] if need_weights or not need_processor else []
+    if need_weights:
+        required.append(WEIGHT_FILES)
+    if need_processor:
+        required += [("tokenizer_config.json",), TOKENIZER_FILES, IMAGE_PROCESSOR_FILES]
+    for alternatives in required:
+        if not any((path / name).exists() for name in alternatives):
+            raise FileNotFoundError(f"{path}: missing {' or '.join(alternatives)}")
+
+
+def load_image_processor(path: Path, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's image processor: ``AutoImageProcessor``, or its PIL-backend class by name.
+
+    Some transformers 5 releases make ``AutoImageProcessor`` itself require torchvision; there the class named
+    by ``preprocessor_config.json`` is loaded in its PIL variant (``<Name>Pil``) instead.
+    """
+    try:
+        return AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ImportError as err:
+        config = path / "preprocessor_config.json"
+        name = json.loads(config.read_text(encoding="utf-8")).get("image_processor_type", "") if config.exists() else ""
+        pil_class = getattr(transformers, name.removesuffix("Fast").removesuffix("Pil") + "Pil", None)
+        if pil_class is None:
+            raise ImportError(f"{path}: cannot load the image processor {name!r} without torchvision") from err
+        return pil_class.from_pretrained(path)

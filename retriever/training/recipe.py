@@ -1,0 +1,260 @@
+"""The training recipe behind ``python -m retriever.train``: contrastive training of a VLM retriever, in one file.
+
+Setup, in order: distributed environment -> encoder (backbone + head, training mode) -> training pairs, validated
+against the page sources before anything else runs -> loss -> backend (plain, DDP or a DeepSpeed engine, which
+owns optimizer, schedule and clipping) -> GradCache -> resume. Then the loop: for every optimizer step, draw
+``--gradient_accumulation_steps`` global batches (planned deterministically per seed and epoch, this rank's share
+of each), run ``GradCache.step`` on each (forward + backward, grads accumulate), then ``backend.optimizer_step()``;
+log, checkpoint every ``--save_steps``, keep the newest ``--save_total_limit``. At the end the encoder is written to
+``OUTPUT_DIR/final`` in its own directory format and the loss curve to ``OUTPUT_DIR/loss.png``.
+
+We write a loop instead of subclassing HF ``Trainer``: one optimizer step here is several forward/backward passes
+over GradCache chunks with a cross-rank loss, and its engine-level contract (one DeepSpeed boundary per global
+batch, DDP sync on the last chunk only) is exactly what ``Trainer``'s ``training_step``/accumulation logic decides
+on its own. docs/ARCHITECTURE.md has the longer argument.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from retriever.model.encoder import RetrieverEncoder, text_hidden_size
+from retriever.model.saved import load_encoder
+from retriever.model.training_modes import LoraSettings
+from retriever.pages import ImageFolder, PageResolver, StorePages
+from retriever.pairs import Pair, is_hf_dataset, load_hf_pairs, read_jsonl_pairs, validate_pairs
+from retriever.process_group import RankInfo, join_process_group
+from retriever.training.args import parse_args
+from retriever.training.backends import Backend, build_backend
+from retriever.training.batching import EpochBatches, corpus_of, plan_epoch
+from retriever.training.checkpoints import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+from retriever.training.ds_config import TrainingShape, load_deepspeed_config, resolve_deepspeed_config
+from retriever.training.gradcache import GradCache, auto_chunk_size
+from retriever.training.logs import TrainLog
+from retriever.training.losses import ContrastiveLoss
+from retriever.training.optim import build_scheduler, parameter_groups, set_drop_path
+
+logger = logging.getLogger("retriever.train")
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = join_process_group(timedelta(minutes=30), args.deepspeed is not None)
+    torch.manual_seed(args.seed)
+    pairs, resolver = load_training_data(args)
+    steps = total_steps(args, env, pairs)
+    encoder = build_encoder(args)
+    loss = build_loss(args)
+    backend = build_training_backend(args, env, encoder, loss, steps)
+    gradcache = build_gradcache(args, encoder, loss, backend, env)
+    state = TrainerState()
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if resume is not None:
+        state = load_checkpoint(backend, resume)
+        _info(env, f"resumed from {resume} at step {state.global_step}")
+    train_loop(args, env, encoder, pairs, resolver, backend, gradcache, state, steps)
+    final = save_final(args, env, encoder, backend)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return final
+
+
+def load_training_data(args) -> tuple[list[Pair], PageResolver]:
+    """Pairs and the page sources that resolve their ids; every id is checked before training starts."""
+    sources = [StorePages(path) for path in args.page_store]
+    if args.image_root:
+        sources.append(ImageFolder(args.image_root))
+    if is_hf_dataset(args.train_data):
+        pairs, pages = load_hf_pairs(args.train_data, args.image_column, args.image_id_column)
+        sources.insert(0, pages)
+    else:
+        pairs = read_jsonl_pairs(args.train_data)
+    resolver = PageResolver(sources)
+    validate_pairs(pairs, resolver, args.train_data)
+    return pairs, resolver
+
+
+def build_encoder(args) -> RetrieverEncoder:
+    """The encoder to train: a directory this project saved keeps its own settings; a plain VLM checkpoint gets
+    fresh heads built from the head flags."""
+    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                        include_vision=args.lora_vision, target_modules=args.lora_target_modules)
+    encoder = load_encoder(
+        args.model_name_or_path, settings=_head_settings(args), training_mode=args.training_mode, lora=lora,
+        freeze_vision=args.freeze_vision, dtype=args.dtype, attn_implementation=args.attn_implementation,
+        trust_remote_code=args.trust_remote_code,
+    )
+    if args.drop_path_rate > 0 and set_drop_path(encoder, args.drop_path_rate) == 0:
+        logger.warning("--drop_path_rate: this backbone has no drop-path modules; the flag has no effect")
+    if args.gradient_checkpointing:
+        encoder.enable_activation_checkpointing()
+    return encoder.train()
+
+
+def _head_settings(args) -> dict:
+    """EncoderConfig fields from the head flags (used for fresh heads on a plain VLM checkpoint)."""
+    overrides = {
+        "query_prefix": args.query_prefix, "query_augmentation_tokens": args.query_augmentation_tokens,
+        "max_pixels": args.max_pixels,
+    }
+    return {"head": args.head, "pooling": args.pooling, "projection_dim": args.projection_dim,
+            "multi_dim": args.multi_dim, "matryoshka_dims": args.matryoshka_dims,
+            **{key: value for key, value in overrides.items() if value is not None}}
+
+
+def build_loss(args) -> ContrastiveLoss:
+    return ContrastiveLoss(
+        temperature=args.temperature, learnable_temperature=args.learnable_temperature,
+        symmetric=args.symmetric_loss, matryoshka_dims=args.matryoshka_dims,
+        matryoshka_weights=args.matryoshka_weights, false_negative_factor=args.false_negative_factor,
+    )
+
+
+def steps_per_epoch(args, env: RankInfo, pairs: list[Pair]) -> int:
+    plan = plan_epoch(pairs, args.per_device_train_batch_size * env.world, args.num_negatives, args.seed, 0)
+    steps = len(plan) // args.gradient_accumulation_steps
+    if steps == 0:
+        raise ValueError(
+            f"{args.train_data}: {len(pairs)} pairs do not fill one optimizer step of "
+            f"{args.per_device_train_batch_size} x {env.world} ranks x {args.gradient_accumulation_steps} "
+            "accumulation steps (pairs sharing pages cannot share a batch)"
+        )
+    return steps
+
+
+def total_steps(args, env: RankInfo, pairs: list[Pair]) -> int:
+    if args.max_steps > 0:
+        return args.max_steps
+    return math.ceil(args.num_train_epochs * steps_per_epoch(args, env, pairs))
+
+
+def build_training_backend(args, env: RankInfo, encoder: RetrieverEncoder, loss: ContrastiveLoss,
+                           steps: int) -> Backend:
+    """Optimizer groups, schedule over ``steps`` optimizer steps and the backend (plain / DDP / DeepSpeed)."""
+    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * steps)
+
+    def optimizer_factory(params):
+        return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+
+    def scheduler_factory(optimizer):
+        return build_scheduler(optimizer, args.lr_scheduler_type, warmup, steps)
+
+    ds_config = None
+    if args.deepspeed:
+        shape = TrainingShape(
+            micro_batch_size=args.per_device_train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            world_size=env.world, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
+            hidden_size=text_hidden_size(encoder.model),
+        )
+        ds_config = resolve_deepspeed_config(load_deepspeed_config(args.deepspeed), shape, args.deepspeed)
+    named = list(encoder.named_parameters()) + [(f"loss.{n}", p) for n, p in loss.named_parameters()]
+    groups = parameter_groups(named, args.learning_rate, args.weight_decay, args.layer_decay)
+    if not ds_config:
+        encoder.to(env.device)
+        loss.to(env.device)
+    return build_backend(
+        encoder, loss=loss, param_groups=groups, optimizer_factory=optimizer_factory,
+        scheduler_factory=scheduler_factory, deepspeed_config=ds_config,
+        max_grad_norm=args.max_grad_norm or None, ddp=env.world > 1 and not ds_config,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+    )
+
+
+def build_gradcache(args, encoder: RetrieverEncoder, loss: ContrastiveLoss, backend: Backend,
+                    env: RankInfo) -> GradCache:
+    chunk = args.gc_chunk_size
+    if chunk == "auto":
+        chunk = auto_chunk_size(encoder, per_device_batch_size=args.per_device_train_batch_size,
+                                memory_fraction=args.gc_memory_fraction, device=env.device)
+        _info(env, f"--gc_chunk_size auto: {chunk}")
+    return GradCache(encoder, loss, backend, chunk_size=chunk or None, reuse_frozen_vision=args.freeze_vision)
+
+
+def batch_stream(args, env: RankInfo, encoder, pairs: list[Pair], resolver: PageResolver,
+                 state: TrainerState) -> Iterator[tuple[int, int, dict]]:
+    """This rank's batches from where ``state`` points, epoch after epoch: ``(epoch, index in epoch, batch)``."""
+    corpus = corpus_of(pairs)
+    epoch, start = state.epoch, state.batch_in_epoch
+    while True:
+        plan = plan_epoch(pairs, args.per_device_train_batch_size * env.world, args.num_negatives, args.seed,
+                          epoch, corpus)
+        batches = EpochBatches(plan, start, env.rank, env.world, pairs, resolver.get_image,
+                               encoder.prepare_queries, encoder.prepare_pages)
+        # its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG, which would
+        # shift the dropout stream of a resumed run against an uninterrupted one
+        loader = DataLoader(batches, batch_size=None, num_workers=args.dataloader_num_workers,
+                            generator=torch.Generator().manual_seed(args.seed + epoch))
+        for i, batch in enumerate(loader):
+            yield epoch, start + i, batch
+        epoch, start = epoch + 1, 0
+
+
+def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, pairs: list[Pair], resolver: PageResolver,
+               backend: Backend, gradcache: GradCache, state: TrainerState, steps: int) -> None:
+    log = TrainLog(args.output_dir, env.rank == 0, [r for r in args.report_to if r != "none"], args.run_name,
+                   vars(args))
+    stream = batch_stream(args, env, encoder, pairs, resolver, state)
+    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16)
+                if args.bf16 and not args.deepspeed else contextlib.nullcontext())
+    progress = tqdm(total=steps, initial=state.global_step, desc="training", unit="step",
+                    disable=env.rank != 0 or args.disable_tqdm)
+    while state.global_step < steps:
+        started, losses, digest = time.perf_counter(), [], hashlib.sha1()
+        for micro in range(args.gradient_accumulation_steps):
+            epoch, index, batch = next(stream)
+            with autocast:
+                # inputs stay on the CPU: the encoder moves each GradCache chunk to the device as it encodes it
+                out = gradcache.step(batch["query_inputs"], batch["page_inputs"], batch["positives"],
+                                     sync=micro == args.gradient_accumulation_steps - 1)
+            losses.append(float(out["loss"]))
+            digest.update("\n".join(batch["page_ids"]).encode())
+            state.epoch, state.batch_in_epoch = epoch, index + 1
+        grad_norm = backend.optimizer_step()
+        state.global_step += 1
+        elapsed = time.perf_counter() - started
+        pairs_done = args.per_device_train_batch_size * env.world * args.gradient_accumulation_steps
+        metrics = {"loss": sum(losses) / len(losses), "lr": _current_lr(backend.scheduler, args),
+                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                   "pairs_per_second": pairs_done / elapsed, "epoch": state.epoch,
+                   "pages_sha1": digest.hexdigest()}
+        if state.global_step % args.logging_steps == 0 or state.global_step == steps:
+            log.log(state.global_step, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_s=f"{metrics['pairs_per_second']:.1f}")
+        progress.update(1)
+        if args.save_steps > 0 and state.global_step % args.save_steps == 0 and state.global_step < steps:
+            save_checkpoint(backend, args.output_dir, state, args.save_total_limit)
+    progress.close()
+    log.close()
+
+
+def save_final(args, env: RankInfo, encoder: RetrieverEncoder, backend: Backend) -> Path:
+    """Write the trained encoder to OUTPUT_DIR/final (ZeRO-3 partitions are gathered first)."""
+    final = Path(args.output_dir) / "final"
+    with backend.gathered_parameters():
+        if env.rank == 0:
+            encoder.save_pretrained(final)
+    if dist.is_initialized():
+        dist.barrier()
+    _info(env, f"saved the trained encoder to {final}")
+    return final
+
+
+def _current_lr(scheduler, args) -> float:
+    return float(scheduler.get_last_lr()[0]) if scheduler is not None else args.learning_rate
+
+
+def _info(env: RankInfo, message: str) -> None:
+    if env.rank == 0:
+        logger.info(message)
