@@ -127,6 +127,22 @@ def test_vision_output_can_be_cached_and_replayed(arch, encoder):
     assert torch.equal(first, replayed)
 
 
+def test_load_encoder_settings_precedence(tiny_model_dir, tmp_path, caplog):
+    """One loader: ``settings`` build fresh heads on a plain checkpoint only; a saved directory keeps its own
+    config; ``override`` replaces a field whatever the source (a changed head starts fresh, with a warning)."""
+    from retriever.model.saved import load_encoder
+
+    fresh = load_encoder(tiny_model_dir("qwen2_vl"), settings={"head": "multi", "multi_dim": 16}, dtype="float64")
+    assert fresh.multi_vector and fresh.config.multi_dim == 16 and fresh.dtype == torch.float64
+    assert not fresh.training
+    fresh.save_pretrained(tmp_path)
+    kept = load_encoder(tmp_path, settings={"head": "dense"})
+    assert kept.multi_vector and kept.config == fresh.config
+    with caplog.at_level("WARNING"):
+        dense = load_encoder(tmp_path, override={"head": "dense"})
+    assert not dense.multi_vector and "starting with fresh heads" in caplog.text
+
+
 @pytest.mark.parametrize("arch", ARCH_PARAMS)
 def test_save_load_round_trip(arch, encoder, tmp_path):
     enc = encoder(arch, torch.float64, projection_dim=16, matryoshka_dims=[4, 8], query_augmentation_tokens=3)
