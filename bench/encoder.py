@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from retriever.model.dtype import add_dtype_argument
-from retriever.model.encoder import EncoderConfig, RetrieverEncoder
+from retriever.model.encoder import EncoderConfig
+from retriever.model.saved import load_encoder
 from retriever.tiny import BUILDERS, build_tiny
 
 
@@ -46,7 +47,7 @@ def best_time(fn, repeats: int) -> float:
 
 def bench_arch(path: Path, arch: str | None, args: argparse.Namespace) -> dict:
     config = EncoderConfig(backbone=arch, head=args.head) if arch else None
-    encoder = RetrieverEncoder.from_pretrained(path, config, dtype=args.dtype,
+    encoder = load_encoder(path, config, dtype=args.dtype,
                                                trust_remote_code=args.trust_remote_code).to(args.device)
     pages = make_pages(args.pages, args.size)
     batches = [pages[i:i + args.batch_size] for i in range(0, len(pages), args.batch_size)]

@@ -99,11 +99,12 @@ def build_model(device: str, out: Path) -> Path:
     return out
 
 
-def load_encoder(cfg: dict[str, Any]):
-    from retriever.model.encoder import EncoderConfig, RetrieverEncoder
+def build_encoder(cfg: dict[str, Any]):
+    from retriever.model.encoder import EncoderConfig
+    from retriever.model.saved import load_encoder
 
     dtype = torch.bfloat16 if cfg["device"] == "cuda" else torch.float32
-    enc = RetrieverEncoder.from_pretrained(cfg["model_dir"], EncoderConfig(backbone="qwen2_vl", head=cfg["head"]),
+    enc = load_encoder(cfg["model_dir"], EncoderConfig(backbone="qwen2_vl", head=cfg["head"]),
                                            dtype=dtype, freeze_vision=cfg.get("freeze_vision", False))
     enc.to(cfg["device"]).train()
     if cfg["gradient_checkpointing"]:
@@ -137,7 +138,7 @@ def run_step_config(cfg: dict[str, Any]) -> dict[str, Any]:
     from retriever.training.gradcache import GradCache
     from retriever.training.losses import ContrastiveLoss
 
-    enc = load_encoder(cfg)
+    enc = build_encoder(cfg)
     backend = build_backend(enc, optimizer_factory=lambda groups: torch.optim.SGD(groups, lr=0.0))
     loss = ContrastiveLoss(temperature=0.02).to(cfg["device"])
     chunk = cfg["chunk"] if cfg["mode"] != "plain" else None

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from retriever.model.dtype import add_dtype_argument
-from retriever.model.saved import ADAPTER_FILE, load_encoder
+from retriever.model.saved import ADAPTER_FILE, load_encoder, save_merged
 
 
 def merge(model_dir: Path, out_dir: Path, dtype: torch.dtype | str | None = None,
@@ -23,7 +23,7 @@ def merge(model_dir: Path, out_dir: Path, dtype: torch.dtype | str | None = None
     if not (model_dir / ADAPTER_FILE).exists():
         raise FileNotFoundError(f"{model_dir / ADAPTER_FILE} is missing: {model_dir} is not a LoRA run to merge")
     encoder = load_encoder(model_dir, training_mode="lora", dtype=dtype, trust_remote_code=trust_remote_code)
-    encoder.merge_and_save(out_dir, in_place=True)
+    save_merged(encoder, out_dir, in_place=True)
     return out_dir
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from retriever.model.encoder import EncoderConfig, RetrieverEncoder, copy_module_output
 from retriever.model.embeddings import MultiVector
+from retriever.model.encoder import EncoderConfig, RetrieverEncoder, copy_module_output
+from retriever.model.saved import load_encoder, save_encoder
 from retriever.tiny import unavailable_reason
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma")
@@ -36,7 +37,7 @@ def encoder(tiny_model_dir):
     def get(arch: str, dtype: torch.dtype = torch.float32, **config) -> RetrieverEncoder:
         key = (arch, dtype, repr(sorted(config.items())))
         if key not in cache:
-            cache[key] = RetrieverEncoder.from_pretrained(
+            cache[key] = load_encoder(
                 tiny_model_dir(arch), EncoderConfig(backbone=arch, **config), dtype=dtype)
         enc = cache[key]
         enc.config.padding_side = "right"
@@ -130,12 +131,10 @@ def test_vision_output_can_be_cached_and_replayed(arch, encoder):
 def test_load_encoder_settings_precedence(tiny_model_dir, tmp_path, caplog):
     """One loader: ``settings`` build fresh heads on a plain checkpoint only; a saved directory keeps its own
     config; ``override`` replaces a field whatever the source (a changed head starts fresh, with a warning)."""
-    from retriever.model.saved import load_encoder
-
     fresh = load_encoder(tiny_model_dir("qwen2_vl"), settings={"head": "multi", "multi_dim": 16}, dtype="float64")
     assert fresh.multi_vector and fresh.config.multi_dim == 16 and fresh.dtype == torch.float64
     assert not fresh.training
-    fresh.save_pretrained(tmp_path)
+    save_encoder(fresh, tmp_path)
     kept = load_encoder(tmp_path, settings={"head": "dense"})
     assert kept.multi_vector and kept.config == fresh.config
     with caplog.at_level("WARNING"):
@@ -147,8 +146,8 @@ def test_load_encoder_settings_precedence(tiny_model_dir, tmp_path, caplog):
 def test_save_load_round_trip(arch, encoder, tmp_path):
     enc = encoder(arch, torch.float64, projection_dim=16, matryoshka_dims=[4, 8], query_augmentation_tokens=3)
     torch.nn.init.normal_(enc.head.projection.weight)
-    enc.save_pretrained(tmp_path)
-    loaded = RetrieverEncoder.from_pretrained(tmp_path, dtype=torch.float64)
+    save_encoder(enc, tmp_path)
+    loaded = load_encoder(tmp_path, dtype=torch.float64)
     assert loaded.config == enc.config
     for batch in (enc.prepare_pages(pages()), enc.prepare_queries(QUERIES)):
         assert torch.equal(enc(batch), loaded(batch))
@@ -173,12 +172,12 @@ def test_max_visual_tokens_caps_resolution(encoder):
 
 def test_unknown_backbone_lists_supported(tiny_model_dir):
     with pytest.raises(ValueError, match="supported: idefics3, internvl, minicpm_v, paligemma, qwen2_5_vl, qwen2_vl"):
-        RetrieverEncoder.from_pretrained(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="llava"))
+        load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="llava"))
 
 
 def test_remote_code_backbone_needs_the_flag(tiny_model_dir):
     with pytest.raises(ValueError, match="trust_remote_code=True"):
-        RetrieverEncoder.from_pretrained(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="minicpm_v"))
+        load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="minicpm_v"))
 
 
 def test_undecodable_image_names_its_id(encoder):
@@ -198,19 +197,19 @@ def test_checkpoint_missing_file_is_named(missing, tiny_model_dir, tmp_path):
     copy = shutil.copytree(tiny_model_dir("paligemma"), tmp_path / "ckpt")
     (copy / missing).unlink()
     with pytest.raises(FileNotFoundError, match=missing.replace(".", r"\.")):
-        RetrieverEncoder.from_pretrained(copy)
+        load_encoder(copy)
 
 
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.*neither a checkpoint directory"):
-        RetrieverEncoder.from_pretrained(tmp_path / "nowhere")
+        load_encoder(tmp_path / "nowhere")
 
 
 def test_saved_dir_missing_heads_is_named(encoder, tmp_path):
-    encoder("paligemma").save_pretrained(tmp_path)
+    save_encoder(encoder("paligemma"), tmp_path)
     (tmp_path / "heads.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"heads\.safetensors"):
-        RetrieverEncoder.from_pretrained(tmp_path)
+        load_encoder(tmp_path)
 
 
 def test_maxsim_of_encoder_outputs_matches_naive_loop(encoder):

@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 
 from dist_workers.grad_check import assert_close, gradcache_grads, grads_of, reference_grads, sgd
-from retriever.training.backends import build_backend
 from retriever.model.encoder import EncoderConfig, RetrieverEncoder
+from retriever.model.saved import load_encoder
+from retriever.model.training_modes import LoraSettings
+from retriever.tiny import build_tiny
+from retriever.training.backends import build_backend
 from retriever.training.gradcache import GradCache
 from retriever.training.losses import ContrastiveLoss
-from retriever.tiny import build_tiny
-from retriever.model.training_modes import LoraSettings
 
 SIZES = [(56, 84), (84, 56), (112, 112), (56, 56), (84, 112)]  # 5 pages: 3 positives + 2 hard negatives
 
@@ -30,7 +31,7 @@ def qwen_dir(tmp_path_factory):
 def _load(path, head: str = "dense", arch: str = "qwen2_vl", **kw) -> RetrieverEncoder:
     config = EncoderConfig(backbone=arch, head=head, multi_dim=16,
                            matryoshka_dims=kw.pop("matryoshka_dims", None))
-    return RetrieverEncoder.from_pretrained(path, config, dtype=torch.float64, **kw).train()
+    return load_encoder(path, config, dtype=torch.float64, **kw).train()
 
 
 def _batch(enc: RetrieverEncoder):
@@ -101,7 +102,7 @@ def test_qwen2_vl_frozen_vision_reuse_equals_recompute(qwen_dir, head: str) -> N
 
 
 def test_qwen2_vl_bf16_autocast_runs(qwen_dir) -> None:
-    enc = RetrieverEncoder.from_pretrained(qwen_dir, EncoderConfig(backbone="qwen2_vl", head="multi", multi_dim=16),
+    enc = load_encoder(qwen_dir, EncoderConfig(backbone="qwen2_vl", head="multi", multi_dim=16),
                                            dtype=torch.float32).train()
     q, p, positives = _batch(enc)
     backend = build_backend(enc, optimizer_factory=sgd)

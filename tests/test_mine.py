@@ -35,7 +35,8 @@ def test_choose_negatives_skips_positives_and_top():
 
 
 def test_cli_end_to_end(tiny_model_dir, tmp_path):
-    from retriever.model.encoder import EncoderConfig, RetrieverEncoder
+    from retriever.model.encoder import EncoderConfig
+    from retriever.model.saved import load_encoder, save_encoder
 
     root = tmp_path / "images"
     root.mkdir()
@@ -45,7 +46,7 @@ def test_cli_end_to_end(tiny_model_dir, tmp_path):
     pairs.write_text("".join(json.dumps({"query": f"page {i}", "pos": [f"p{i}.png"], "source": "t"}) + "\n"
                              for i in range(4)))
     model = tmp_path / "model"
-    RetrieverEncoder.from_pretrained(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="qwen2_vl")).save_pretrained(model)
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="qwen2_vl")), model)
     out = tmp_path / "mined.jsonl"
     args = ["--model", str(model), "--train_data", str(pairs), "--image_root", str(root), "--out", str(out),
             "--num_negatives", "3", "--shard_size", "4"]

@@ -60,9 +60,9 @@ def test_train_smoke_saves_final_model(tiny_model_dir, train_data, tmp_path):
     assert all(record["loss"] > 0 and record["pairs_per_second"] > 0 for record in log.values())
     assert (out / "loss.png").stat().st_size > 0
     assert any((out / "runs").iterdir()), "no TensorBoard event file"
-    from retriever.model.encoder import RetrieverEncoder
+    from retriever.model.saved import load_encoder
 
-    encoder = RetrieverEncoder.from_pretrained(out / "final")
+    encoder = load_encoder(out / "final")
     assert encoder.config.head == "multi"
     vectors = encoder.encode_queries(["what is on page 3?"])
     assert len(vectors) == 1 and vectors[0].shape[-1] == 128

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 from retriever.merge import main as merge_main
+from retriever.model.encoder import EncoderConfig, RetrieverEncoder
+from retriever.model.saved import load_encoder, save_encoder, save_merged
 from retriever.model.training_modes import LoraSettings, lora_target_regex
 from retriever.tiny import unavailable_reason
 
@@ -21,7 +22,7 @@ PAGES = [Image.new("RGB", (80, 60), (200, 30, 30)), Image.new("RGB", (150, 100),
 
 def load(path, arch: str, mode: str, **kwargs) -> RetrieverEncoder:
     config = EncoderConfig(backbone=arch, projection_dim=32)
-    return RetrieverEncoder.from_pretrained(path, config, training_mode=mode, **kwargs)
+    return load_encoder(path, config, training_mode=mode, **kwargs)
 
 
 def lora_params(model: torch.nn.Module, regex: str, r: int) -> int:
@@ -86,7 +87,7 @@ def test_unknown_mode(tiny_model_dir):
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "paligemma"])
 def test_lora_save_load_and_merge(arch, tiny_model_dir, tmp_path):
-    enc = RetrieverEncoder.from_pretrained(
+    enc = load_encoder(
         tiny_model_dir(arch), EncoderConfig(backbone=arch, head="multi", multi_dim=16), training_mode="lora",
         lora=LoraSettings(r=4, include_vision=True), dtype=torch.float64)
     with torch.no_grad():  # LoRA B starts at zero; make the adapters change the output
@@ -96,24 +97,24 @@ def test_lora_save_load_and_merge(arch, tiny_model_dir, tmp_path):
     batch = enc.prepare_pages(PAGES)
     want = enc(batch).emb
     run = tmp_path / "run"
-    enc.save_pretrained(run)
+    save_encoder(enc, run)
     assert (run / "adapter_model.safetensors").is_file() and not (run / "model.safetensors").exists()
 
-    again = RetrieverEncoder.from_pretrained(run, training_mode="lora", dtype=torch.float64)
+    again = load_encoder(run, training_mode="lora", dtype=torch.float64)
     assert again.is_peft and again.trainable_parameter_count() == enc.trainable_parameter_count()
     assert again.lora == enc.lora
     assert torch.equal(again(batch).emb, want)
 
-    base = RetrieverEncoder.from_pretrained(tiny_model_dir(arch), EncoderConfig(backbone=arch, head="multi",
+    base = load_encoder(tiny_model_dir(arch), EncoderConfig(backbone=arch, head="multi",
                                             multi_dim=16), dtype=torch.float64)
     base.head.load_state_dict(enc.head.state_dict())
     assert (base(batch).emb - want).abs().max() > 1e-3  # the adapters do change the embeddings
 
     merge_main(["--model", str(run), "--out", str(tmp_path / "merged"), "--dtype", "float64"])
-    merged = RetrieverEncoder.from_pretrained(tmp_path / "merged", dtype=torch.float64)
+    merged = load_encoder(tmp_path / "merged", dtype=torch.float64)
     assert not merged.is_peft and merged.training_mode == "full"
     assert (merged(batch).emb - want).abs().max() < 1e-10
-    enc.merge_and_save(tmp_path / "copy")  # not in place: the encoder keeps its adapters
+    save_merged(enc, tmp_path / "copy")  # not in place: the encoder keeps its adapters
     assert enc.is_peft and torch.equal(enc(batch).emb, want)
 
 

@@ -11,15 +11,13 @@ Design choices
   mask, and pooling reads the mask, so an embedding does not depend on its batch or the padding side.
   ``split_inputs`` cuts a prepared batch into per-example chunks whose forward passes concatenate to the
   whole batch's (what GradCache relies on).
-- Loading and saving (the checkpoint format) live in :mod:`retriever.model.saved`; ``from_pretrained`` and
-  ``save_pretrained`` are its entry points on the class.
+- Loading, saving and merging (the checkpoint format) live in :mod:`retriever.model.saved`: ``load_encoder``,
+  ``save_encoder``, ``save_merged``.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -76,22 +74,6 @@ class RetrieverEncoder(nn.Module):
         self.training_mode = training_mode
         self.freeze_vision = freeze_vision
         self.lora = lora
-
-    # ------------------------------------------------------------------ loading and saving
-    @classmethod
-    def from_pretrained(cls, path: str | Path, config: EncoderConfig | None = None,
-                        **kwargs: Any) -> RetrieverEncoder:
-        """:func:`retriever.model.saved.load_encoder` (same arguments): a retriever directory, or fresh heads on a
-        transformers checkpoint; returned in eval mode."""
-        from .saved import load_encoder
-
-        return load_encoder(path, config, **kwargs)
-
-    def save_pretrained(self, out_dir: str | Path) -> None:
-        """Writes the checkpoint format of :mod:`retriever.model.saved` (safetensors only)."""
-        from .saved import save_encoder
-
-        save_encoder(self, out_dir)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -202,21 +184,10 @@ class RetrieverEncoder(nn.Module):
             return outputs
         return torch.cat(outputs) if outputs else torch.empty(0, 0)
 
-    # ------------------------------------------------------------------ merging
+    # ------------------------------------------------------------------ parameters
     @property
     def is_peft(self) -> bool:
         return self.model is not self.hf_model
-
-    def merge_and_save(self, out_dir: str | Path, in_place: bool = False) -> None:
-        """Merges LoRA weights into the backbone (peft ``merge_and_unload``) and saves a full checkpoint.
-
-        ``in_place=False`` merges a copy and leaves this encoder's adapters untouched (twice the memory).
-        """
-        target = self if in_place else copy.deepcopy(self)
-        if target.is_peft:
-            target.model = target.model.merge_and_unload()
-            target.training_mode = "full"
-        target.save_pretrained(out_dir)
 
     def trainable_parameter_count(self) -> int:
         return count_trainable(self)

@@ -1,6 +1,6 @@
 """The checkpoint format, and the one loader every tool calls: :func:`load_encoder`.
 
-A retriever directory (what ``save_encoder`` / ``RetrieverEncoder.save_pretrained`` write; safetensors only):
+A retriever directory (what :func:`save_encoder` and :func:`save_merged` write; safetensors only):
 
 * ``retriever_config.json``: the :class:`~retriever.model.encoder.EncoderConfig` plus the training mode, the
   frozen-vision flag and the LoRA settings (:class:`SavedState`);
@@ -18,13 +18,14 @@ all load through it, so a new checkpoint format is taught here once.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import transformers
@@ -34,15 +35,12 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import DTYPES, add_dtype_argument, default_dtype
-from .encoder import EncoderConfig, build_head, text_hidden_size
+from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
 from .training_modes import LoraSettings, apply_training_mode, unwrap
-
-if TYPE_CHECKING:
-    from .encoder import RetrieverEncoder
 
 __all__ = ["ADAPTER_FILE", "CONFIG_FILE", "HEADS_FILE", "SavedState", "add_model_arguments",
            "check_checkpoint_files", "encoder_config", "infer_backbone", "is_saved_retriever", "load_encoder",
-           "load_encoder_from_args", "load_image_processor", "read_saved_state", "resolve_checkpoint", "save_encoder"]
+           "load_encoder_from_args", "load_image_processor", "read_saved_state", "resolve_checkpoint", "save_encoder", "save_merged"]
 
 logger = logging.getLogger(__name__)
 CONFIG_FILE = "retriever_config.json"
@@ -74,8 +72,6 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     torch dtype or one of :data:`~retriever.model.dtype.DTYPES`' names. The encoder is returned in eval mode (as
     transformers does), on ``device`` when given; call ``.train()`` before training.
     """
-    from .encoder import RetrieverEncoder
-
     path = resolve_checkpoint(path_or_id)
     saved = read_saved_state(path) if is_saved_retriever(path) else None
     config = encoder_config(path, config, saved, settings, override, trust_remote_code)
@@ -147,6 +143,18 @@ def save_encoder(encoder: RetrieverEncoder, out_dir: str | Path) -> None:
     encoder.model.save_pretrained(out, safe_serialization=True)
     encoder.backbone.tokenizer.save_pretrained(out)
     encoder.backbone.image_processor.save_pretrained(out)
+
+
+def save_merged(encoder: RetrieverEncoder, out_dir: str | Path, in_place: bool = False) -> None:
+    """Merges LoRA weights into the backbone (peft ``merge_and_unload``) and saves a full checkpoint.
+
+    ``in_place=False`` merges a copy and leaves ``encoder``'s adapters untouched (twice the memory).
+    """
+    target = encoder if in_place else copy.deepcopy(encoder)
+    if target.is_peft:
+        target.model = target.model.merge_and_unload()
+        target.training_mode = "full"
+    save_encoder(target, out_dir)
 
 
 def is_saved_retriever(path: Path) -> bool:

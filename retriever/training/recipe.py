@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from retriever.model.encoder import RetrieverEncoder, text_hidden_size
-from retriever.model.saved import load_encoder
+from retriever.model.saved import load_encoder, save_encoder
 from retriever.model.training_modes import LoraSettings
 from retriever.pages import ImageFolder, PageResolver, StorePages
 from retriever.pairs import Pair, is_hf_dataset, load_hf_pairs, read_jsonl_pairs, validate_pairs
@@ -244,7 +244,7 @@ def save_final(args, env: RankInfo, encoder: RetrieverEncoder, backend: Backend)
     final = Path(args.output_dir) / "final"
     with backend.gathered_parameters():
         if env.rank == 0:
-            encoder.save_pretrained(final)
+            save_encoder(encoder, final)
     if dist.is_initialized():
         dist.barrier()
     _info(env, f"saved the trained encoder to {final}")
