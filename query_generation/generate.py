@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from data_prep.failures import FailureLog
 from data_prep.store import PageStore, UnknownPageError
-from query_generation.backends import BACKENDS, Backend, BackendOptions, Decoding, Request, make_backend
+from query_generation.backend_args import add_backend_arguments, backend_options
+from query_generation.backends import BACKENDS, Backend, Decoding, Request, make_backend
 from query_generation.journal import QueryJournal
 from query_generation.parse import QUERIES_SCHEMA, ParseError, parse_queries
 from query_generation.prompt import DEFAULT_QUERIES_PROMPT, GENERATION_SLOTS, PromptFile
@@ -100,13 +101,6 @@ class Run:
         self.journal.append(records)
 
 
-def backend_options(args: argparse.Namespace) -> BackendOptions:
-    return BackendOptions(device=args.device, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-                          max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                          base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
-                          max_retries=args.max_retries, request_timeout=args.request_timeout)
-
-
 def check_args(args: argparse.Namespace) -> None:
     if args.queries_per_page < 1 or args.samples_per_page < 1 or args.max_new_tokens < 1:
         raise ValueError("--queries_per_page, --samples_per_page and --max_new_tokens must be >= 1")
@@ -179,21 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard = ap.add_argument_group("sharding (one process per GPU or per slurm task)")
     shard.add_argument("--num_shards", type=int, default=1, help="number of shards (default 1)")
     shard.add_argument("--shard_index", type=int, default=0, help="this process's shard, 0-based (default 0)")
-    local = ap.add_argument_group("transformers and vllm")
-    local.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="model weights dtype (default: the checkpoint's)")
-    local.add_argument("--device", help="transformers: torch device (default cuda when available, else cpu)")
-    local.add_argument("--tensor_parallel_size", type=int, default=1, help="vllm: GPUs per engine (default 1)")
-    local.add_argument("--max_model_len", type=int, help="vllm: context length cap (default: the model's)")
-    local.add_argument("--gpu_memory_utilization", type=float, default=0.9,
-                       help="vllm: share of GPU memory for the engine (default 0.9)")
-    remote = ap.add_argument_group("openai (any OpenAI-compatible chat-completions server)")
-    remote.add_argument("--base_url", help="server URL up to /v1, e.g. http://localhost:8000/v1")
-    remote.add_argument("--api_key_env", help="environment variable holding the API key (sent as Bearer token)")
-    remote.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
-    remote.add_argument("--max_retries", type=int, default=5,
-                        help="retries on 429/5xx/timeouts/connection errors, with exponential backoff (default 5)")
-    remote.add_argument("--request_timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    add_backend_arguments(ap)
     return ap
 
 
