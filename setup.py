@@ -37,6 +37,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["data_prep*", "query_generation*", "retriever*", "eval*"]),
+    package_data={"query_generation": ["prompts/*.txt"]},
     install_requires=CORE,
     extras_require=EXTRAS,
 )

@@ -27,29 +27,33 @@ def read_failures(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def truncate_torn_line(path: str | os.PathLike) -> None:
+    """Cut a JSONL file back to its last complete line (a writer killed mid-line leaves a torn tail)."""
+    p = Path(path)
+    if not p.exists() or p.stat().st_size == 0:
+        return
+    with open(p, "rb+") as fh:
+        data = fh.read()
+        if not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
 class FailureLog:
     """Appends failure records durably; ``failed_ids`` holds the page ids already in the log."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair()
+        truncate_torn_line(self.path)
         self.records = read_failures(self.path)
         self.failed_ids = {r["id"] for r in self.records if r.get("id")}
         self._fh = open(self.path, "a", encoding="utf-8")
 
-    def _repair(self) -> None:
-        """Truncate a torn last line left by a killed writer."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb+") as fh:
-            data = fh.read()
-            if not data.endswith(b"\n"):
-                fh.truncate(data.rfind(b"\n") + 1)
-
     def add(self, reason: str, *, stage: str, doc: str, source: str, page: int | None = None,
-            page_id: str | None = None) -> None:
-        rec = {"id": page_id, "doc": doc, "source": source, "page": page, "stage": stage, "reason": reason}
+            page_id: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        """Append one record; ``extra`` adds fields (the raw model answer of a page that failed to parse, say)."""
+        rec = {"id": page_id, "doc": doc, "source": source, "page": page, "stage": stage, "reason": reason,
+               **(extra or {})}
         self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())

@@ -1,1 +1,2 @@
-"""Synthetic queries per page from a VLM (vLLM, or transformers generation as fallback) and their filtering."""
+"""Queries for pages: VLM-written synthetic queries (vLLM, transformers or an OpenAI-compatible server; ``generate``),
+their filtering into training pairs (``filter``), and the text-layer baseline (``from_text``). See docs/QUERIES.md."""

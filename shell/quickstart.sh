@@ -40,6 +40,13 @@ else
   step "5/9 using MODEL=$MODEL"
 fi
 
+step "5b/9 VLM-written queries: shell/render_and_generate.sh (PDFs -> store -> queries -> filter -> split)"
+bash shell/render_and_generate.sh --pdfs "$OUT/pdfs" --out "$OUT/vlm" --model "$MODEL" --backend transformers \
+  --workers 2 --dpi 72 --queries_per_page 2 --max_new_tokens 24 --batch_size 8
+printf 'The tiny generator has random weights: it writes noise, so its pages land in vlm/queries.failures.jsonl\n'
+printf '(with the raw answers) and training below stays on the text-layer pairs of step 4. With a real VLM\n'
+printf '(--model Qwen/Qwen2.5-VL-7B-Instruct --backend vllm --gpus 8) the same command writes real pairs.\n'
+
 step "6/9 evaluate the untrained model on the held-out split (baseline)"
 python -m eval.retrieval --model "$MODEL" --tasks "$OUT/test.jsonl" --page_store "$OUT/store" \
   --out "$OUT/eval_untrained" --k 1,5,10

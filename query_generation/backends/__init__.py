@@ -1,0 +1,50 @@
+"""Generation backends behind one interface (:class:`Backend`): vLLM offline engine, transformers
+``generate``, and any OpenAI-compatible chat-completions server. Each is imported only when chosen."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Backend, Decoding, Reply, Request
+
+BACKENDS = ("vllm", "transformers", "openai")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Backend-specific settings; each backend reads the ones it needs."""
+
+    device: str | None = None
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+    max_retries: int = 5
+    request_timeout: float = 120.0
+    retry_backoff: float = 1.0
+
+
+def make_backend(name: str, model: str, options: BackendOptions) -> Backend:
+    """The backend ``name`` serving ``model``."""
+    if name == "transformers":
+        from .hf_generate import TransformersBackend
+
+        return TransformersBackend(model, options.device, options.dtype)
+    if name == "vllm":
+        from .vllm_engine import VllmBackend
+
+        return VllmBackend(model, options.tensor_parallel_size, options.max_model_len, options.dtype,
+                           options.gpu_memory_utilization)
+    if name == "openai":
+        from .openai_server import OpenAIBackend
+
+        if not options.base_url:
+            raise ValueError("--backend openai needs --base_url (e.g. http://localhost:8000/v1)")
+        return OpenAIBackend(model, options.base_url, options.api_key_env, options.concurrency,
+                             options.max_retries, options.request_timeout, options.retry_backoff)
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "Decoding", "Reply", "Request", "make_backend"]

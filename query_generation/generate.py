@@ -1,0 +1,191 @@
+"""``python -m query_generation.generate``: synthetic queries for page images, written by a VLM.
+
+For every page of the store (or of ``--pages``), the prompt file's chat message (the page image and the
+instruction) goes to the chosen backend; the answer is parsed (:mod:`query_generation.parse`) and each query
+becomes one JSON line: ``page_id``, ``doc_id``, ``query``, ``kind``, ``backend``, ``model``, ``prompt`` (file name
+and hash), ``seed``. A page that yields no query (unknown id, undecodable image, an answer without queries,
+a request the server refused) goes to the failures file with the reason and, for answers, the raw text.
+
+Resumable and shardable: output is appended and fsynced per batch; re-running the same command after any
+interruption (even ``kill -9``) skips finished pages and ends with the same file as an uninterrupted run
+(byte-identical with greedy decoding or a fixed seed). ``--num_shards K --shard_index I`` take a contiguous
+range of fixed batches, so ``cat`` of the K outputs in shard order equals the unsharded output (same
+``--batch_size``). One process per GPU, each with its shard, is the data-parallel layout
+(``shell/render_and_generate.sh --gpus N``).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data_prep.failures import FailureLog
+from data_prep.store import PageStore, UnknownPageError
+from query_generation.backend_args import add_backend_arguments, backend_options
+from query_generation.backends import BACKENDS, Backend, Decoding, Request, make_backend
+from query_generation.journal import QueryJournal
+from query_generation.parse import QUERIES_SCHEMA, ParseError, parse_queries
+from query_generation.prompt import DEFAULT_QUERIES_PROMPT, GENERATION_SLOTS, PromptFile
+from query_generation.work import Page, list_pages, load_image, make_batches, page_seed, shard_batches
+
+DEFAULT_BATCH = {"transformers": 4, "vllm": 256, "openai": 64}
+
+
+class Run:
+    """One generation run: settings, prompt, store, output journal and failures log."""
+
+    def __init__(self, args: argparse.Namespace, prompt: PromptFile, store: PageStore, journal: QueryJournal,
+                 flog: FailureLog) -> None:
+        self.args, self.prompt, self.store, self.journal, self.flog = args, prompt, store, journal, flog
+        self.decoding = Decoding(args.max_new_tokens, args.temperature, args.samples_per_page,
+                                 None if args.no_structured_output else QUERIES_SCHEMA)
+
+    def is_done(self, page: Page) -> bool:
+        return page.id in self.journal.done or page.id in self.flog.failed_ids
+
+    def fail(self, page: Page, reason: str, raw: list[str] | None = None) -> None:
+        """Record the page as failed (once: a resumed run meets again the pages it could not read)."""
+        if page.id in self.flog.failed_ids:
+            return
+        self.flog.add(reason, stage="generate", doc=page.doc_id, source=page.source or str(self.args.store),
+                      page=page.page, page_id=page.id, extra={"raw": raw} if raw is not None else None)
+
+    def request(self, page: Page) -> Request | None:
+        """The page's chat request, or None (failure recorded) when its image cannot be read."""
+        try:
+            image, url = load_image(self.store, page.id, self.args.max_pixels)
+        except (UnknownPageError, ValueError) as err:
+            self.fail(page, str(err))
+            return None
+        messages = self.prompt.messages(url, num_queries=self.args.queries_per_page)
+        return Request(page.id, messages, image, page_seed(self.args.seed, page.id))
+
+    def records(self, page: Page, texts: list[str]) -> list[dict[str, Any]]:
+        """The page's query records from its sampled answers; failure recorded when none parses."""
+        out, errors = [], []
+        for text in texts:
+            try:
+                queries = parse_queries(text, self.args.queries_per_page)
+            except ParseError as err:
+                errors.append(str(err))
+                continue
+            out.extend({"page_id": page.id, "doc_id": page.doc_id, "query": q.text, "kind": q.kind,
+                        "backend": self.args.backend, "model": self.args.model, "prompt": self.prompt.ident,
+                        "seed": self.args.seed} for q in queries)
+        if not out:
+            self.fail(page, f"no queries in the model's answer: {errors[0] if errors else 'no answer'}", texts)
+        return out
+
+    def run_batch(self, backend: Backend, batch: list[Page]) -> None:
+        """Generate a batch (all its pages, for identical batched decoding), write the pages not yet done."""
+        pages, requests = [], []
+        for page in batch:
+            request = self.request(page)
+            if request is not None:
+                pages.append(page)
+                requests.append(request)
+        if not requests:
+            return
+        records = []
+        for page, reply in zip(pages, backend.generate(requests, self.decoding)):
+            if self.is_done(page):
+                continue
+            if reply.error is not None:
+                self.fail(page, reply.error)
+            else:
+                records.extend(self.records(page, reply.texts))
+        self.journal.append(records)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.queries_per_page < 1 or args.samples_per_page < 1 or args.max_new_tokens < 1:
+        raise ValueError("--queries_per_page, --samples_per_page and --max_new_tokens must be >= 1")
+    if args.samples_per_page > 1 and args.temperature <= 0:
+        raise ValueError("--samples_per_page > 1 needs --temperature > 0 (greedy samples would be identical)")
+
+
+def generate(args: argparse.Namespace, backend: Backend | None = None) -> dict[str, int]:
+    """Run (or resume) generation over this shard's pages; returns the final counts."""
+    check_args(args)
+    prompt = PromptFile.load(args.prompt or DEFAULT_QUERIES_PROMPT, GENERATION_SLOTS)
+    store = PageStore(args.store)
+    batch_size = args.batch_size or DEFAULT_BATCH[args.backend]
+    batches = shard_batches(make_batches(list_pages(store, args.pages), batch_size), args.num_shards,
+                            args.shard_index)
+    out = Path(args.out)
+    failures = Path(args.failures) if args.failures else out.with_name(out.stem + ".failures.jsonl")
+    with QueryJournal(out) as journal, FailureLog(failures) as flog:
+        run = Run(args, prompt, store, journal, flog)
+        pages = [page for batch in batches for page in batch]
+        todo = [batch for batch in batches if not all(run.is_done(page) for page in batch)]
+        before = sum(run.is_done(page) for page in pages)
+        if todo:
+            backend = backend or make_backend(args.backend, args.model, backend_options(args))
+            try:
+                with tqdm(total=len(pages), initial=before, desc="generate", unit="page") as bar:
+                    for batch in todo:
+                        left = sum(not run.is_done(page) for page in batch)
+                        run.run_batch(backend, batch)
+                        bar.update(left)
+            finally:
+                backend.close()
+        ids = {page.id for page in pages}
+        with_queries, failed = len(ids & journal.done), len(ids & flog.failed_ids)
+    print(f"generate: {len(ids)} pages seen = {with_queries} pages with queries + {failed} pages failed "
+          f"({before} were done before this run); {journal.records} queries in {out}, failures in {failures}")
+    if with_queries + failed != len(ids):
+        raise RuntimeError(f"accounting error: {with_queries} + {failed} != {len(ids)} pages")
+    return {"pages": len(ids), "with_queries": with_queries, "failed": failed, "queries": journal.records}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m query_generation.generate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = ap.add_argument_group("input and output")
+    io.add_argument("--store", required=True, help="page store (directory of shards, or one .h5 file)")
+    io.add_argument("--pages", help="pages.jsonl: generate for these pages, in this order, with their doc ids "
+                    "(default: every page of the store; doc id = page id up to its last '/')")
+    io.add_argument("--out", required=True, help="queries JSONL (appended; re-run the same command to resume)")
+    io.add_argument("--failures", help="failures JSONL (default: OUT without .jsonl + .failures.jsonl)")
+    io.add_argument("--prompt", help=f"prompt file with {{image}} and {{num_queries}} slots "
+                    f"(default: the packaged {DEFAULT_QUERIES_PROMPT.name})")
+    model = ap.add_argument_group("model and decoding")
+    model.add_argument("--backend", choices=BACKENDS, default="vllm", help="generation backend (default vllm)")
+    model.add_argument("--model", required=True, help="checkpoint directory or hub id (vllm, transformers), "
+                       "or the served model name (openai)")
+    model.add_argument("--queries_per_page", type=int, default=3, help="queries asked for per page (default 3)")
+    model.add_argument("--samples_per_page", type=int, default=1,
+                       help="answers sampled per page (vLLM/OpenAI n, transformers num_return_sequences; "
+                       "needs --temperature > 0 when > 1; default 1)")
+    model.add_argument("--max_new_tokens", type=int, default=512, help="token budget of an answer (default 512)")
+    model.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default 0)")
+    model.add_argument("--seed", type=int, default=0, help="run seed; each page's seed derives from it and its id")
+    model.add_argument("--max_pixels", type=int, help="downscale page images to at most this many pixels")
+    model.add_argument("--no_structured_output", action="store_true",
+                       help="do not ask vLLM / the server for JSON-schema-constrained output")
+    model.add_argument("--batch_size", type=int, help="pages per batch, the unit of writing and of sharding "
+                       f"(default: {', '.join(f'{k} {v}' for k, v in DEFAULT_BATCH.items())}); keep it fixed "
+                       "across the shards and resumptions of a run")
+    shard = ap.add_argument_group("sharding (one process per GPU or per slurm task)")
+    shard.add_argument("--num_shards", type=int, default=1, help="number of shards (default 1)")
+    shard.add_argument("--shard_index", type=int, default=0, help="this process's shard, 0-based (default 0)")
+    add_backend_arguments(ap)
+    return ap
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    generate(args)
+
+
+if __name__ == "__main__":
+    main()

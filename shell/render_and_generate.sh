@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# PDFs -> page store -> VLM-written queries -> filtered pairs -> leak-free train/test split, resumable at every stage.
+#
+#   bash shell/render_and_generate.sh --pdfs DIR --out DIR --model M [--backend vllm|transformers|openai]
+#        [--gpus N] [--tp T] [--workers W] [--dry-run] [--queries_per_page N] [--max_new_tokens T]
+#        [--batch_size B] [--dpi D] [--test_fraction F] [--generate_args "..."] [--filter_args "..."]
+#
+# Writes OUT/pages.jsonl, OUT/store, OUT/queries.jsonl (+ OUT/queries.failures.jsonl), OUT/pairs.jsonl,
+# OUT/rejected.jsonl, OUT/train.jsonl, OUT/test.jsonl. A stage is skipped when its marker OUT/.done/<stage> exists,
+# so re-running the same command after any interruption continues where it stopped (each stage also resumes
+# inside itself). Generation runs one process per engine: --gpus N with --tp T gives N/T engines with T GPUs each,
+# each on its shard of the pages (CUDA_VISIBLE_DEVICES set per engine).
+#
+# Slurm: when SLURM_ARRAY_TASK_ID (array job) or SLURM_PROCID with SLURM_NTASKS > 1 (srun tasks) is set, this
+# process only generates its own shard (the array index / task id among the array size / task count) and exits;
+# run the pages and render stages once before (--until render), and the same command once more without slurm
+# afterwards to merge, filter and split. See docs/QUERIES.md.
+set -euo pipefail
+
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+PDFS="" OUT="" MODEL="" BACKEND="vllm" GPUS=1 TP=1 WORKERS=4 DRY=0 QPP=3 MAX_NEW=512 BATCH="" DPI=144
+TEST_FRACTION=0.1 GENERATE_ARGS="" FILTER_ARGS="--rules" UNTIL=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --pdfs) PDFS="$2"; shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    --model) MODEL="$2"; shift 2 ;;
+    --backend) BACKEND="$2"; shift 2 ;;
+    --gpus) GPUS="$2"; shift 2 ;;
+    --tp) TP="$2"; shift 2 ;;
+    --workers) WORKERS="$2"; shift 2 ;;
+    --queries_per_page) QPP="$2"; shift 2 ;;
+    --max_new_tokens) MAX_NEW="$2"; shift 2 ;;
+    --batch_size) BATCH="$2"; shift 2 ;;
+    --dpi) DPI="$2"; shift 2 ;;
+    --test_fraction) TEST_FRACTION="$2"; shift 2 ;;
+    --generate_args) GENERATE_ARGS="$2"; shift 2 ;;
+    --filter_args) FILTER_ARGS="$2"; shift 2 ;;
+    --until) UNTIL="$2"; shift 2 ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "render_and_generate.sh: unknown argument $1" >&2; usage 2 ;;
+  esac
+done
+if [ -z "$PDFS" ] || [ -z "$OUT" ] || [ -z "$MODEL" ]; then
+  echo "render_and_generate.sh: --pdfs, --out and --model are required" >&2; usage 2
+fi
+if [ "$TP" -lt 1 ] || [ "$GPUS" -lt "$TP" ] || [ $((GPUS % TP)) -ne 0 ]; then
+  echo "render_and_generate.sh: --gpus ($GPUS) must be a positive multiple of --tp ($TP)" >&2; exit 2
+fi
+ENGINES=$((GPUS / TP))
+DONE="$OUT/.done"
+# shellcheck disable=SC2206
+GEN_EXTRA=($GENERATE_ARGS) FILTER_EXTRA=($FILTER_ARGS)
+[ -n "$BATCH" ] && GEN_EXTRA+=(--batch_size "$BATCH")
+[ "$BACKEND" = "vllm" ] && GEN_EXTRA+=(--tensor_parallel_size "$TP")
+
+is_done() { [ -f "$DONE/$1" ]; }
+mark() { mkdir -p "$DONE"; touch "$DONE/$1"; }
+show() { printf '   '; printf ' %q' "$@"; printf '\n'; }
+# stage NAME CMD...: run CMD unless NAME is done (dry run: print the plan line and the command).
+stage() {
+  local name="$1"; shift
+  if [ "$DRY" = 1 ]; then
+    if is_done "$name"; then echo "[done] $name"; else echo "[todo] $name"; show "$@"; fi
+    return 0
+  fi
+  if is_done "$name"; then echo "== $name: done before, skipped"; return 0; fi
+  echo "== $name"
+  "$@"
+  mark "$name"
+}
+stop_after() { if [ "$UNTIL" = "$1" ]; then echo "stopped after $1 (--until)"; exit 0; fi; }
+
+shard_file() { echo "$OUT/queries/shard-$(printf '%03d' "$1")-of-$(printf '%03d' "$2").jsonl"; }
+generate_cmd() {  # generate_cmd INDEX COUNT: sets GEN_CMD, the command of one engine on its shard of the pages
+  local out; out="$(shard_file "$1" "$2")"
+  GEN_CMD=(python -m query_generation.generate --store "$OUT/store" --pages "$OUT/pages.jsonl" --out "$out"
+    --failures "${out%.jsonl}.failures.jsonl" --backend "$BACKEND" --model "$MODEL" --queries_per_page "$QPP"
+    --max_new_tokens "$MAX_NEW" --num_shards "$2" --shard_index "$1" "${GEN_EXTRA[@]}")
+}
+generate_shard() {  # generate_shard INDEX COUNT
+  generate_cmd "$1" "$2"
+  mkdir -p "$OUT/queries"
+  "${GEN_CMD[@]}"
+}
+devices_of() {  # devices_of ENGINE: the comma-separated GPU ids of an engine
+  local first=$(($1 * TP)) ids="" g
+  for ((g = first; g < first + TP; g++)); do ids="${ids:+$ids,}$g"; done
+  echo "$ids"
+}
+generate_all() {  # one background process per engine, each on its shard; fails if any fails
+  local pids=() i status=0
+  for ((i = 0; i < ENGINES; i++)); do
+    CUDA_VISIBLE_DEVICES="$(devices_of "$i")" generate_shard "$i" "$ENGINES" &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do wait "${pids[$i]}" || { echo "generation shard $i failed" >&2; status=1; }; done
+  return "$status"
+}
+merge_shards() {  # shards in order: the same bytes as one unsharded run
+  local files=() fails=() i
+  for ((i = 0; i < ENGINES; i++)); do files+=("$(shard_file "$i" "$ENGINES")"); fails+=("${files[-1]%.jsonl}.failures.jsonl"); done
+  cat "${files[@]}" > "$OUT/queries.jsonl.tmp" && mv "$OUT/queries.jsonl.tmp" "$OUT/queries.jsonl"
+  cat "${fails[@]}" > "$OUT/queries.failures.jsonl.tmp" 2>/dev/null || true
+  mv "$OUT/queries.failures.jsonl.tmp" "$OUT/queries.failures.jsonl"
+  echo "merged $ENGINES shard(s): $(wc -l < "$OUT/queries.jsonl") queries, $(wc -l < "$OUT/queries.failures.jsonl") failed pages"
+}
+split_pairs() {
+  if [ ! -s "$OUT/pairs.jsonl" ]; then
+    : > "$OUT/train.jsonl"; : > "$OUT/test.jsonl"
+    echo "no pairs survived the filter: train.jsonl and test.jsonl are empty (see $OUT/rejected.jsonl)"
+    return 0
+  fi
+  python -m data_prep.build_splits --pairs "$OUT/pairs.jsonl" --train "$OUT/train.jsonl" --test "$OUT/test.jsonl" \
+    --test_fraction "$TEST_FRACTION"
+}
+
+# Slurm task: this process generates one shard only.
+TASK="" TASKS=""
+if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+  TASK=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0})) TASKS="${SLURM_ARRAY_TASK_COUNT:?SLURM_ARRAY_TASK_COUNT unset}"
+elif [ -n "${SLURM_PROCID:-}" ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
+  TASK="$SLURM_PROCID" TASKS="$SLURM_NTASKS"
+fi
+if [ -n "$TASK" ]; then
+  if ! is_done render; then
+    echo "slurm task $TASK: the render stage is not done; run this script once with --until render first" >&2; exit 1
+  fi
+  ENGINES="$TASKS"
+  stage "generate-shard-$TASK-of-$TASKS" generate_shard "$TASK" "$TASKS"
+  echo "slurm task $TASK of $TASKS: shard done; run the command again outside slurm to merge, filter and split"
+  exit 0
+fi
+
+[ "$DRY" = 1 ] && echo "plan (OUT=$OUT, backend $BACKEND, model $MODEL, $ENGINES engine(s) x $TP GPU(s)):"
+stage pages python -m data_prep.split_pdfs --pdfs "$PDFS" --out "$OUT/pages.jsonl" --with_text
+stop_after pages
+stage render python -m data_prep.render --pages "$OUT/pages.jsonl" --out "$OUT/store" --workers "$WORKERS" \
+  --dpi "$DPI"
+stop_after render
+if [ "$DRY" = 1 ]; then
+  for ((i = 0; i < ENGINES; i++)); do
+    echo "[$(is_done generate && echo done || echo todo)] generate shard $i of $ENGINES on GPU(s) $(devices_of "$i")"
+    generate_cmd "$i" "$ENGINES"
+    show "${GEN_CMD[@]}"
+  done
+else
+  stage generate generate_all
+fi
+stop_after generate
+stage merge merge_shards
+stage filter python -m query_generation.filter --queries "$OUT/queries.jsonl" --out "$OUT/pairs.jsonl" \
+  --rejected "$OUT/rejected.jsonl" "${FILTER_EXTRA[@]}"
+stop_after filter
+stage split split_pairs
+[ "$DRY" = 1 ] || echo "done: $OUT/train.jsonl and $OUT/test.jsonl"
