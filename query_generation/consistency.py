@@ -6,18 +6,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from data_prep.store import PageStore
-from eval.engine import RankInfo, score_shard
+from eval.engine import score_shard
+from retriever.model.encoder import RetrieverEncoder
+from retriever.model.saved import load_encoder
+from retriever.process_group import RankInfo
 
 
-def load_retriever(path: str) -> Any:
-    """The retriever checkpoint as an encoder (``encode_queries`` / ``encode_pages``), in eval mode.
-
-    The only place this package loads a retriever checkpoint.
-    """
-    from retriever.encoder import RetrieverEncoder
-
-    return RetrieverEncoder.from_pretrained(path).eval()
+def load_retriever(path: str, trust_remote_code: bool = False) -> RetrieverEncoder:
+    """The retriever checkpoint through the project's one loader, in eval mode (on the GPU when there is one)."""
+    return load_encoder(path, device="cuda" if torch.cuda.is_available() else None,
+                        trust_remote_code=trust_remote_code)
 
 
 def consistency_reasons(encoder: Any, store: PageStore, queries: Sequence[str], positives: Sequence[Sequence[str]],
@@ -27,7 +28,7 @@ def consistency_reasons(encoder: Any, store: PageStore, queries: Sequence[str], 
     known = set(ids)
     query_emb = encoder.encode_queries(list(queries), batch_size=batch_size, progress=True)
     top = score_shard(encoder, query_emb, len(ids), lambda span: [store.get_image(ids[i]) for i in span], ids,
-                      top_k, RankInfo(), batch_size=batch_size, chunk_pages=chunk_pages)
+                      top_k, RankInfo.current(), batch_size=batch_size, chunk_pages=chunk_pages)
     reasons: list[str | None] = []
     for pos, found in zip(positives, top):
         ranked = [ids[i] for i, _ in found]

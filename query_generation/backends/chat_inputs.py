@@ -1,5 +1,5 @@
 """Model inputs for ``generate`` from chat messages and a page image, for the checkpoint families of
-``retriever.backbones``.
+``retriever.model.backbones``.
 
 The prompt text is the checkpoint's own chat template applied to the messages (so system prompts and turn markup
 are the model's). The template renders the image as one placeholder; it is then expanded into the model's image
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from retriever.backbones import Backbone, Example, backbone_for_model_type
+from retriever.model.backbones import Backbone, Example, backbone_for_model_type
 
 Expansion = tuple[tuple[str, ...], str, dict[str, torch.Tensor]]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
-from retriever.encoder import load_image_processor
+from retriever.model.saved import load_image_processor
 
 from .base import Backend, Decoding, Reply, Request
 from .chat_inputs import ChatInputs
