@@ -52,7 +52,7 @@ def teach_json_answer(model_dir: Path, out: Path, prompt_messages: list[dict], s
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     from query_generation.backends.chat_inputs import ChatInputs
-    from retriever.encoder import load_image_processor
+    from retriever.model.saved import load_image_processor
 
     shutil.copytree(model_dir, out)
     tokenizer = AutoTokenizer.from_pretrained(out)
