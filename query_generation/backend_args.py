@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from query_generation.backends import BackendOptions
+from retriever.model.dtype import AUTO, add_dtype_argument
 
 
 def add_backend_arguments(ap: argparse.ArgumentParser, prefix: str = "") -> None:
     local = ap.add_argument_group(f"{prefix}transformers and vllm backends")
-    local.add_argument(f"--{prefix}dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="model weights dtype (default: the checkpoint's)")
+    add_dtype_argument(local, AUTO, "model weights dtype (default auto: the checkpoint's own)",
+                       flag=f"--{prefix}dtype")
     local.add_argument(f"--{prefix}device", help="transformers: torch device (default cuda when available, else cpu)")
     local.add_argument(f"--{prefix}tensor_parallel_size", type=int, default=1, help="vllm: GPUs per engine (default 1)")
     local.add_argument(f"--{prefix}max_model_len", type=int, help="vllm: context length cap (default: the model's)")

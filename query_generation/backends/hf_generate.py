@@ -8,26 +8,22 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
+from retriever.model.dtype import dtype_name, torch_dtype
 from retriever.model.saved import load_image_processor
 
 from .base import Backend, Decoding, Reply, Request
 from .chat_inputs import ChatInputs
-
-DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model: str, device: str | None = None, dtype: str = "auto") -> None:
         super().__init__(model)
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown --dtype {dtype!r}; choose from {', '.join(DTYPES)}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tokenizer = AutoTokenizer.from_pretrained(model)
         config = AutoConfig.from_pretrained(model)
         self.inputs = ChatInputs(model, tokenizer, load_image_processor(Path(model)), config)
-        loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=DTYPES[dtype] or "auto")
+        loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype(dtype_name(dtype)))
         self.net = loaded.to(self.device).eval()
         self.inputs.bind(self.net)
 

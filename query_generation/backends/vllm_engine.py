@@ -44,7 +44,7 @@ class VllmBackend(Backend):
 
         kwargs: dict[str, Any] = {"model": model, "tensor_parallel_size": tensor_parallel_size,
                                   "limit_mm_per_prompt": {"image": 1},
-                                  "dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype),
+                                  "dtype": dtype,
                                   "gpu_memory_utilization": gpu_memory_utilization}
         if max_model_len:
             kwargs["max_model_len"] = max_model_len

@@ -1,8 +1,8 @@
-"""The weight dtype flag, spelled the same by every tool: ``--dtype {float32,bfloat16,float16,float64}``.
+"""The weight dtype flag, spelled the same by every tool: ``--dtype {auto,float32,bfloat16,float16,float64}``.
 
-The names are torch's (and transformers 5's ``dtype=`` argument). Two older spellings still work and print a
-deprecation warning: the trainer's ``--torch_dtype`` flag, and the evaluators' short values ``fp32``, ``bf16``,
-``fp16``.
+The names are torch's (and transformers 5's ``dtype=`` argument); ``auto`` keeps the checkpoint's own dtype.
+Two older spellings still work and print a deprecation warning: the trainer's ``--torch_dtype`` flag, and the
+short values ``fp32``, ``bf16``, ``fp16``.
 """
 from __future__ import annotations
 
@@ -13,21 +13,27 @@ from typing import Any
 
 import torch
 
-__all__ = ["DTYPES", "add_dtype_argument", "default_dtype", "dtype_name"]
+__all__ = ["AUTO", "DTYPES", "add_dtype_argument", "default_dtype", "dtype_name", "torch_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                                   "float64": torch.float64}
+AUTO = "auto"
 _OLD_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
 
 
 def dtype_name(text: str) -> str:
     """The canonical name of a dtype flag value (argparse ``type``); the short old names warn."""
     if text in _OLD_NAMES:
-        warnings.warn(f"--dtype {text} is deprecated; use --dtype {_OLD_NAMES[text]}", FutureWarning, stacklevel=2)
+        warnings.warn(f"dtype {text} is deprecated; use {_OLD_NAMES[text]}", FutureWarning, stacklevel=2)
         return _OLD_NAMES[text]
-    if text not in DTYPES:
-        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; choose from {', '.join(DTYPES)}")
+    if text != AUTO and text not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; choose from {AUTO}, {', '.join(DTYPES)}")
     return text
+
+
+def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
+    """What ``from_pretrained(dtype=...)`` takes: a torch dtype for a name, ``"auto"`` and None unchanged."""
+    return DTYPES.get(name, name) if isinstance(name, str) else name
 
 
 def default_dtype() -> str:
@@ -45,10 +51,12 @@ class _DeprecatedFlag(argparse.Action):
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser | Any, default: str | None, help: str,
-                       aliases: Sequence[str] = ()) -> None:
-    """Add ``--dtype`` (and deprecated alias flags such as ``--torch_dtype``) to a parser or argument group."""
-    parser.add_argument("--dtype", type=dtype_name, default=default, metavar="{" + ",".join(DTYPES) + "}",
+                       aliases: Sequence[str] = (), flag: str = "--dtype") -> None:
+    """Add ``flag`` (``--dtype``, or a prefixed one such as ``--judge_dtype``) and deprecated alias flags such as
+    ``--torch_dtype`` to a parser or argument group."""
+    dest = flag.lstrip("-")
+    parser.add_argument(flag, type=dtype_name, default=default, metavar="{" + ",".join([AUTO, *DTYPES]) + "}",
                         help=help)
     for alias in aliases:
-        parser.add_argument(alias, dest="dtype", type=dtype_name, action=_DeprecatedFlag, metavar="DTYPE",
-                            help="deprecated alias of --dtype")
+        parser.add_argument(alias, dest=dest, type=dtype_name, action=_DeprecatedFlag, metavar="DTYPE",
+                            help=f"deprecated alias of {flag}")

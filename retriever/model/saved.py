@@ -34,7 +34,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from .backbones import Backbone, backbone_for_model_type, get_backbone
-from .dtype import DTYPES, add_dtype_argument, default_dtype
+from .dtype import add_dtype_argument, default_dtype, torch_dtype
 from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
 from .training_modes import LoraSettings, apply_training_mode, unwrap
 
@@ -69,7 +69,7 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     The encoder settings are, in order of precedence: ``config`` if given; else the directory's saved config;
     else ``settings`` (EncoderConfig fields for fresh heads on a plain checkpoint; the backbone is inferred).
     ``override`` then replaces single fields whatever the source (e.g. ``{"head": "multi"}``). ``dtype`` is a
-    torch dtype or one of :data:`~retriever.model.dtype.DTYPES`' names. The encoder is returned in eval mode (as
+    torch dtype or a name of :mod:`retriever.model.dtype` (``auto``: the checkpoint's own). The encoder is returned in eval mode (as
     transformers does), on ``device`` when given; call ``.train()`` before training.
     """
     path = resolve_checkpoint(path_or_id)
@@ -81,7 +81,7 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
                          "trust_remote_code=True (--trust_remote_code) if you trust it")
     check_checkpoint_files(path, need_weights=False)
     resume_lora = saved is not None and (path / ADAPTER_FILE).exists() and training_mode == "lora"
-    model = load_backbone_weights(path, adapter_cls, training_mode, dtype=DTYPES.get(dtype, dtype),
+    model = load_backbone_weights(path, adapter_cls, training_mode, dtype=torch_dtype(dtype),
                                   attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     backbone = adapter_cls(tokenizer, load_image_processor(path, trust_remote_code), unwrap(model).config)
