@@ -167,7 +167,7 @@ def test_dtype_flag_one_spelling_and_deprecated_aliases() -> None:
     assert build_parser().parse_args(base + ["--dtype", "bfloat16"]).dtype == "bfloat16"
     with pytest.warns(FutureWarning, match="--torch_dtype is deprecated; use --dtype"):
         assert build_parser().parse_args(base + ["--torch_dtype", "float64"]).dtype == "float64"
-    with pytest.warns(FutureWarning, match="--dtype bf16 is deprecated; use --dtype bfloat16"):
+    with pytest.warns(FutureWarning, match="dtype bf16 is deprecated; use bfloat16"):
         assert eval_args(["--model", "m", "--tasks", "t", "--out", "o", "--dtype", "bf16"]).dtype == "bfloat16"
     with pytest.raises(SystemExit):
         eval_args(["--model", "m", "--tasks", "t", "--out", "o", "--dtype", "int8"])
