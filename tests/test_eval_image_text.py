@@ -45,15 +45,19 @@ def _pair_score(q: torch.Tensor, p: torch.Tensor) -> float:
 
 
 def _reference(encoder: ToyEncoder, split, ks) -> dict[str, float]:
-    """Brute force, pair by pair (ties: lower index first). Captions with identical text get identical embeddings
-    from the toy encoder and so identical scores here, by construction rather than by float rounding."""
+    """Brute force, pair by pair, with the evaluator's documented tie rules: captions by index, lower first; images
+    in trec_eval's order of their ids. Captions with identical text get identical embeddings from the toy encoder
+    and so identical scores here, by construction rather than by float rounding."""
+    from eval.engine import trec_tie_key
+
     q = encoder.encode_queries(split.captions)
     p = encoder.encode_pages(split.load_images(range(len(split.image_paths))))
     scores = torch.tensor([[_pair_score(qc, pi) for pi in p] for qc in q], dtype=torch.float64)
     owner = torch.tensor(split.caption_image)
+    image_tie = trec_tie_key([str(i) for i in range(scores.shape[1])])
     out = {}
     for k in ks:
-        t2i = [owner[c] in sorted(range(scores.shape[1]), key=lambda j: (-scores[c, j].item(), j))[:k]
+        t2i = [owner[c] in sorted(range(scores.shape[1]), key=lambda j: (-scores[c, j].item(), image_tie[j]))[:k]
                for c in range(scores.shape[0])]
         i2t = [any(owner[c] == i for c in sorted(range(scores.shape[0]), key=lambda c: (-scores[c, i].item(), c))[:k])
                for i in range(scores.shape[1])]

@@ -33,16 +33,21 @@ def page_image(i: int) -> Image.Image:
     return image
 
 
-def _noise(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _noise(key: str, shape: tuple[int, ...], scale: float) -> torch.Tensor:
+    """Seeded noise of about ``scale``, rounded to multiples of 1/256 (drawn in float64, whose bits do not depend
+    on the CPU's vector kernels). Dot products of such vectors are exact in float32 whatever the summation order,
+    so every scoring path (chunked, sharded, full matrix) gives bit-identical scores, and ties are exact."""
     seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (torch.round(noise * scale * 256) / 256).float()
 
 
 class ToyEncoder:
     """Deterministic encoder with known answers: query "about page i" is closest to page i.
 
     Dense: one-hot of the page number plus small hashed noise. Multi-vector: the same vector as one token
-    among several noise tokens (different counts per item), so MaxSim finds it.
+    among several noise tokens (different counts per item), so MaxSim finds it. All values are multiples of 1/256,
+    so scores are exact in float32 on every machine (see ``_noise``).
     """
 
     def __init__(self, multi_vector: bool) -> None:
@@ -51,10 +56,10 @@ class ToyEncoder:
     def _vectors(self, number: int, key: str) -> torch.Tensor:
         base = torch.zeros(DIM)
         base[number % DIM] = 1.0
-        base += 0.05 * _noise(key, (DIM,))
+        base += _noise(key, (DIM,), 0.05)
         if not self.multi_vector:
             return base
-        extra = 0.02 * _noise(key + "/tokens", (2 + number % 3, DIM))
+        extra = _noise(key + "/tokens", (2 + number % 3, DIM), 0.02)
         return torch.cat([extra[:1], base[None], extra[1:]])
 
     def _stack(self, vecs: list[torch.Tensor]):
@@ -191,6 +196,7 @@ def test_one_and_two_ranks_identical(beir_dir: Path, tmp_path: Path, multi: bool
            __file__, str(beir_dir), str(tmp_path), "multi" if multi else "dense"]
     proc = subprocess.run(cmd, env=env, timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # exact: the toy scores are exact in float32 (dyadic values), so sharding cannot change a bit of them
     assert json.loads((tmp_path / "run.json").read_text()) == single
 
 
@@ -208,18 +214,26 @@ def test_eval_dist_sh_matches_single_process(beir_dir: Path, tiny_model_dir, tmp
     """shell/eval_dist.sh with 2 CPU ranks on a tiny checkpoint writes the same run and metrics as 1 process.
 
     Batch size 2 and chunks of 4 make the encoder batches the same in both launches (12 queries -> 6 + 6,
-    23 pages -> 12 + 11): a real model's last float bits depend on which inputs share a padded batch.
+    23 pages -> 12 + 11): a real model's last float bits depend on which inputs share a padded batch. Both
+    launches compute on one thread (the ranks get OMP_NUM_THREADS=1), since a machine's thread count may split a
+    reduction differently.
     """
     from eval.retrieval import main
 
     args = ["--model", str(tiny_model_dir("qwen2_vl")), "--tasks", str(beir_dir), "--head", "dense",
             "--batch_size", "2", "--chunk_pages", "4", "--k", "1,5,10"]
-    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     script = Path(__file__).resolve().parents[1] / "shell" / "eval_dist.sh"
     with socket.socket() as probe:  # a port free right now (other jobs on this machine may hold fixed ones)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "NPROC_PER_NODE": "2", "MASTER_PORT": str(port), "PYTHON": sys.executable}
+    env = {**os.environ, "NPROC_PER_NODE": "2", "MASTER_PORT": str(port), "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(script), *args, "--out", str(tmp_path / "two")], env=env, timeout=300,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
