@@ -1,30 +1,47 @@
-"""``python -m retriever.mine``: hard negatives for training pairs, mined with a (trained) retriever.
+"""``python -m retriever.mine``: positive-aware hard negatives for training pairs, mined with a (trained) retriever.
 
 1. Every page of the corpus (all ids of the given page sources, or only the pages the pairs name with
    ``--corpus pairs``) is encoded once; embeddings are cached in ``--cache_dir`` in safetensors shards, so an
-   interrupted or repeated run re-encodes only what is missing.
-2. Queries are encoded and searched: dense heads with a FAISS inner-product index (exact ``Flat`` by default, any
-   ``--faiss_index`` factory string such as ``IVF4096,Flat`` for large corpora; on the GPU when faiss has GPUs),
-   multi-vector heads with blocked MaxSim over query blocks (no full score matrix).
-3. For each query, the top results minus its positives, after skipping the ``--skip_top`` best ones (they are the
-   likeliest false negatives), become its ``neg`` list (``--num_negatives`` ids). Other keys of the line are kept.
+   interrupted or repeated run re-encodes only what is missing. Under torchrun each rank encodes every
+   ``world``-th shard, then all ranks read the whole cache.
+2. Each rank takes a contiguous slice of the queries, encodes them and finds candidates: dense heads with a FAISS
+   inner-product index (exact ``Flat`` by default, any ``--faiss_index`` factory string such as ``IVF4096,Flat``
+   for large corpora; on the GPU when faiss has GPUs); multi-vector heads from pooled (mean token) vectors in
+   FAISS, the best ``--pool_depth`` reranked with exact MaxSim (``--multi_search exact``: brute-force MaxSim).
+   Candidates are scored exactly and ranked.
+3. The selection rules (``retriever.mining.rules``: positives and their near duplicates out, the rank window
+   ``--range_min``/``--range_max``, ``--relative_margin``, ``--absolute_margin``, ``--max_score``, then
+   ``--sampling``) pick up to ``--num_negatives`` ids as the line's ``neg``. Each line also gets ``neg_scores``,
+   ``neg_ranks`` (1-based rank in the query's retrieval ranking) and ``pos_score`` (its lowest positive's score);
+   other keys are kept. Near duplicates of a positive: same PDF page (``--pages_jsonl``), same rendered bytes,
+   optionally a close average hash (``--hash_distance``); see ``retriever.mining.duplicates``.
+4. Statistics (candidates removed per rule, queries short of negatives, histograms of positive vs negative
+   scores) are printed and written to ``OUT.stats.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from eval.engine import shard_range
+from retriever.mining.candidates import pooled_vectors, rank_candidates
+from retriever.mining.duplicates import NearDuplicates, pdf_page_keys
+from retriever.mining.rules import MiningRules, select_negatives
+from retriever.mining.statistics import MiningStats
 from retriever.model.embeddings import pad_multivector
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
 from retriever.model.scoring import maxsim_lists
 from retriever.pages import ImageFolder, PageResolver, StorePages
-from retriever.pairs import read_jsonl_pairs, validate_pairs
+from retriever.pairs import Pair, read_jsonl_pairs, validate_pairs
+from retriever.process_group import RankInfo, is_distributed, join_process_group
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +54,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image_root", default=None, help="folder of images; ids are relative paths")
     parser.add_argument("--corpus", choices=["sources", "pairs"], default="sources",
                         help="search all pages of the page sources, or only pages named by the pairs")
-    parser.add_argument("--num_negatives", type=int, default=8)
-    parser.add_argument("--skip_top", type=int, default=0, help="skip this many top non-positive results")
-    parser.add_argument("--faiss_index", default="Flat", help="FAISS index factory string (dense heads)")
+    rules = parser.add_argument_group("selection rules (applied in this order; see retriever/mining/rules.py)")
+    rules.add_argument("--num_negatives", type=int, default=8, help="negatives per query (fewer if too few survive)")
+    rules.add_argument("--range_min", "--skip_top", dest="range_min", type=int, default=0,
+                       help="skip this many best non-positive candidates (likeliest false negatives)")
+    rules.add_argument("--range_max", type=int, default=100,
+                       help="consider non-positive candidates ranked below this position only")
+    rules.add_argument("--relative_margin", type=float, default=None,
+                       help="drop candidates scoring above (1 - margin) x the positive's score (e.g. 0.05)")
+    rules.add_argument("--absolute_margin", type=float, default=None,
+                       help="drop candidates scoring above the positive's score minus this margin")
+    rules.add_argument("--max_score", type=float, default=None, help="drop candidates scoring above this value")
+    rules.add_argument("--sampling", choices=["top", "random"], default="top",
+                       help="take the best survivors, or a seeded random draw among them")
+    rules.add_argument("--seed", type=int, default=0, help="seed of --sampling random (per query)")
+    dup = parser.add_argument_group("near duplicates of a positive (never mined)")
+    dup.add_argument("--pages_jsonl", nargs="*", default=[],
+                     help="pages.jsonl file(s): pages with the same source-PDF sha256 and page number are one page")
+    dup.add_argument("--same_bytes", action=argparse.BooleanOptionalAction, default=True,
+                     help="pages whose encoded image bytes are identical are one page")
+    dup.add_argument("--hash_distance", type=int, default=-1,
+                     help="pages whose 64-bit average hashes differ in at most this many bits are one page "
+                     "(-1: off; 4 is a reasonable value)")
+    search = parser.add_argument_group("search")
+    search.add_argument("--faiss_index", default="Flat", help="FAISS index factory string (dense and pooled vectors)")
+    search.add_argument("--multi_search", choices=["pooled", "exact"], default="pooled",
+                        help="multi-vector heads: FAISS over pooled vectors then exact MaxSim rerank, or brute-force "
+                        "MaxSim over every page")
+    search.add_argument("--pool_depth", type=int, default=None,
+                        help="candidates taken from the pooled vectors and reranked (default: 4 x search depth)")
     parser.add_argument("--batch_size", type=int, default=16, help="encoding batch size")
     parser.add_argument("--cache_dir", default=None, help="page-embedding cache (default: OUT.cache/)")
     parser.add_argument("--shard_size", type=int, default=1024, help="pages per cached embedding shard")
@@ -47,25 +90,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def encode_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, batch_size: int,
-                  shard_size: int) -> list[torch.Tensor]:
-    """Page embeddings in ``ids`` order, one tensor per page (``[D]`` dense, ``[L, D]`` multi), cached by shard."""
+                  shard_size: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """Page embeddings in ``ids`` order, one tensor per page (``[D]`` dense, ``[L, D]`` multi), cached by shard.
+
+    With ``world > 1`` this rank encodes only the missing shards ``rank, rank + world, ...`` (others are skipped
+    and the result is incomplete: read the finished cache afterwards with ``rank=0, world=1``)."""
     cache.mkdir(parents=True, exist_ok=True)
-    (cache / "ids.json").write_text(json.dumps(ids))
+    _check_cache_ids(cache, ids, rank)
     vectors: list[torch.Tensor] = []
     shards = range(0, len(ids), shard_size)
-    for shard, start in enumerate(tqdm(shards, desc="encoding pages", unit="shard")):
+    for shard, start in enumerate(tqdm(shards, desc="encoding pages", unit="shard", disable=rank != 0)):
         path = cache / f"pages-{shard:05d}.safetensors"
         chunk = ids[start:start + shard_size]
         if path.exists():
             stored = load_file(str(path))
             vectors.extend(stored[str(i)] for i in range(len(chunk)))
             continue
+        if shard % world != rank:
+            continue
         images = [resolver.get_image(page_id) for page_id in chunk]
         encoded = encoder.encode_pages(images, batch_size=batch_size, ids=chunk)
         encoded = list(encoded) if isinstance(encoded, list) else list(encoded.unbind(0))
-        save_file({str(i): v.contiguous() for i, v in enumerate(encoded)}, str(path))
+        tmp = path.with_suffix(".tmp")
+        save_file({str(i): v.contiguous() for i, v in enumerate(encoded)}, str(tmp))
+        tmp.replace(path)  # a killed run never leaves a truncated shard behind
         vectors.extend(encoded)
     return vectors
+
+
+def _check_cache_ids(cache: Path, ids: list[str], rank: int) -> None:
+    """The cache must belong to this corpus (same ids, same order); rank 0 records the ids on first use."""
+    listing = cache / "ids.json"
+    if listing.exists() and json.loads(listing.read_text()) != ids:
+        raise ValueError(f"{cache} caches embeddings of another corpus (its ids.json differs); "
+                         "delete it or pass another --cache_dir")
+    if rank == 0 and not listing.exists():
+        listing.write_text(json.dumps(ids))
 
 
 def search_dense(queries: torch.Tensor, pages: torch.Tensor, k: int, index_spec: str) -> torch.Tensor:
@@ -92,15 +152,50 @@ def search_multi(queries: list[torch.Tensor], pages: list[torch.Tensor], k: int,
     return torch.cat(found)
 
 
-def choose_negatives(ranked: list[str], positives: Sequence[str], num_negatives: int, skip_top: int) -> list[str]:
-    """The ranked ids minus positives, after skipping the ``skip_top`` best, cut to ``num_negatives``."""
-    candidates = [page for page in ranked if page not in set(positives)]
-    return candidates[skip_top:skip_top + num_negatives]
+def find_candidates(queries, pages, multi: bool, depth: int, multi_search: str = "pooled",
+                    pool_depth: int | None = None, index_spec: str = "Flat") -> list[list[int]]:
+    """Candidate page indices per query (unranked: ``rank_candidates`` scores them exactly)."""
+    if not len(queries):
+        return []
+    if not multi:
+        return search_dense(queries, pages, depth, index_spec).tolist()
+    if multi_search == "exact":
+        return search_multi(list(queries), pages, depth).tolist()
+    return search_dense(pooled_vectors(queries), pooled_vectors(pages), pool_depth or 4 * depth, index_spec).tolist()
+
+
+def mine_queries(pairs: list[Pair], first: int, queries, pages, ids: list[str], multi: bool, depth: int,
+                 candidates: list[list[int]], rules: MiningRules, duplicates: NearDuplicates,
+                 stats: MiningStats) -> list[dict]:
+    """Per query: ranked exact candidates -> selection; returns the fields each output line gets."""
+    index_of = {page: i for i, page in enumerate(ids)}
+    fields = []
+    for j, (pair, row) in enumerate(tqdm(list(zip(pairs, candidates)), desc="selecting", unit="query", leave=False)):
+        ranked = rank_candidates(queries[j], pages, row, ids, multi)[:depth]
+        pos_scores = [c.score for c in rank_candidates(queries[j], pages, [index_of[p] for p in pair.pos], ids, multi)]
+        selection = select_negatives(ranked, pair.pos, pos_scores, rules, first + j, duplicates.test_for(pair.pos))
+        stats.add(selection)
+        fields.append({"neg": [c.page for c in selection.negatives],
+                       "neg_scores": [c.score for c in selection.negatives],
+                       "neg_ranks": [c.rank for c in selection.negatives], "pos_score": selection.pos_score})
+    return fields
+
+
+def search_depth(rules: MiningRules, pairs: list[Pair], pdf_keys: dict[str, tuple[str, int]]) -> int:
+    """How deep to search so the window sees ``range_max`` non-excluded candidates (positives and their
+    same-PDF-page copies are known up front; byte and hash duplicates are not, and may shorten the window)."""
+    copies: dict[tuple[str, int], int] = {}
+    for key in pdf_keys.values():
+        copies[key] = copies.get(key, 0) + 1
+    largest_group = max(copies.values(), default=1)
+    return rules.range_max + max(len(pair.pos) for pair in pairs) * largest_group
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-
+    rules = MiningRules(args.num_negatives, args.range_min, args.range_max, args.relative_margin,
+                        args.absolute_margin, args.max_score, args.sampling, args.seed)
+    env = join_process_group(timedelta(minutes=30))
     sources = [StorePages(path) for path in args.page_store] + ([ImageFolder(args.image_root)] if args.image_root else [])
     resolver = PageResolver(sources)
     pairs = read_jsonl_pairs(args.train_data)
@@ -109,25 +204,72 @@ def main(argv: Sequence[str] | None = None) -> None:
         ids = list(dict.fromkeys(page for pair in pairs for page in pair.pos + pair.neg))
     else:
         ids = list(dict.fromkeys(page for source in sources for page in source.ids()))
-    encoder = load_encoder_from_args(args, "cuda" if torch.cuda.is_available() else None)
-    cache = Path(args.cache_dir or f"{args.out}.cache")
-    pages = encode_corpus(encoder, resolver, ids, cache, args.batch_size, args.shard_size)
-    queries = encoder.encode_queries([pair.query for pair in pairs], batch_size=args.batch_size, progress=True)
-    depth = args.num_negatives + args.skip_top + max(len(pair.pos) for pair in pairs)
-    if encoder.multi_vector:
-        found = search_multi(queries, pages, depth)
-    else:
-        found = search_dense(queries, torch.stack(pages), depth, args.faiss_index)
-    lines = [json.loads(line) for line in Path(args.train_data).read_text(encoding="utf-8").splitlines() if line.strip()]
-    out = Path(args.out)
+    encoder = load_encoder_from_args(args, env.device if env.device.type == "cuda" else None)
+    pages = load_corpus(encoder, resolver, ids, Path(args.cache_dir or f"{args.out}.cache"), args, env)
+    pdf_keys = pdf_page_keys(args.pages_jsonl)
+    depth = search_depth(rules, pairs, pdf_keys)
+    part = shard_range(len(pairs), env.rank, env.world)
+    mine_pairs = [pairs[i] for i in part]
+    queries = (encoder.encode_queries([pair.query for pair in mine_pairs], batch_size=args.batch_size,
+                                      progress=env.is_main) if mine_pairs else [])
+    pages = pages if encoder.multi_vector else torch.stack(pages)
+    candidates = find_candidates(queries, pages, encoder.multi_vector, depth, args.multi_search, args.pool_depth,
+                                 args.faiss_index)
+    duplicates = NearDuplicates(resolver, pdf_keys, args.same_bytes, args.hash_distance)
+    stats = MiningStats(rules.num_negatives)
+    fields = mine_queries(mine_pairs, part.start, queries, pages, ids, encoder.multi_vector, depth, candidates,
+                          rules, duplicates, stats)
+    write_part(Path(args.out), env, part, fields, stats, Path(args.train_data))
+    if is_distributed():
+        dist.barrier()
+    if env.is_main:
+        merge_parts(Path(args.out), env.world, rules.num_negatives)
+
+
+def load_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, args, env: RankInfo) -> list[torch.Tensor]:
+    """All page embeddings: the ranks encode the missing cache shards between them, then each reads the cache."""
+    vectors = encode_corpus(encoder, resolver, ids, cache, args.batch_size, args.shard_size, env.rank, env.world)
+    if env.world == 1:
+        return vectors
+    dist.barrier()
+    return encode_corpus(encoder, resolver, ids, cache, args.batch_size, args.shard_size)
+
+
+def _part_path(out: Path, rank: int, world: int) -> Path:
+    return out.with_name(f"{out.name}.part-{rank:05d}-of-{world:05d}")
+
+
+def _stats_path(part: Path) -> Path:
+    return part.with_name(part.name + ".stats")
+
+
+def write_part(out: Path, env: RankInfo, part: range, fields: list[dict], stats: MiningStats,
+               train_data: Path) -> None:
+    """This rank's slice of the output lines (input lines with the mined fields) and its raw statistics."""
+    lines = [json.loads(line) for line in train_data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path = _part_path(out, env.rank, env.world)
+    with path.open("w", encoding="utf-8") as handle:
+        for line, mined in zip(lines[part.start:part.stop], fields):
+            handle.write(json.dumps({**line, **mined}, ensure_ascii=False) + "\n")
+    _stats_path(path).write_text(json.dumps(stats.raw()))
+
+
+def merge_parts(out: Path, world: int, num_negatives: int) -> None:
+    """Rank 0: the parts in rank order become OUT (atomically), their statistics OUT.stats.json."""
     tmp = out.with_suffix(out.suffix + ".tmp")
+    raw = []
     with tmp.open("w", encoding="utf-8") as handle:
-        for line, pair, row in zip(lines, pairs, found.tolist()):
-            ranked = [ids[i] for i in row if i >= 0]
-            line["neg"] = choose_negatives(ranked, pair.pos, args.num_negatives, args.skip_top)
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+        for rank in range(world):
+            path = _part_path(out, rank, world)
+            handle.write(path.read_text(encoding="utf-8"))
+            raw.append(json.loads(_stats_path(path).read_text()))
+            path.unlink()
+            _stats_path(path).unlink()
     tmp.replace(out)
-    print(f"wrote {len(lines)} pairs with up to {args.num_negatives} mined negatives each to {out}")
+    stats = MiningStats.from_json_parts(num_negatives, raw)
+    out.with_name(out.name + ".stats.json").write_text(json.dumps(stats.to_json(), indent=2) + "\n")
+    print(stats.report())
+    print(f"wrote {stats.queries} pairs with up to {num_negatives} mined negatives each to {out}")
 
 
 if __name__ == "__main__":
