@@ -42,9 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="HF checkpoint directory (or hub name where a hub is reachable), or a directory saved by "
                     "this project (heads and adapters included)")
     io.add_argument("--output_dir", required=True, help="checkpoints, logs, loss.png and final/ go here")
-    io.add_argument("--train_data", required=True,
+    io.add_argument("--train_data", required=True, nargs="+",
                     help="pairs JSONL ({'query', 'pos': [ids], 'neg': [ids]}) or a local HF dataset "
-                    "(save_to_disk folder or parquet) with 'query' and image columns")
+                    "(save_to_disk folder or parquet) with 'query' and image columns; several sources as "
+                    "PATH:WEIGHT entries, or one YAML/JSON mixture file (see retriever/training/mixture.py)")
+    io.add_argument("--mixture_batches", choices=["homogeneous", "mixed"], default="homogeneous",
+                    help="with several sources: every global batch from one source (in-batch negatives of the "
+                    "same kind), or batches mixing all sources")
     io.add_argument("--page_store", nargs="*", default=[], help="HDF5 page store(s) that resolve page ids")
     io.add_argument("--image_root", default=None, help="folder of images; page ids are paths relative to it")
     io.add_argument("--image_column", default="image", help="image column of an HF dataset given as --train_data")

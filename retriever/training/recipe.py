@@ -33,15 +33,16 @@ from retriever.model.encoder import RetrieverEncoder, text_hidden_size
 from retriever.model.saved import load_encoder, save_encoder
 from retriever.model.training_modes import LoraSettings
 from retriever.pages import ImageFolder, PageResolver, StorePages
-from retriever.pairs import Pair, is_hf_dataset, load_hf_pairs, read_jsonl_pairs, validate_pairs
+from retriever.pairs import is_hf_dataset, load_hf_pairs, read_jsonl_pairs, validate_pairs
 from retriever.process_group import RankInfo, join_process_group
 from retriever.training.args import parse_args
 from retriever.training.backends import Backend, build_backend
-from retriever.training.batching import EpochBatches, corpus_of, plan_epoch
+from retriever.training.batching import EpochBatches
 from retriever.training.checkpoints import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
 from retriever.training.ds_config import TrainingShape, load_deepspeed_config, resolve_deepspeed_config
 from retriever.training.gradcache import GradCache, auto_chunk_size
 from retriever.training.logs import TrainLog
+from retriever.training.mixture import TrainingData, parse_sources
 from retriever.training.losses import ContrastiveLoss
 from retriever.training.optim import build_scheduler, parameter_groups, set_drop_path
 
@@ -53,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = join_process_group(timedelta(minutes=30), args.deepspeed is not None)
     torch.manual_seed(args.seed)
-    pairs, resolver = load_training_data(args)
-    steps = total_steps(args, env, pairs)
+    data, resolver = load_training_data(args)
+    steps = total_steps(args, env, data)
     encoder = build_encoder(args)
     loss = build_loss(args)
     backend = build_training_backend(args, env, encoder, loss, steps)
@@ -64,26 +65,30 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if resume is not None:
         state = load_checkpoint(backend, resume)
         _info(env, f"resumed from {resume} at step {state.global_step}")
-    train_loop(args, env, encoder, pairs, resolver, backend, gradcache, state, steps)
+    train_loop(args, env, encoder, data, resolver, backend, gradcache, state, steps)
     final = save_final(args, env, encoder, backend)
     if dist.is_initialized():
         dist.destroy_process_group()
     return final
 
 
-def load_training_data(args) -> tuple[list[Pair], PageResolver]:
-    """Pairs and the page sources that resolve their ids; every id is checked before training starts."""
+def load_training_data(args) -> tuple[TrainingData, PageResolver]:
+    """Pairs of every source and the page sources that resolve their ids; every id is checked before training."""
     sources = [StorePages(path) for path in args.page_store]
     if args.image_root:
         sources.append(ImageFolder(args.image_root))
-    if is_hf_dataset(args.train_data):
-        pairs, pages = load_hf_pairs(args.train_data, args.image_column, args.image_id_column)
-        sources.insert(0, pages)
-    else:
-        pairs = read_jsonl_pairs(args.train_data)
+    mixture, parts = parse_sources(args.train_data), []
+    for source in mixture:
+        if is_hf_dataset(source.path):
+            pairs, pages = load_hf_pairs(source.path, args.image_column, args.image_id_column)
+            sources.insert(0, pages)
+        else:
+            pairs = read_jsonl_pairs(source.path)
+        parts.append(pairs)
     resolver = PageResolver(sources)
-    validate_pairs(pairs, resolver, args.train_data)
-    return pairs, resolver
+    for source, pairs in zip(mixture, parts):
+        validate_pairs(pairs, resolver, source.path)
+    return TrainingData.from_parts(mixture, parts), resolver
 
 
 def build_encoder(args) -> RetrieverEncoder:
@@ -122,22 +127,27 @@ def build_loss(args) -> ContrastiveLoss:
     )
 
 
-def steps_per_epoch(args, env: RankInfo, pairs: list[Pair]) -> int:
-    plan = plan_epoch(pairs, args.per_device_train_batch_size * env.world, args.num_negatives, args.seed, 0)
-    steps = len(plan) // args.gradient_accumulation_steps
+def plan(args, env: RankInfo, data: TrainingData, epoch: int) -> list:
+    """The global batches of ``epoch`` (deterministic in seed and epoch; see training/mixture.py)."""
+    return data.plan_epoch(args.per_device_train_batch_size * env.world, args.num_negatives, args.seed, epoch,
+                           args.mixture_batches == "homogeneous")
+
+
+def steps_per_epoch(args, env: RankInfo, data: TrainingData) -> int:
+    steps = len(plan(args, env, data, 0)) // args.gradient_accumulation_steps
     if steps == 0:
         raise ValueError(
-            f"{args.train_data}: {len(pairs)} pairs do not fill one optimizer step of "
+            f"{' '.join(args.train_data)}: {len(data.pairs)} pairs do not fill one optimizer step of "
             f"{args.per_device_train_batch_size} x {env.world} ranks x {args.gradient_accumulation_steps} "
             "accumulation steps (pairs sharing pages cannot share a batch)"
         )
     return steps
 
 
-def total_steps(args, env: RankInfo, pairs: list[Pair]) -> int:
+def total_steps(args, env: RankInfo, data: TrainingData) -> int:
     if args.max_steps > 0:
         return args.max_steps
-    return math.ceil(args.num_train_epochs * steps_per_epoch(args, env, pairs))
+    return math.ceil(args.num_train_epochs * steps_per_epoch(args, env, data))
 
 
 def build_training_backend(args, env: RankInfo, encoder: RetrieverEncoder, loss: ContrastiveLoss,
@@ -182,16 +192,13 @@ def build_gradcache(args, encoder: RetrieverEncoder, loss: ContrastiveLoss, back
     return GradCache(encoder, loss, backend, chunk_size=chunk or None, reuse_frozen_vision=args.freeze_vision)
 
 
-def batch_stream(args, env: RankInfo, encoder, pairs: list[Pair], resolver: PageResolver,
+def batch_stream(args, env: RankInfo, encoder, data: TrainingData, resolver: PageResolver,
                  state: TrainerState) -> Iterator[tuple[int, int, dict]]:
     """This rank's batches from where ``state`` points, epoch after epoch: ``(epoch, index in epoch, batch)``."""
-    corpus = corpus_of(pairs)
     epoch, start = state.epoch, state.batch_in_epoch
     while True:
-        plan = plan_epoch(pairs, args.per_device_train_batch_size * env.world, args.num_negatives, args.seed,
-                          epoch, corpus)
-        batches = EpochBatches(plan, start, env.rank, env.world, pairs, resolver.get_image,
-                               encoder.prepare_queries, encoder.prepare_pages)
+        batches = EpochBatches(plan(args, env, data, epoch), start, env.rank, env.world, data.pairs,
+                               resolver.get_image, encoder.prepare_queries, encoder.prepare_pages)
         # its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG, which would
         # shift the dropout stream of a resumed run against an uninterrupted one
         loader = DataLoader(batches, batch_size=None, num_workers=args.dataloader_num_workers,
@@ -201,17 +208,17 @@ def batch_stream(args, env: RankInfo, encoder, pairs: list[Pair], resolver: Page
         epoch, start = epoch + 1, 0
 
 
-def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, pairs: list[Pair], resolver: PageResolver,
+def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, data: TrainingData, resolver: PageResolver,
                backend: Backend, gradcache: GradCache, state: TrainerState, steps: int) -> None:
     log = TrainLog(args.output_dir, env.rank == 0, [r for r in args.report_to if r != "none"], args.run_name,
                    vars(args))
-    stream = batch_stream(args, env, encoder, pairs, resolver, state)
+    stream = batch_stream(args, env, encoder, data, resolver, state)
     autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16)
                 if args.bf16 and not args.deepspeed else contextlib.nullcontext())
     progress = tqdm(total=steps, initial=state.global_step, desc="training", unit="step",
                     disable=env.rank != 0 or args.disable_tqdm)
     while state.global_step < steps:
-        started, losses, digest = time.perf_counter(), [], hashlib.sha1()
+        started, losses, digest, by_source = time.perf_counter(), [], hashlib.sha1(), {}
         for micro in range(args.gradient_accumulation_steps):
             epoch, index, batch = next(stream)
             with autocast:
@@ -219,6 +226,7 @@ def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, pairs: list[Pair]
                 out = gradcache.step(batch["query_inputs"], batch["page_inputs"], batch["positives"],
                                      sync=micro == args.gradient_accumulation_steps - 1)
             losses.append(float(out["loss"]))
+            _add_source_loss(by_source, data, batch["pair_indices"], losses[-1])
             digest.update("\n".join(batch["page_ids"]).encode())
             state.epoch, state.batch_in_epoch = epoch, index + 1
         grad_norm = backend.optimizer_step()
@@ -228,7 +236,7 @@ def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, pairs: list[Pair]
         metrics = {"loss": sum(losses) / len(losses), "lr": _current_lr(backend.scheduler, args),
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "pairs_per_second": pairs_done / elapsed, "epoch": state.epoch,
-                   "pages_sha1": digest.hexdigest()}
+                   "pages_sha1": digest.hexdigest(), **_source_losses(by_source)}
         if state.global_step % args.logging_steps == 0 or state.global_step == steps:
             log.log(state.global_step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_s=f"{metrics['pairs_per_second']:.1f}")
@@ -237,6 +245,18 @@ def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, pairs: list[Pair]
             save_checkpoint(backend, args.output_dir, state, args.save_total_limit)
     progress.close()
     log.close()
+
+
+def _add_source_loss(by_source: dict[str, list[float]], data: TrainingData, pair_indices: list[int],
+                     loss: float) -> None:
+    """Record a batch's loss under its source when all its queries come from one (homogeneous batches)."""
+    names = {data.sources[data.source_of(i)].name for i in pair_indices}
+    if len(data.sources) > 1 and len(names) == 1:
+        by_source.setdefault(names.pop(), []).append(loss)
+
+
+def _source_losses(by_source: dict[str, list[float]]) -> dict[str, float]:
+    return {f"loss_{name}": sum(values) / len(values) for name, values in sorted(by_source.items())}
 
 
 def save_final(args, env: RankInfo, encoder: RetrieverEncoder, backend: Backend) -> Path:
