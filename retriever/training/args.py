@@ -10,6 +10,7 @@ import argparse
 from typing import Sequence
 
 from retriever.model.dtype import add_dtype_argument
+from retriever.training.optim import OPTIMIZERS
 
 
 def _int_list(text: str) -> list[int]:
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GradCache chunk size in examples (0 = off; 'auto' = largest that fits "
                      "--gc_memory_fraction of GPU memory)")
     opt.add_argument("--gc_memory_fraction", type=float, default=0.8)
+    opt.add_argument("--optim", choices=OPTIMIZERS, default="adamw",
+                     help="adamw; adamw_fused (torch's fused kernel); adamw_8bit / paged_adamw_8bit (bitsandbytes "
+                     "8-bit states; not with DeepSpeed ZeRO-3 or optimizer offload; paged needs CUDA)")
     opt.add_argument("--learning_rate", type=float, default=1e-4)
     opt.add_argument("--weight_decay", type=float, default=0.0)
     opt.add_argument("--layer_decay", type=float, default=1.0, help="layer-wise lr decay (1.0 = off)")

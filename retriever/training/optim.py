@@ -1,4 +1,11 @@
-"""Optimizer parameter groups (weight decay, layer-wise learning-rate decay), schedules and drop path.
+"""The optimizer (``--optim``), its parameter groups (weight decay, layer-wise lr decay), schedules and drop path.
+
+``--optim``: ``adamw`` (torch), ``adamw_fused`` (torch's fused kernel: one launch for all parameters),
+``adamw_8bit`` and ``paged_adamw_8bit`` (bitsandbytes; 8-bit optimizer states, the paged one spills them to CPU
+memory under pressure and needs CUDA). Under DeepSpeed the optimizer is handed to the engine as a client
+optimizer; 8-bit states work with ZeRO-1/2 (DeepSpeed steps the client optimizer on flat fp32 partitions) but
+not with ZeRO-3 or optimizer offload, which need their own optimizer: ``check_optimizer`` says so before anything
+is loaded.
 
 Layer-wise lr decay: each stack of numbered blocks (``...layers.<i>.``, ``...blocks.<i>.``, ``...layer.<i>.``) is
 found from the parameter names; block ``i`` of a stack with ``n`` blocks gets ``lr * decay ** (n - i)``, the
@@ -10,13 +17,52 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 _BLOCK = re.compile(r"^(?P<stack>.*?\.(?:layers|blocks|layer|h))\.(?P<index>\d+)\.")
 _EMBEDDING = re.compile(r"(embed|patch|position|wte|wpe)")
+
+
+OPTIMIZERS = ("adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit")
+_BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"}
+
+
+def check_optimizer(name: str, deepspeed_config: dict[str, Any] | None, cuda: bool) -> None:
+    """Raise ``ValueError`` when ``--optim name`` cannot run here (missing package, device or DeepSpeed support)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"--optim {name}: unknown optimizer (choose from {', '.join(OPTIMIZERS)})")
+    if deepspeed_config and "optimizer" in deepspeed_config and name != "adamw":
+        raise ValueError(f"--optim {name} contradicts the DeepSpeed config's own 'optimizer' section; drop one")
+    if name not in _BITSANDBYTES:
+        return
+    zero = (deepspeed_config or {}).get("zero_optimization", {})
+    if int(zero.get("stage", 0)) == 3:
+        raise ValueError(f"--optim {name}: DeepSpeed ZeRO-3 partitions parameters and steps its own optimizer, which "
+                         "does not support 8-bit optimizer states; use ZeRO-1/2 or --optim adamw")
+    if zero.get("offload_optimizer", {}).get("device", "none") != "none":
+        raise ValueError(f"--optim {name}: DeepSpeed optimizer offload needs DeepSpeed's CPU Adam, not 8-bit states; "
+                         "remove offload_optimizer or use --optim adamw")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(f"--optim {name} needs bitsandbytes, which is not installed (pip install bitsandbytes)") from None
+    if name == "paged_adamw_8bit" and not cuda:
+        raise ValueError("--optim paged_adamw_8bit pages optimizer states through CUDA unified memory; it needs a GPU")
+
+
+def optimizer_factory(name: str, lr: float, weight_decay: float) -> Callable[[list[dict]], torch.optim.Optimizer]:
+    """A function from parameter groups to the ``--optim`` optimizer (``check_optimizer`` first)."""
+    def build(groups: list[dict]) -> torch.optim.Optimizer:
+        if name in _BITSANDBYTES:
+            import bitsandbytes as bnb
+
+            return getattr(bnb.optim, _BITSANDBYTES[name])(groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=name == "adamw_fused" or None)
+
+    return build
 
 
 def parameter_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,

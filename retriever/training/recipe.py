@@ -44,7 +44,8 @@ from retriever.training.gradcache import GradCache, auto_chunk_size
 from retriever.training.logs import TrainLog
 from retriever.training.mixture import TrainingData, parse_sources
 from retriever.training.losses import ContrastiveLoss
-from retriever.training.optim import build_scheduler, parameter_groups, set_drop_path
+from retriever.training.optim import (build_scheduler, check_optimizer, optimizer_factory, parameter_groups,
+                                      set_drop_path)
 
 logger = logging.getLogger("retriever.train")
 
@@ -54,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = join_process_group(timedelta(minutes=30), args.deepspeed is not None)
     torch.manual_seed(args.seed)
+    check_optimizer(args.optim, load_deepspeed_config(args.deepspeed) if args.deepspeed else None,
+                    env.device.type == "cuda")
     data, resolver = load_training_data(args)
     steps = total_steps(args, env, data)
     encoder = build_encoder(args)
@@ -155,9 +158,6 @@ def build_training_backend(args, env: RankInfo, encoder: RetrieverEncoder, loss:
     """Optimizer groups, schedule over ``steps`` optimizer steps and the backend (plain / DDP / DeepSpeed)."""
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * steps)
 
-    def optimizer_factory(params):
-        return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-
     def scheduler_factory(optimizer):
         return build_scheduler(optimizer, args.lr_scheduler_type, warmup, steps)
 
@@ -175,7 +175,8 @@ def build_training_backend(args, env: RankInfo, encoder: RetrieverEncoder, loss:
         encoder.to(env.device)
         loss.to(env.device)
     return build_backend(
-        encoder, loss=loss, param_groups=groups, optimizer_factory=optimizer_factory,
+        encoder, loss=loss, param_groups=groups,
+        optimizer_factory=optimizer_factory(args.optim, args.learning_rate, args.weight_decay),
         scheduler_factory=scheduler_factory, deepspeed_config=ds_config,
         max_grad_norm=args.max_grad_norm or None, ddp=env.world > 1 and not ds_config,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
