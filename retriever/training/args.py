@@ -119,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config, e.g. ds_configs/zero2.json")
     opt.add_argument("--seed", type=int, default=42)
 
+    ev = parser.add_argument_group("evaluation during training (retriever/training/evaluation.py)")
+    ev.add_argument("--eval_data", default=None,
+                    help="held-out pairs JSONL (corpus: --eval_page_store) or any eval.retrieval task (BEIR/ViDoRe "
+                    "folder, hub name, MTEB task name); evaluated on all ranks with the native evaluator")
+    ev.add_argument("--eval_page_store", default=None,
+                    help="page store that is the corpus of --eval_data (default for a pairs JSONL: the first "
+                    "--page_store)")
+    ev.add_argument("--eval_split", default="test", help="split of an --eval_data dataset")
+    ev.add_argument("--eval_steps", type=int, default=0,
+                    help="evaluate every N optimizer steps (0: only after the last step); needs --eval_data")
+    ev.add_argument("--eval_batch_size", type=int, default=8, help="encoder batch size of the evaluation")
+    ev.add_argument("--save_best", action="store_true",
+                    help="keep the encoder with the best --metric_for_best in OUTPUT_DIR/best (with best.json)")
+    ev.add_argument("--metric_for_best", default="ndcg_at_10",
+                    help="evaluator metric that decides the best checkpoint (higher is better), e.g. recall_at_10")
+
     run = parser.add_argument_group("checkpoints and logging")
     run.add_argument("--save_steps", type=int, default=500)
     run.add_argument("--save_total_limit", type=int, default=2, help="checkpoints kept (oldest deleted)")
@@ -160,5 +176,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--bf16 and --dtype float64 exclude each other")
     if args.freeze_vision and args.lora_vision:
         raise ValueError("--freeze_vision and --lora_vision exclude each other")
+    if (args.eval_steps or args.save_best) and not args.eval_data:
+        raise ValueError("--eval_steps and --save_best need --eval_data")
+    if args.eval_steps < 0:
+        raise ValueError("--eval_steps must be >= 0")
     if args.training_mode != "lora" and args.lora_vision:
         raise ValueError("--lora_vision needs --training_mode lora")

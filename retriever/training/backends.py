@@ -137,6 +137,10 @@ class Backend:
         """Context in which every parameter of the encoder is whole on this rank (ZeRO-3 gathers them)."""
         yield
 
+    def inference_parameters(self) -> contextlib.AbstractContextManager:
+        """Complete parameters for forward passes outside training (evaluation); see DeepSpeedBackend."""
+        return contextlib.nullcontext()
+
     # -- checkpoints
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -245,6 +249,18 @@ class DeepSpeedBackend(Backend):
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(list(self.encoder.parameters()), modifier_rank=None):
+                yield
+        else:
+            yield
+
+    @contextlib.contextmanager
+    def inference_parameters(self) -> Iterator[None]:
+        """ZeRO-3: full parameters on every rank with the partitioning hooks off, so ranks may run different
+        numbers of forward passes (sharded evaluation) without waiting on each other's gathers."""
+        if self.engine.zero_optimization_stage() == 3:
+            from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+            with unwrap_model_for_generation(self.engine):
                 yield
         else:
             yield

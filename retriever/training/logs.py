@@ -1,5 +1,8 @@
 """Where training metrics go: ``log.jsonl`` (always), TensorBoard, W&B (when installed and asked), ``loss.png``.
 
+Evaluation metrics (``eval_*`` keys, see ``evaluation.py``) share the step's record; TensorBoard and W&B show them
+under ``eval/`` and ``loss.png`` gets a second panel with held-out nDCG@10 and recall@10.
+
 Only rank 0 writes. ``log.jsonl`` has one record per optimizer step (loss, lr, grad norm, pairs/s, and a digest of
 the step's page ids) and is appended to on resume, so a resumed run's records can be compared with an
 uninterrupted run's; the last record of a step wins.
@@ -39,12 +42,12 @@ class TrainLog:
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **metrics}) + "\n")
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        scalars = {_tag(k): v for k, v in metrics.items() if isinstance(v, (int, float))}
         if self.tensorboard is not None:
             for key, value in scalars.items():
-                self.tensorboard.add_scalar(f"train/{key}", value, step)
+                self.tensorboard.add_scalar(key, value, step)
         if self.wandb is not None:
-            self.wandb.log({f"train/{k}": v for k, v in scalars.items()}, step=step)
+            self.wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if not self.enabled:
@@ -54,6 +57,11 @@ class TrainLog:
         if self.wandb is not None:
             self.wandb.finish()
         plot_loss(self.path, self.output_dir / "loss.png")
+
+
+def _tag(key: str) -> str:
+    """TensorBoard/W&B name: ``eval_ndcg_at_10`` -> ``eval/ndcg_at_10``, anything else -> ``train/<key>``."""
+    return f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
 
 
 def read_log(path: str | Path) -> dict[int, dict[str, Any]]:
@@ -79,11 +87,21 @@ def plot_loss(log_path: str | Path, out: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = sorted(records)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    evaluated = [s for s in steps if "eval_ndcg_at_10" in records[s]]
+    fig, axes = plt.subplots(1, 2 if evaluated else 1, figsize=(11 if evaluated else 6, 3.5), dpi=100, squeeze=False)
+    ax = axes[0][0]
     ax.plot(steps, [records[s]["loss"] for s in steps], linewidth=1)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("contrastive loss")
     ax.grid(alpha=0.3)
+    if evaluated:
+        ax = axes[0][1]
+        for name in ("eval_ndcg_at_10", "eval_recall_at_10"):
+            ax.plot(evaluated, [records[s][name] for s in evaluated], marker="o", linewidth=1, label=name[5:])
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("held-out metric")
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

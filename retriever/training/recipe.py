@@ -40,6 +40,7 @@ from retriever.training.backends import Backend, build_backend
 from retriever.training.batching import EpochBatches
 from retriever.training.checkpoints import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
 from retriever.training.ds_config import TrainingShape, load_deepspeed_config, resolve_deepspeed_config
+from retriever.training.evaluation import TrainingEvaluation, load_eval_data
 from retriever.training.gradcache import GradCache, auto_chunk_size
 from retriever.training.logs import TrainLog
 from retriever.training.mixture import TrainingData, parse_sources
@@ -68,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if resume is not None:
         state = load_checkpoint(backend, resume)
         _info(env, f"resumed from {resume} at step {state.global_step}")
-    train_loop(args, env, encoder, data, resolver, backend, gradcache, state, steps)
+    evaluation = build_evaluation(args, env)
+    train_loop(args, env, encoder, data, resolver, backend, gradcache, state, steps, evaluation)
     final = save_final(args, env, encoder, backend)
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -209,8 +211,20 @@ def batch_stream(args, env: RankInfo, encoder, data: TrainingData, resolver: Pag
         epoch, start = epoch + 1, 0
 
 
+def build_evaluation(args, env: RankInfo) -> TrainingEvaluation | None:
+    """The evaluation during training that --eval_data asks for (loaded once, before the first step)."""
+    if not args.eval_data:
+        return None
+    page_store = args.eval_page_store or (args.page_store[0] if args.eval_data.endswith(".jsonl") and args.page_store
+                                          else None)
+    data = load_eval_data(args.eval_data, args.eval_split, page_store)
+    return TrainingEvaluation(data, env, args.output_dir, args.eval_steps, args.eval_batch_size,
+                              args.metric_for_best, args.save_best)
+
+
 def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, data: TrainingData, resolver: PageResolver,
-               backend: Backend, gradcache: GradCache, state: TrainerState, steps: int) -> None:
+               backend: Backend, gradcache: GradCache, state: TrainerState, steps: int,
+               evaluation: TrainingEvaluation | None = None) -> None:
     log = TrainLog(args.output_dir, env.rank == 0, [r for r in args.report_to if r != "none"], args.run_name,
                    vars(args))
     stream = batch_stream(args, env, encoder, data, resolver, state)
@@ -238,7 +252,10 @@ def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, data: TrainingDat
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "pairs_per_second": pairs_done / elapsed, "epoch": state.epoch,
                    "pages_sha1": digest.hexdigest(), **_source_losses(by_source)}
-        if state.global_step % args.logging_steps == 0 or state.global_step == steps:
+        evaluated = evaluation is not None and evaluation.due(state.global_step, steps)
+        if evaluated:
+            metrics.update(evaluation.run(state.global_step, encoder, backend))
+        if state.global_step % args.logging_steps == 0 or state.global_step == steps or evaluated:
             log.log(state.global_step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_s=f"{metrics['pairs_per_second']:.1f}")
         progress.update(1)
