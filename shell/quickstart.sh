@@ -59,7 +59,7 @@ python -m retriever.train --model_name_or_path "$MODEL" --output_dir "$OUT/run" 
 
 step "8/9 mine hard negatives with the trained model"
 python -m retriever.mine --model "$OUT/run/final" --train_data "$OUT/train.jsonl" --page_store "$OUT/store" \
-  --out "$OUT/train_mined.jsonl" --num_negatives 2 --skip_top 1
+  --out "$OUT/train_mined.jsonl" --num_negatives 2 --range_min 1
 
 step "9/9 evaluate the trained model on the held-out split (corpus: every page of the store)"
 python -m eval.retrieval --model "$OUT/run/final" --tasks "$OUT/test.jsonl" --page_store "$OUT/store" \
