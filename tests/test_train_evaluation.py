@@ -65,3 +65,20 @@ def test_zero3_two_ranks_eval_during_training_keeps_the_best_checkpoint(tiny_mod
     _, metrics = evaluate_task(load_encoder(out / "best"), data, RankInfo(), k_values=(5, 10))
     assert metrics["aggregate"]["ndcg_at_10"] == pytest.approx(best["metrics"]["ndcg_at_10"], abs=1e-6)
     assert (out / "loss.png").exists() and (out / "final" / "model.safetensors").exists()
+
+
+def test_eval_flags_are_checked_before_training(tmp_path):
+    from retriever.training.args import parse_args
+    from retriever.training.evaluation import TrainingEvaluation
+
+    base = ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--train_data", "t.jsonl"]
+    with pytest.raises(SystemExit):
+        parse_args(base + ["--save_best"])  # without --eval_data
+    with pytest.raises(ValueError, match="--metric_for_best ndcg_at_3: choose one of"):
+        TrainingEvaluation(None, None, tmp_path, 5, 8, "ndcg_at_3", True)
+    evaluation = TrainingEvaluation(None, None, tmp_path, 5, 8, "recall_at_10", True)
+    assert [s for s in range(1, 13) if evaluation.due(s, 12)] == [5, 10, 12]
+    assert evaluation.best is None
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text(json.dumps({"step": 5, "value": 0.25}))
+    assert TrainingEvaluation(None, None, tmp_path, 5, 8, "recall_at_10", True).best == 0.25  # a resumed run

@@ -6,7 +6,7 @@ Every ``--eval_steps`` optimizer steps (and after the last one) every rank evalu
 task name). Ranks encode their shards of the queries and the corpus and merge their top-k with collectives, so
 all ranks take part and return the same numbers; under DeepSpeed ZeRO-3 the parameters are gathered and the
 partitioning hooks are off while it runs (``Backend.inference_parameters``), so uneven shards cannot desynchronise
-the ranks. The metrics (nDCG@5/10, recall@5/10, MRR@10) go to the training log as ``eval_<metric>``.
+the ranks (the encoder's own ``encode_*`` switch it to eval mode and back). The metrics (nDCG@5/10, recall@5/10, MRR@10) go to the training log as ``eval_<metric>``.
 
 ``--save_best`` keeps the encoder with the best ``--metric_for_best`` so far in ``OUTPUT_DIR/best`` (in the same
 directory format as ``final``), with ``best.json`` (step and metrics) beside it; a resumed run reads ``best.json``
@@ -31,6 +31,8 @@ from retriever.process_group import RankInfo, is_distributed
 from retriever.training.backends import Backend
 
 logger = logging.getLogger(__name__)
+K_VALUES = (5, 10)
+METRICS = tuple(f"{m}_at_{k}" for m in ("ndcg", "recall", "mrr", "map", "precision", "hit_rate") for k in K_VALUES)
 LOGGED = ("ndcg_at_5", "ndcg_at_10", "recall_at_5", "recall_at_10", "mrr_at_10")
 BEST_FILE = "best.json"
 
@@ -49,6 +51,8 @@ class TrainingEvaluation:
 
     def __init__(self, data: RetrievalData, env: RankInfo, output_dir: str | Path, every: int, batch_size: int,
                  metric: str, save_best: bool):
+        if metric not in METRICS:
+            raise ValueError(f"--metric_for_best {metric}: choose one of {', '.join(METRICS)}")
         self.data, self.env, self.every, self.batch_size = data, env, every, batch_size
         self.metric, self.save_best = metric, save_best
         self.best_dir = Path(output_dir) / "best"
@@ -60,18 +64,13 @@ class TrainingEvaluation:
 
     def run(self, step: int, encoder: RetrieverEncoder, backend: Backend) -> dict[str, float]:
         """Evaluate on every rank (collective); save the best encoder when asked. Returns ``eval_*`` metrics."""
-        was_training = encoder.training
-        encoder.eval()
         with backend.inference_parameters(), torch.no_grad():
-            _, metrics = evaluate_task(encoder, self.data, self.env, k_values=(5, 10), batch_size=self.batch_size,
+            _, metrics = evaluate_task(encoder, self.data, self.env, k_values=K_VALUES, batch_size=self.batch_size,
                                        score_device=self.env.device)
             aggregate = metrics["aggregate"]
-            if self.metric not in aggregate:
-                raise ValueError(f"--metric_for_best {self.metric}: the evaluator reports {sorted(aggregate)}")
             improved = self.best is None or aggregate[self.metric] > self.best
             if self.save_best and improved:
                 self._save(step, encoder, aggregate)
-        encoder.train(was_training)
         if improved:
             self.best = aggregate[self.metric]
         return {f"eval_{name}": aggregate[name] for name in dict.fromkeys(LOGGED + (self.metric,))}
