@@ -41,6 +41,28 @@ __all__ = ["FusedMaxSim", "PackedPages", "QueryTiles", "fused_maxsim", "maxsim_p
 
 
 @triton.jit
+def _fold_block(q, d_ptr, p0, start, end, best, arg, DIM: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_D: tl.constexpr, MASKED: tl.constexpr, WITH_ARGMAX: tl.constexpr, PRECISION: tl.constexpr,
+                ACC: tl.constexpr):
+    """Fold page tokens ``p0 .. p0 + BLOCK_P`` into the running max (and argmax) of every query-tile row."""
+    toks = p0 + tl.arange(0, BLOCK_P)
+    dims = tl.arange(0, BLOCK_D)
+    valid = toks < end
+    load_mask = (valid[:, None] if MASKED else toks[:, None] >= 0) & (dims[None, :] < DIM)
+    d = tl.load(d_ptr + toks[:, None] * DIM + dims[None, :], mask=load_mask, other=0.0)
+    sim = tl.dot(q, tl.trans(d), input_precision=PRECISION, out_dtype=ACC)
+    if MASKED:  # only the page's last, partial block pays for the -inf fill
+        sim = tl.where(valid[None, :], sim, float("-inf"))
+    if WITH_ARGMAX:
+        blk_best, blk_arg = tl.max(sim, axis=1, return_indices=True)
+        arg = tl.where(blk_best > best, blk_arg + (p0 - start).to(tl.int32), arg)  # strict: the first max wins
+        best = tl.maximum(best, blk_best)
+    else:
+        best = tl.maximum(best, tl.max(sim, axis=1))
+    return best, arg
+
+
+@triton.jit
 def _forward_kernel(q_ptr, seg_ptr, tile_part_ptr, d_ptr, d_off_ptr, order_ptr, out_ptr, idx_ptr, n_tiles, n_rows,
                     stride_out, DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
                     BLOCK_D: tl.constexpr, NSEG: tl.constexpr, WITH_ARGMAX: tl.constexpr,
@@ -56,19 +78,13 @@ def _forward_kernel(q_ptr, seg_ptr, tile_part_ptr, d_ptr, d_off_ptr, order_ptr, 
     q = tl.load(q_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :], mask=dims[None, :] < DIM, other=0.0)
     best = tl.full([BLOCK_Q], float("-inf"), ACC)
     arg = tl.zeros([BLOCK_Q], tl.int32)
-    for p0 in range(start, end, BLOCK_P):
-        toks = p0 + tl.arange(0, BLOCK_P)
-        valid = toks < end
-        d = tl.load(d_ptr + toks[:, None] * DIM + dims[None, :], mask=valid[:, None] & (dims[None, :] < DIM),
-                    other=0.0)
-        sim = tl.dot(q, tl.trans(d), input_precision=PRECISION, out_dtype=ACC)
-        sim = tl.where(valid[None, :], sim, float("-inf"))
-        if WITH_ARGMAX:
-            blk_best, blk_arg = tl.max(sim, axis=1, return_indices=True)
-            arg = tl.where(blk_best > best, blk_arg + (p0 - start).to(tl.int32), arg)  # strict: first max wins
-            best = tl.maximum(best, blk_best)
-        else:
-            best = tl.maximum(best, tl.max(sim, axis=1))
+    full_end = start + (end - start) // BLOCK_P * BLOCK_P
+    for p0 in range(start, full_end, BLOCK_P):
+        best, arg = _fold_block(q, d_ptr, p0, start, end, best, arg, DIM, BLOCK_P, BLOCK_D, False, WITH_ARGMAX,
+                                PRECISION, ACC)
+    if full_end < end:
+        best, arg = _fold_block(q, d_ptr, full_end, start, end, best, arg, DIM, BLOCK_P, BLOCK_D, True,
+                                WITH_ARGMAX, PRECISION, ACC)
     seg = tl.load(seg_ptr + rows)
     slots = tl.arange(0, NSEG)
     per_part = tl.sum(tl.where(seg[None, :] == slots[:, None], best[None, :], 0.0), axis=1)
@@ -79,24 +95,30 @@ def _forward_kernel(q_ptr, seg_ptr, tile_part_ptr, d_ptr, d_off_ptr, order_ptr, 
 
 
 @triton.jit
-def _grad_q_kernel(d_ptr, d_off_ptr, idx_ptr, g_ptr, row_query_ptr, out_ptr, n_rows, n_pages,
+def _grad_q_kernel(d_ptr, d_off_ptr, idx_ptr, gt_ptr, row_query_ptr, out_ptr, n_rows, n_pages, n_queries,
                    DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """``grad_rows[r] = sum_j g[query(r), j] * d[j, argmax(j, r)]`` for one query tile (a gather over pages)."""
+    """``grad_rows[r] = sum_j g[query(r), j] * d[j, argmax(j, r)]`` for one query tile (a gather over pages).
+
+    ``gt`` is the score gradient transposed, ``[Nd, Nq]``: a tile's rows read neighbouring entries of one row.
+    """
     rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, BLOCK_D)
-    g_rows = g_ptr + tl.load(row_query_ptr + rows).to(tl.int64) * n_pages
+    idx_at = idx_ptr + rows  # advanced one page (n_rows entries) per step: 64-bit pointer arithmetic
+    gt_at = gt_ptr + tl.load(row_query_ptr + rows)
     acc = tl.zeros([BLOCK_Q, BLOCK_D], ACC)
     for page in range(0, n_pages):
         start = tl.load(d_off_ptr + page)
-        arg = tl.load(idx_ptr + page * n_rows + rows)
-        g = tl.load(g_rows + page).to(ACC)
+        arg = tl.load(idx_at)
+        g = tl.load(gt_at).to(ACC)
+        idx_at += n_rows
+        gt_at += n_queries
         d = tl.load(d_ptr + (start + arg)[:, None] * DIM + dims[None, :], mask=dims[None, :] < DIM, other=0.0)
         acc += g[:, None] * d.to(ACC)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :], acc, mask=dims[None, :] < DIM)
 
 
 @triton.jit
-def _grad_d_kernel(q_ptr, d_off_ptr, idx_ptr, g_ptr, row_query_ptr, out_ptr, n_rows, n_pages,
+def _grad_d_kernel(q_ptr, d_off_ptr, idx_ptr, gt_ptr, row_query_ptr, out_ptr, n_rows, n_queries,
                    DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
                    PRECISION: tl.constexpr, ACC: tl.constexpr):
     """``grad_d[s] = sum_{r: argmax(j, r) = s} g[query(r), j] * q[r]`` for one block of page ``j``'s tokens."""
@@ -111,7 +133,7 @@ def _grad_d_kernel(q_ptr, d_off_ptr, idx_ptr, g_ptr, row_query_ptr, out_ptr, n_r
     for r0 in range(0, stop, BLOCK_Q):
         rows = r0 + tl.arange(0, BLOCK_Q)
         arg = tl.load(idx_ptr + page * n_rows + rows)
-        g = tl.load(g_ptr + tl.load(row_query_ptr + rows).to(tl.int64) * n_pages + page).to(ACC)
+        g = tl.load(gt_ptr + page * n_queries + tl.load(row_query_ptr + rows)).to(ACC)
         q = tl.load(q_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :], mask=dims[None, :] < DIM, other=0.0)
         gq = (g[:, None] * q.to(ACC)).to(q.dtype)
         hit = (toks[:, None] == arg[None, :]).to(q.dtype)
@@ -233,27 +255,32 @@ def _slot_in_tile(first_rows: Tensor, block_q: int) -> Tensor:
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """Tile sizes and launch parameters of the forward kernel."""
+    """Tile sizes and launch parameters (``block_p_grad``: page-token block of the page-gradient kernel).
+
+    ``fp32_precision`` is how fp32 inputs are multiplied: ``"tf32x3"`` (three tensor-core passes, fp32-level
+    accuracy) or ``"ieee"`` (exact products on the FMA units).
+    """
 
     block_q: int
     block_p: int
     num_warps: int
     num_stages: int
+    block_p_grad: int = 128
+    fp32_precision: str = "tf32x3"
+
+    def precision(self, dtype: torch.dtype) -> str:
+        """``tl.dot`` input precision for ``dtype`` (Triton's default for 16-bit inputs, which it multiplies exactly)."""
+        return {torch.float64: "ieee", torch.float32: self.fp32_precision}.get(dtype, "tf32")
 
 
 def block_config(device: torch.device, dtype: torch.dtype) -> BlockConfig:
-    """Tile sizes from the device: large tensor-core tiles where shared memory allows, smaller for fp32 FMA."""
-    if device.type != "cuda":  # Triton's interpreter: blocks only bound the number of programs
-        return BlockConfig(32, 32, 1, 1)
+    """Tile sizes from the device: large tensor-core tiles where shared memory allows them."""
+    if device.type != "cuda":  # Triton's interpreter: block sizes only set the number of programs
+        return BlockConfig(32, 32, 1, 1, 32, "ieee")
     props = torch.cuda.get_device_properties(device)
-    big_smem = getattr(props, "shared_memory_per_block_optin", 0) >= 160 * 1024
-    if dtype.itemsize >= 4:
-        return BlockConfig(64, 32, 4, 2)
-    return BlockConfig(128, 64, 8, 3) if big_smem else BlockConfig(64, 64, 4, 2)
-
-
-def _precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype.itemsize >= 4 else "tf32"
+    if getattr(props, "shared_memory_per_block_optin", 0) >= 160 * 1024:  # A100, H100, H200, B200
+        return BlockConfig(128, 64, 8, 3) if dtype.itemsize <= 2 else BlockConfig(64, 64, 4, 3)
+    return BlockConfig(64, 64, 4, 2, 64)
 
 
 def _acc(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
@@ -276,7 +303,7 @@ def _launch_forward(tiles: QueryTiles, pages: PackedPages, with_argmax: bool,
     _forward_kernel[grid](tiles.rows, tiles.seg, tiles.tile_part, pages.tokens, pages.offsets, order, out, idx,
                           tiles.n_tiles, n_rows, out.stride(0), DIM=dim, BLOCK_Q=tiles.block_q, BLOCK_P=cfg.block_p,
                           BLOCK_D=max(16, triton.next_power_of_2(dim)), NSEG=tiles.nseg, WITH_ARGMAX=with_argmax,
-                          PRECISION=_precision(tiles.rows.dtype), ACC=tl_acc, num_warps=cfg.num_warps,
+                          PRECISION=cfg.precision(tiles.rows.dtype), ACC=tl_acc, num_warps=cfg.num_warps,
                           num_stages=cfg.num_stages)
     return out, (idx if with_argmax else None)
 
@@ -347,13 +374,13 @@ class FusedMaxSim(torch.autograd.Function):
         grad_d = torch.zeros_like(d_emb) if ctx.needs_input_grad[2] else None
         if idx.numel() == 0:
             return grad_q, None, grad_d, None, None
-        g = grad_out.to(_acc(q_emb.dtype)[0]).contiguous()
+        gt = grad_out.to(_acc(q_emb.dtype)[0]).T.contiguous()  # [Nd, Nq]: see _grad_q_kernel
         if grad_q is not None:
-            rows = _grad_rows(tiles, pages, idx, g, cfg)
+            rows = _grad_rows(tiles, pages, idx, gt, cfg)
             filled = tiles.source >= 0
             grad_q.view(-1, q_emb.shape[-1])[tiles.source[filled]] = rows[filled].to(q_emb.dtype)
         if grad_d is not None:
-            grad_d.view(-1, d_emb.shape[-1])[d_mask.flatten()] = _grad_tokens(tiles, pages, idx, g, cfg).to(d_emb.dtype)
+            grad_d.view(-1, d_emb.shape[-1])[d_mask.flatten()] = _grad_tokens(tiles, pages, idx, gt, cfg).to(d_emb.dtype)
         return grad_q, None, grad_d, None, None
 
 
@@ -365,27 +392,27 @@ def _pack_padded(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor,
     return tiles, PackedPages.from_padded(d_emb, d_mask)
 
 
-def _grad_rows(tiles: QueryTiles, pages: PackedPages, idx: Tensor, g: Tensor, cfg: BlockConfig) -> Tensor:
+def _grad_rows(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor, cfg: BlockConfig) -> Tensor:
     """Gradient of every query-tile row ``[R, D]`` (accumulation dtype)."""
     dim = tiles.rows.shape[1]
     torch_acc, tl_acc = _acc(tiles.rows.dtype)
     out = torch.empty(tiles.rows.shape, dtype=torch_acc, device=tiles.rows.device)
-    _grad_q_kernel[(tiles.n_tiles,)](pages.tokens, pages.offsets, idx, g, tiles.row_query, out, tiles.rows.shape[0],
-                                     len(pages), DIM=dim, BLOCK_Q=tiles.block_q,
+    _grad_q_kernel[(tiles.n_tiles,)](pages.tokens, pages.offsets, idx, gt, tiles.row_query, out, tiles.rows.shape[0],
+                                     len(pages), gt.shape[1], DIM=dim, BLOCK_Q=tiles.block_q,
                                      BLOCK_D=max(16, triton.next_power_of_2(dim)), ACC=tl_acc,
                                      num_warps=cfg.num_warps)
     return out
 
 
-def _grad_tokens(tiles: QueryTiles, pages: PackedPages, idx: Tensor, g: Tensor, cfg: BlockConfig) -> Tensor:
+def _grad_tokens(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor, cfg: BlockConfig) -> Tensor:
     """Gradient of every packed page token ``[T, D]`` (accumulation dtype)."""
     dim = tiles.rows.shape[1]
     torch_acc, tl_acc = _acc(tiles.rows.dtype)
     out = torch.empty(pages.tokens.shape, dtype=torch_acc, device=pages.tokens.device)
-    grid = (len(pages), triton.cdiv(int(pages.lengths().max()), cfg.block_p))
-    _grad_d_kernel[grid](tiles.rows, pages.offsets, idx, g, tiles.row_query, out, tiles.rows.shape[0], len(pages),
-                         DIM=dim, BLOCK_Q=tiles.block_q, BLOCK_P=cfg.block_p,
-                         BLOCK_D=max(16, triton.next_power_of_2(dim)), PRECISION=_precision(tiles.rows.dtype),
+    grid = (len(pages), triton.cdiv(int(pages.lengths().max()), cfg.block_p_grad))
+    _grad_d_kernel[grid](tiles.rows, pages.offsets, idx, gt, tiles.row_query, out, tiles.rows.shape[0], gt.shape[1],
+                         DIM=dim, BLOCK_Q=tiles.block_q, BLOCK_P=cfg.block_p_grad,
+                         BLOCK_D=max(16, triton.next_power_of_2(dim)), PRECISION=cfg.precision(tiles.rows.dtype),
                          ACC=tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
