@@ -10,6 +10,8 @@ in-batch negatives, explicit hard negatives and pages gathered from other ranks 
   from :mod:`retriever.scoring`, evaluated by :class:`ChunkedMaxSim`, an autograd function that computes the
   ``[B, P]`` score matrix block by block and recomputes each block in backward. Peak memory is one block
   (``score_chunk_size`` queries x ``score_chunk_size`` pages x ``Lq x Ld``), never ``[B, P, Lq, Ld]``.
+  On CUDA with Triton, :class:`retriever.maxsim_triton.FusedMaxSim` computes the same scores (float32) in
+  registers and backpropagates through the saved argmax indices instead.
 * Multiple positives: each positive ``p`` of query ``i`` is contrasted with the negatives of ``i``:
   ``l_ip = softplus(logsumexp_j∈neg(i) s_ij/T - s_ip/T)`` (= ``-log e^{s_ip/T} / (e^{s_ip/T} + Σ_neg e^{s_ij/T})``),
   averaged over the positives of ``i``; then mean over queries. With one positive this is plain InfoNCE.
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retriever.heads import MultiVector, matryoshka_prefixes
-from retriever.scoring import maxsim
+from retriever.scoring import fused_maxsim_available, maxsim
 
 __all__ = ["ChunkedMaxSim", "ContrastiveLoss", "is_multivector", "chunked_maxsim", "scores"]
 
@@ -96,9 +98,13 @@ def chunked_maxsim(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor,
 
 
 def scores(q_reps: Any, p_reps: Any, chunk: int = 64) -> Tensor:
-    """Score matrix ``[B, P]``: dot products for dense reps, chunked MaxSim for multi-vector reps."""
+    """Score matrix ``[B, P]``: dot products for dense reps, chunked (or fused, on CUDA) MaxSim for multi-vector."""
     if is_multivector(q_reps) != is_multivector(p_reps):
         raise TypeError("queries and pages must both be dense tensors or both MultiVector")
+    if is_multivector(q_reps) and fused_maxsim_available(q_reps.emb.device):
+        from retriever.maxsim_triton import fused_maxsim
+
+        return fused_maxsim(q_reps.emb, q_reps.mask, p_reps.emb, p_reps.mask)
     if is_multivector(q_reps):
         return chunked_maxsim(q_reps.emb, q_reps.mask, p_reps.emb, p_reps.mask, chunk)
     return q_reps @ p_reps.T
