@@ -362,7 +362,7 @@ class FusedMaxSim(torch.autograd.Function):
         tiles, pages = _pack_padded(q_emb, q_mask, d_emb, d_mask, cfg.block_q)
         part_scores, idx = _launch_forward(tiles, pages, True, cfg)
         ctx.save_for_backward(q_emb, q_mask, d_emb, d_mask, idx)
-        ctx.cfg = cfg
+        ctx.cfg, ctx.no_pairs = cfg, part_scores.numel() == 0  # then idx was never written
         return _sum_parts(part_scores, tiles, q_emb.shape[0])
 
     @staticmethod
@@ -372,7 +372,7 @@ class FusedMaxSim(torch.autograd.Function):
         tiles, pages = _pack_padded(q_emb, q_mask, d_emb, d_mask, cfg.block_q)
         grad_q = torch.zeros_like(q_emb) if ctx.needs_input_grad[0] else None
         grad_d = torch.zeros_like(d_emb) if ctx.needs_input_grad[2] else None
-        if idx.numel() == 0:
+        if ctx.no_pairs:
             return grad_q, None, grad_d, None, None
         gt = grad_out.to(_acc(q_emb.dtype)[0]).T.contiguous()  # [Nd, Nq]: see _grad_q_kernel
         if grad_q is not None:
