@@ -115,6 +115,27 @@ def test_loss_gradients_equal_naive_maxsim(lq: int) -> None:
     assert d_ref.grad.abs().sum() > 0 and q_ref.grad.abs().sum() > 0
 
 
+def test_half_precision_scores_and_gradients() -> None:
+    """16-bit inputs (fp16: the interpreter has no bf16) multiply exactly and accumulate in float32; only ``g * q``
+    is rounded to fp16 for the page gradient."""
+    gen = torch.Generator().manual_seed(7)
+    q, qm = _padded(4, 9, 16, gen)
+    d, dm = _padded(5, 40, 16, gen)
+    q, d = q.half().double(), d.half().double()  # the reference sees the rounded inputs
+    q_ref, d_ref = q.clone().requires_grad_(True), d.clone().requires_grad_(True)
+    grad_out = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    expected = maxsim(q_ref, qm, d_ref, dm)
+    expected.backward(grad_out)
+    q_dev = q.to(DEVICE, torch.float16).requires_grad_(True)
+    d_dev = d.to(DEVICE, torch.float16).requires_grad_(True)
+    got = fused_maxsim(q_dev, qm.to(DEVICE), d_dev, dm.to(DEVICE), SMALL)
+    got.backward(grad_out.to(DEVICE, got.dtype))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.detach().cpu().double(), expected.detach(), rtol=1e-5, atol=1e-4)
+    for mine, ref in ((q_dev.grad, q_ref.grad), (d_dev.grad, d_ref.grad)):
+        assert (mine.cpu().double() - ref).abs().max() <= 3e-3 * ref.abs().max()
+
+
 def test_empty_inputs_and_pages_without_tokens() -> None:
     gen = torch.Generator().manual_seed(4)
     pages = [p.to(DEVICE, DTYPE) for p in _vectors([3, 4], 16, gen)]
