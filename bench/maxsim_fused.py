@@ -110,8 +110,8 @@ def time_loss(path: str, score_fn: Callable, batch: int, args: argparse.Namespac
         times = {"forward": min(times["forward"], t1 - t0), "backward": min(times["backward"], t2 - t1)}
     flops = 2 * args.dim * batch * args.q_tokens * batch * args.page_tokens
     total = times["forward"] + times["backward"]
-    return {"path": path, "batch": batch, "dtype": str(dtype), "forward_s": times["forward"], "backward_s": times["backward"],
-            "total_s": total, "forward_tflops": flops / times["forward"] / 1e12,
+    return {"path": path, "batch": batch, "dtype": str(dtype), "forward_s": times["forward"],
+            "backward_s": times["backward"], "total_s": total, "forward_tflops": flops / times["forward"] / 1e12,
             "forward_equivalent_tflops": flops / total / 1e12, "fraction_of_bf16_matmul": flops / total / peak,
             "peak_mib_above_inputs": (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None}
 

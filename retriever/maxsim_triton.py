@@ -48,8 +48,7 @@ def _fold_block(q, d_ptr, p0, start, end, best, arg, DIM: tl.constexpr, BLOCK_P:
     toks = p0 + tl.arange(0, BLOCK_P)
     dims = tl.arange(0, BLOCK_D)
     valid = toks < end
-    load_mask = (valid[:, None] if MASKED else toks[:, None] >= 0) & (dims[None, :] < DIM)
-    d = tl.load(d_ptr + toks[:, None] * DIM + dims[None, :], mask=load_mask, other=0.0)
+    d = tl.load(d_ptr + toks[:, None] * DIM + dims[None, :], mask=valid[:, None] & (dims[None, :] < DIM), other=0.0)
     sim = tl.dot(q, tl.trans(d), input_precision=PRECISION, out_dtype=ACC)
     if MASKED:  # only the page's last, partial block pays for the -inf fill
         sim = tl.where(valid[None, :], sim, float("-inf"))
@@ -155,13 +154,14 @@ class PackedPages:
         lengths = torch.tensor([p.shape[0] for p in pages], dtype=torch.int64)
         if bool((lengths == 0).any()):
             raise ValueError("every page needs at least one token")
-        dim = pages[0].shape[1]
-        tokens = torch.empty(int(lengths.sum()), dim, dtype=dtype or pages[0].dtype, device=pages[0].device,
-                             pin_memory=pin)
-        torch.cat(list(pages), out=tokens)
         offsets = torch.zeros(len(pages) + 1, dtype=torch.int64)
         offsets[1:] = lengths.cumsum(0)
-        return cls(tokens, offsets.to(tokens.device))
+        if not pin:
+            return cls(torch.cat(list(pages)).to(dtype or pages[0].dtype), offsets.to(pages[0].device))
+        tokens = torch.empty(int(offsets[-1]), pages[0].shape[1], dtype=dtype or pages[0].dtype, pin_memory=True)
+        for page, first in zip(pages, offsets.tolist()):  # converted straight into the buffer: no second copy
+            tokens[first:first + page.shape[0]].copy_(page)
+        return cls(tokens, offsets)
 
     @classmethod
     def from_padded(cls, d_emb: Tensor, d_mask: Tensor) -> PackedPages:
@@ -269,7 +269,7 @@ class BlockConfig:
     fp32_precision: str = "tf32x3"
 
     def precision(self, dtype: torch.dtype) -> str:
-        """``tl.dot`` input precision for ``dtype`` (Triton's default for 16-bit inputs, which it multiplies exactly)."""
+        """``tl.dot`` input precision for ``dtype`` (Triton's default for 16-bit inputs: exact products)."""
         return {torch.float64: "ieee", torch.float32: self.fp32_precision}.get(dtype, "tf32")
 
 
@@ -380,7 +380,8 @@ class FusedMaxSim(torch.autograd.Function):
             filled = tiles.source >= 0
             grad_q.view(-1, q_emb.shape[-1])[tiles.source[filled]] = rows[filled].to(q_emb.dtype)
         if grad_d is not None:
-            grad_d.view(-1, d_emb.shape[-1])[d_mask.flatten()] = _grad_tokens(tiles, pages, idx, gt, cfg).to(d_emb.dtype)
+            tokens = _grad_tokens(tiles, pages, idx, gt, cfg)
+            grad_d.view(-1, d_emb.shape[-1])[d_mask.flatten()] = tokens.to(d_emb.dtype)
         return grad_q, None, grad_d, None, None
 
 
