@@ -18,7 +18,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log its exit st
     shift 2
     local start=$SECONDS
     timeout "$limit" "$@"
-    echo "== $name: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/stderr.txt" >&2
+    echo "== $name: exit $? after $((SECONDS - start)) s" >> "$OUT/stderr.txt"
 }
 
 {
@@ -34,7 +34,9 @@ tail -n 3 "$OUT/pytest.txt"
 step maxsim_fp32 75 $PY -m bench.maxsim --device cuda "${SHAPE[@]}" > "$OUT/maxsim_fp32.json" 2>> "$OUT/stderr.txt"
 step maxsim_bf16 75 $PY -m bench.maxsim --device cuda --bf16 "${SHAPE[@]}" > "$OUT/maxsim_bf16.json" \
     2>> "$OUT/stderr.txt"
-step maxsim_fused 170 $PY -m bench.maxsim_fused --json "$OUT/maxsim_fused.json" > /dev/null 2>> "$OUT/stderr.txt"
+step maxsim_fused 200 $PY -m bench.maxsim_fused --loss-configs 128x64x8x4,128x64x8x3x64,128x32x8x3 \
+    --json "$OUT/maxsim_fused.json" > /dev/null 2>> "$OUT/stderr.txt"
+cat "$OUT/stderr.txt"
 
 $PY - "$OUT" <<'EOF'
 """One-screen summary of the reports."""
@@ -53,6 +55,7 @@ for name in ("maxsim_fp32.json", "maxsim_bf16.json", "maxsim_fused.json"):
     print(name, "gemm TFLOP/s", round(report.get("bf16_matmul_tflops", 0), 1))
     for row in report.get("results", []):
         print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    for row in report.get("sweep", []) + [report.get("loss", {})] + report.get("loss_baseline", []):
+    rows = report.get("sweep", []) + [report.get("loss", {})] + report.get("loss_backward_parts", [])
+    for row in rows + report.get("loss_configs", []) + report.get("loss_baseline", []):
         print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 EOF

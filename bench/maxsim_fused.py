@@ -21,6 +21,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -48,9 +49,9 @@ def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> f
 
 
 def parse_config(text: str) -> BlockConfig:
-    """``"128x64x8x3"`` -> BlockConfig(block_q=128, block_p=64, num_warps=8, num_stages=3)."""
-    block_q, block_p, warps, stages = (int(x) for x in text.split("x"))
-    return BlockConfig(block_q, block_p, warps, stages)
+    """``"128x64x8x3"`` -> BlockConfig(block_q=128, block_p=64, num_warps=8, num_stages=3); an optional fifth
+    number is the page-gradient kernel's block (``block_p_grad``)."""
+    return BlockConfig(*(int(x) for x in text.split("x")))
 
 
 def sweep(args: argparse.Namespace, peak: float, device: torch.device) -> list[dict]:
@@ -91,9 +92,14 @@ def loss_inputs(batch: int, args: argparse.Namespace, dtype: torch.dtype) -> tup
 
 
 def time_loss(path: str, score_fn: Callable, batch: int, args: argparse.Namespace, dtype: torch.dtype,
-              peak: float) -> dict:
-    """Forward and backward time of ``score_fn(q, qm, d, dm)`` with a random upstream gradient."""
+              peak: float, grads: str = "qd") -> dict:
+    """Forward and backward time of ``score_fn(q, qm, d, dm)`` with a random upstream gradient.
+
+    ``grads``: which inputs require a gradient (``"q"`` or ``"d"`` alone time one backward kernel each).
+    """
     q, qm, d, dm = loss_inputs(batch, args, dtype)
+    q.requires_grad_("q" in grads)
+    d.requires_grad_("d" in grads)
     grad = torch.randn(batch, batch, device=args.device)
     times = {"forward": float("inf"), "backward": float("inf")}
     cuda = args.device == "cuda"
@@ -110,7 +116,7 @@ def time_loss(path: str, score_fn: Callable, batch: int, args: argparse.Namespac
         times = {"forward": min(times["forward"], t1 - t0), "backward": min(times["backward"], t2 - t1)}
     flops = 2 * args.dim * batch * args.q_tokens * batch * args.page_tokens
     total = times["forward"] + times["backward"]
-    return {"path": path, "batch": batch, "dtype": str(dtype), "forward_s": times["forward"],
+    return {"path": path, "grads": grads, "batch": batch, "dtype": str(dtype), "forward_s": times["forward"],
             "backward_s": times["backward"], "total_s": total, "forward_tflops": flops / times["forward"] / 1e12,
             "forward_equivalent_tflops": flops / total / 1e12, "fraction_of_bf16_matmul": flops / total / peak,
             "peak_mib_above_inputs": (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None}
@@ -124,9 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--page-tokens", type=int, default=768)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--configs", default="128x64x8x3,128x128x8x3,128x64x4x3,128x32x4x4,64x64x4x3,128x64x8x4,"
-                                        "256x64x8x3", help="comma-separated BLOCK_QxBLOCK_PxWARPSxSTAGES ('' skips)")
+    p.add_argument("--configs", default="256x64x8x3,128x64x8x3,256x64x8x4,256x32x8x3,256x128x8x3,256x64x4x3",
+                   help="comma-separated BLOCK_QxBLOCK_PxWARPSxSTAGES ('' skips)")
     p.add_argument("--loss-batch", type=int, default=4096, help="pairs of the loss benchmark (0 skips)")
+    p.add_argument("--loss-configs", default="", help="extra tile configurations for the loss at --loss-batch")
     p.add_argument("--baseline-batch", type=int, default=512, help="batch of the chunked-vs-fused comparison (0 skips)")
     p.add_argument("--device", default="cuda", help="cuda, or cpu for Triton's interpreter")
     p.add_argument("--json", default=None, help="write the report here as well as to stdout")
@@ -143,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
               "sweep": sweep(args, peak, device) if args.configs else []}
     if args.loss_batch:
         report["loss"] = time_loss("fused_maxsim", fused_maxsim, args.loss_batch, args, torch.bfloat16, peak)
+        report["loss_backward_parts"] = [time_loss("fused_maxsim", fused_maxsim, args.loss_batch, args,
+                                                   torch.bfloat16, peak, grads) for grads in ("q", "d")]
+        report["loss_configs"] = [time_loss(f"fused_maxsim {text}", partial(fused_maxsim, cfg=parse_config(text)),
+                                            args.loss_batch, args, torch.bfloat16, peak)
+                                  for text in args.loss_configs.split(",") if text]
     if args.baseline_batch:
         report["loss_baseline"] = [time_loss("fused_maxsim", fused_maxsim, args.baseline_batch, args, dtype, peak)
                                    for dtype in (torch.bfloat16, torch.float32)]

@@ -132,11 +132,10 @@ def _grad_d_kernel(q_ptr, d_off_ptr, idx_ptr, gt_ptr, row_query_ptr, out_ptr, n_
     for r0 in range(0, stop, BLOCK_Q):
         rows = r0 + tl.arange(0, BLOCK_Q)
         arg = tl.load(idx_ptr + page * n_rows + rows)
-        g = tl.load(gt_ptr + page * n_queries + tl.load(row_query_ptr + rows)).to(ACC)
+        g = tl.load(gt_ptr + page * n_queries + tl.load(row_query_ptr + rows))
         q = tl.load(q_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :], mask=dims[None, :] < DIM, other=0.0)
-        gq = (g[:, None] * q.to(ACC)).to(q.dtype)
-        hit = (toks[:, None] == arg[None, :]).to(q.dtype)
-        acc = tl.dot(hit, gq, acc, input_precision=PRECISION, out_dtype=ACC)
+        weights = tl.where(toks[:, None] == arg[None, :], g[None, :], 0.0).to(q.dtype)  # g at each row's argmax
+        acc = tl.dot(weights, q, acc, input_precision=PRECISION, out_dtype=ACC)
     out = out_ptr + (start + toks)[:, None] * DIM + dims[None, :]
     tl.store(out, acc, mask=valid[:, None] & (dims[None, :] < DIM))
 
@@ -229,17 +228,23 @@ class QueryTiles:
         return self.tile_part.shape[0]
 
 
+MAX_PARTS_PER_TILE = 32  # bounds the segmented sum's [parts, BLOCK_Q] selection in registers
+
+
 def _plan_parts(lengths: list[int], block_q: int) -> tuple[list[tuple[int, int, int, int]], int]:
-    """Parts ``(query, first token, length, first row)``: longest queries first, next-fit into tiles."""
+    """Parts ``(query, first token, length, first row)``: longest queries first, next-fit into tiles.
+
+    A tile is closed when the next part does not fit or it holds ``MAX_PARTS_PER_TILE`` parts.
+    """
     parts: list[tuple[int, int, int, int]] = []
-    tiles, used = 0, block_q
+    tiles, used, count = 0, block_q, 0
     for query in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         for first in range(0, lengths[query], block_q):
             size = min(block_q, lengths[query] - first)
-            if used + size > block_q:
-                tiles, used = tiles + 1, 0
+            if used + size > block_q or count == MAX_PARTS_PER_TILE:
+                tiles, used, count = tiles + 1, 0, 0
             parts.append((query, first, size, (tiles - 1) * block_q + used))
-            used += size
+            used, count = used + size, count + 1
     return parts, tiles
 
 
@@ -273,13 +278,19 @@ class BlockConfig:
         return {torch.float64: "ieee", torch.float32: self.fp32_precision}.get(dtype, "tf32")
 
 
-def block_config(device: torch.device, dtype: torch.dtype) -> BlockConfig:
-    """Tile sizes from the device: large tensor-core tiles where shared memory allows them."""
+def block_config(device: torch.device, dtype: torch.dtype, loss: bool = False) -> BlockConfig:
+    """Tile sizes from the device: large tensor-core tiles where shared memory allows them.
+
+    Evaluation takes 256-row query tiles (fastest in ``bench/maxsim_fused.py``'s sweep on an H200); the loss keeps
+    128 rows, since its argmax and row-gradient kernels hold more per row in registers.
+    """
     if device.type != "cuda":  # Triton's interpreter: block sizes only set the number of programs
         return BlockConfig(32, 32, 1, 1, 32, "ieee")
     props = torch.cuda.get_device_properties(device)
     if getattr(props, "shared_memory_per_block_optin", 0) >= 160 * 1024:  # A100, H100, H200, B200
-        return BlockConfig(128, 64, 8, 3) if dtype.itemsize <= 2 else BlockConfig(64, 64, 4, 3)
+        if dtype.itemsize <= 2:
+            return BlockConfig(128 if loss else 256, 64, 8, 3)
+        return BlockConfig(64, 64, 4, 3)
     return BlockConfig(64, 64, 4, 2, 64)
 
 
@@ -326,7 +337,7 @@ def maxsim_packed(queries: Sequence[Tensor], pages: PackedPages, compute_dtype: 
     if not len(queries) or not len(pages):
         return out
     lengths = [int(q.shape[0]) for q in queries]
-    flat = torch.cat([q.to(device, compute_dtype) for q in queries])
+    flat = torch.cat(list(queries)).to(device, compute_dtype)
     tiles = QueryTiles.build(flat, torch.arange(flat.shape[0], device=device), lengths, cfg.block_q)
     offsets = pages.offsets.cpu()
     first = 0
@@ -423,4 +434,4 @@ def fused_maxsim(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor,
     """Differentiable MaxSim ``[Nq, Nd]`` of padded inputs through the fused kernels (input dtype kept)."""
     if d_emb.shape[0] and not bool(d_mask.any(dim=1).all()):
         raise ValueError("every page needs at least one valid token (a d_mask row is all False)")
-    return FusedMaxSim.apply(q_emb, q_mask, d_emb, d_mask, cfg or block_config(q_emb.device, q_emb.dtype))
+    return FusedMaxSim.apply(q_emb, q_mask, d_emb, d_mask, cfg or block_config(q_emb.device, q_emb.dtype, loss=True))

@@ -21,8 +21,8 @@ if not CUDA and tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9
 from retriever.heads import MultiVector  # noqa: E402
 from retriever.losses import ContrastiveLoss, chunked_maxsim  # noqa: E402
 from retriever.maxsim_triton import (  # noqa: E402
-    BlockConfig, PackedPages, QueryTiles, _launch_forward, block_config, fused_maxsim, maxsim_packed,
-    maxsim_padded_fused)
+    MAX_PARTS_PER_TILE, BlockConfig, PackedPages, QueryTiles, _launch_forward, block_config, fused_maxsim,
+    maxsim_packed, maxsim_padded_fused)
 from retriever.scoring import maxsim, maxsim_blocked, maxsim_lists, pad_multivector  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -63,6 +63,18 @@ def test_scores_match_reference_on_ragged_inputs() -> None:
     expected = _reference(queries, pages)
     assert got.shape == (7, 7) and (got[5] == 0).all()
     torch.testing.assert_close(got.cpu().double(), expected, **EVAL_TOL)
+
+
+def test_many_short_queries_fill_tiles_up_to_the_part_limit() -> None:
+    """70 one-token queries in 64-row tiles: tiles close at MAX_PARTS_PER_TILE parts, scores stay right."""
+    gen = torch.Generator().manual_seed(8)
+    queries, pages = _vectors([1] * 70, 16, gen), _vectors([9, 30, 2], 16, gen)
+    tiles = QueryTiles.build(torch.cat(queries), torch.arange(70), [1] * 70, 64)
+    assert tiles.n_tiles == 3 and tiles.nseg == MAX_PARTS_PER_TILE
+    cfg = BlockConfig(64, 16, SMALL.num_warps, SMALL.num_stages, 16)
+    got = maxsim_packed([q.to(DEVICE) for q in queries], PackedPages.pack([p.to(DEVICE) for p in pages]), DTYPE,
+                        DEVICE, cfg=cfg)
+    torch.testing.assert_close(got.cpu().double(), _reference(queries, pages), **EVAL_TOL)
 
 
 def test_all_negative_scores_ignore_padding() -> None:
