@@ -4,12 +4,13 @@ Algorithm
 ---------
 * **Layout.** Pages are packed into one token matrix ``[T, D]`` plus offsets (no padding; a padded batch is packed
   through its mask). Queries are packed into *tiles* of ``BLOCK_Q`` token rows that hold whole queries: queries
-  are taken longest first and a tile is closed when the next one does not fit (a query longer than a tile is
-  split into parts, whose scores are added afterwards). Rows left over at a tile's end are zero and belong to no
-  query, so short and long queries share tiles instead of all being padded to the longest.
+  are taken longest first and a tile is closed when the next one does not fit or it holds 32 queries (a query
+  longer than a tile is split into parts, whose scores are added afterwards). Rows left over at a tile's end are
+  zero and belong to no query, so short and long queries share tiles instead of all being padded to the longest.
 * **Forward.** One program scores one query tile against one page: it loads the tile once, streams the page's
   tokens in blocks of ``BLOCK_P``, computes the ``[BLOCK_Q, BLOCK_P]`` dot products with one ``tl.dot`` (fp32
-  accumulation for bf16/fp16/fp32 inputs; fp32 inputs use exact IEEE products), folds them into a running
+  accumulation; bf16/fp16 products are exact, fp32 inputs take three TF32 passes for fp32-level accuracy, fp64
+  stays fp64), folds them into a running
   maximum per query-token row kept in registers (page tokens past the page's end are ``-inf``), and finally sums
   the rows of each query of the tile (a segmented sum) and writes one score per (query, page). The
   ``[Nq*Lq, Nd*Ld]`` similarity block is never written: memory is the inputs, the ``[Nq, Nd]`` scores and, for
@@ -22,10 +23,13 @@ Algorithm
   go to the first maximal page token (lowest index). The gradient of a max flows only to its argmax, so
   backward is exact without recomputation:
   ``grad_q[i,t] = sum_j g[i,j] * d[j, a(i,t,j)]`` is a gather (one program per query tile, looping over pages),
-  and ``grad_d[j,s] = sum_{i,t: a(i,t,j)=s} g[i,j] * q[i,t]`` a scatter-add written as a one-hot product
-  ``[BLOCK_P, BLOCK_Q] @ [BLOCK_Q, D]`` on tensor cores (one program per page-token block, looping over query
-  tiles), so no atomics and a deterministic result. For bf16/fp16 inputs ``g * q`` is rounded to the input
-  dtype before that product; fp32/fp64 inputs stay exact to their precision.
+  and ``grad_d[j,s] = sum_{i,t: a(i,t,j)=s} g[i,j] * q[i,t]`` a scatter-add written as a product
+  ``W [BLOCK_P, BLOCK_Q] @ q [BLOCK_Q, D]`` on tensor cores, where ``W[s, r] = g[query(r), j]`` if row ``r``'s
+  argmax is ``s`` and 0 otherwise (built in registers, like attention's probabilities, while ``q`` streams like
+  a GEMM operand). One program per page-token block loops over the query tiles: no atomics, a deterministic
+  result. For bf16/fp16 inputs ``g`` is rounded to the input dtype in ``W`` (with fp16's range, tiny gradients
+  lose precision); fp32/fp64 inputs stay exact to their precision. Besides inputs and gradients, memory is the
+  argmax indices and one packed copy of the pages; no similarity block larger than a tile exists.
 """
 from __future__ import annotations
 
@@ -432,7 +436,7 @@ def _grad_tokens(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor,
 
 def fused_maxsim(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor,
                  cfg: BlockConfig | None = None) -> Tensor:
-    """Differentiable MaxSim ``[Nq, Nd]`` of padded inputs through the fused kernels (input dtype kept)."""
+    """Differentiable MaxSim ``[Nq, Nd]`` of padded inputs through the fused kernels (float32; float64 inputs: float64)."""
     if d_emb.shape[0] and not bool(d_mask.any(dim=1).all()):
         raise ValueError("every page needs at least one valid token (a d_mask row is all False)")
     return FusedMaxSim.apply(q_emb, q_mask, d_emb, d_mask, cfg or block_config(q_emb.device, q_emb.dtype, loss=True))
