@@ -436,7 +436,7 @@ def _grad_tokens(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor,
 
 def fused_maxsim(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor,
                  cfg: BlockConfig | None = None) -> Tensor:
-    """Differentiable MaxSim ``[Nq, Nd]`` of padded inputs through the fused kernels (float32; float64 inputs: float64)."""
+    """Differentiable MaxSim ``[Nq, Nd]`` of padded inputs via the fused kernels (float32, or float64 for float64)."""
     if d_emb.shape[0] and not bool(d_mask.any(dim=1).all()):
         raise ValueError("every page needs at least one valid token (a d_mask row is all False)")
     return FusedMaxSim.apply(q_emb, q_mask, d_emb, d_mask, cfg or block_config(q_emb.device, q_emb.dtype, loss=True))
