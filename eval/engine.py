@@ -82,7 +82,7 @@ def encode_sharded_queries(encoder: Encoder, texts: Sequence[str], batch_size: i
 def _scorer(multi: bool, device: torch.device, compute_dtype: torch.dtype | None) -> Callable[[Any, Embeddings], Tensor]:
     """Score function ``(prepared queries, page embeddings) -> [Nq, C]`` on ``device``."""
     if multi:
-        return lambda q, pages: maxsim_lists(q, [p.to(device) for p in pages], compute_dtype=compute_dtype)
+        return lambda q, pages: maxsim_lists(q, pages, compute_dtype=compute_dtype)  # uploads pages itself
     return lambda q, pages: dense_scores(q, pages.to(device, q.dtype)).float()
 
 

@@ -5,7 +5,8 @@
    interrupted or repeated run re-encodes only what is missing.
 2. Queries are encoded and searched: dense heads with a FAISS inner-product index (exact ``Flat`` by default, any
    ``--faiss_index`` factory string such as ``IVF4096,Flat`` for large corpora; on the GPU when faiss has GPUs),
-   multi-vector heads with blocked MaxSim over query blocks (no full score matrix).
+   multi-vector heads with blocked MaxSim over query blocks (no full score matrix); on a GPU with Triton, the
+   pages are packed once into pinned bf16 memory and the fused MaxSim kernel scores larger query blocks.
 3. For each query, the top results minus its positives, after skipping the ``--skip_top`` best ones (they are the
    likeliest false negatives), become its ``neg`` list (``--num_negatives`` ids). Other keys of the line are kept.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from retriever.model.embeddings import pad_multivector
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
-from retriever.model.scoring import maxsim_lists
+from retriever.model.scoring import fused_maxsim_available, maxsim_lists
 from retriever.pages import ImageFolder, PageResolver, StorePages
 from retriever.pairs import read_jsonl_pairs, validate_pairs
 
@@ -83,12 +84,27 @@ def search_dense(queries: torch.Tensor, pages: torch.Tensor, k: int, index_spec:
     return torch.from_numpy(found)
 
 
+def _multi_scorer(pages: list[torch.Tensor], block: int) -> tuple[Callable[[list[torch.Tensor]], torch.Tensor], int]:
+    """MaxSim ``(query block) -> [n, N]`` and the query block size to use (``16 * block`` on a GPU).
+
+    On a GPU with Triton the pages are packed once into pinned bf16 memory and uploaded per block (never
+    re-packed); elsewhere the CPU path pads them per call.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not fused_maxsim_available(device):
+        return (lambda part: maxsim_lists(pad_multivector(part), pages)), block
+    from retriever.model.maxsim_triton import PackedPages, maxsim_packed
+
+    packed = PackedPages.pack(pages, torch.bfloat16, pin=True)
+    return (lambda part: maxsim_packed(part, packed, torch.bfloat16, device)), 16 * block
+
+
 def search_multi(queries: list[torch.Tensor], pages: list[torch.Tensor], k: int, block: int = 256) -> torch.Tensor:
     """Top-``k`` page indices per query by MaxSim, query block by query block."""
+    score, block = _multi_scorer(pages, block)
     found = []
     for start in tqdm(range(0, len(queries), block), desc="MaxSim search", unit="block", leave=False):
-        scores = maxsim_lists(pad_multivector(queries[start:start + block]), pages)
-        found.append(scores.topk(min(k, len(pages)), dim=1).indices)
+        found.append(score(queries[start:start + block]).topk(min(k, len(pages)), dim=1).indices.cpu())
     return torch.cat(found)
 
 
