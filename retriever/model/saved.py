@@ -33,6 +33,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
+from data_prep.errors import InputError, MissingInputError
+
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import DTYPES, add_dtype_argument, default_dtype
 from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
@@ -77,7 +79,7 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     config = encoder_config(path, config, saved, settings, override, trust_remote_code)
     adapter_cls = get_backbone(config.backbone)
     if adapter_cls.requires_remote_code and not trust_remote_code:
-        raise ValueError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
+        raise InputError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
                          "trust_remote_code=True (--trust_remote_code) if you trust it")
     check_checkpoint_files(path, need_weights=False)
     resume_lora = saved is not None and (path / ADAPTER_FILE).exists() and training_mode == "lora"
@@ -189,7 +191,7 @@ def resolve_checkpoint(name: str | Path) -> Path:
 
         return Path(snapshot_download(str(name), allow_patterns=HUB_PATTERNS))
     except Exception as err:  # offline, unknown repo, invalid id...
-        raise FileNotFoundError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
+        raise MissingInputError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
                                 f"({type(err).__name__})") from err
 
 
@@ -208,25 +210,25 @@ def infer_backbone(path: Path, trust_remote_code: bool) -> str:
 def read_saved_state(path: Path) -> SavedState:
     """Parses ``retriever_config.json`` and checks the heads file is present."""
     if not (path / HEADS_FILE).exists():
-        raise FileNotFoundError(f"{path / HEADS_FILE} is missing (the saved retrieval heads)")
+        raise MissingInputError(f"{path / HEADS_FILE} is missing (the saved retrieval heads)")
     try:
         data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         return SavedState(encoder=EncoderConfig.from_dict(data["encoder"]),
                           training_mode=data.get("training_mode", "full"),
                           freeze_vision=data.get("freeze_vision", False), lora=data.get("lora"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path / CONFIG_FILE}: invalid retriever config: {err}") from err
+        raise InputError(f"{path / CONFIG_FILE}: invalid retriever config: {err}") from err
 
 
 def lora_base_path(path: Path) -> Path:
     """The base checkpoint an adapter directory was trained on (a directory or a hub repo id)."""
     base = json.loads((path / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
+        raise InputError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
     try:
         return resolve_checkpoint(base)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
+        raise MissingInputError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
             from err
 
 
@@ -244,7 +246,7 @@ def check_checkpoint_files(path: Path, need_weights: bool = True, need_processor
         required += [("tokenizer_config.json",), TOKENIZER_FILES, IMAGE_PROCESSOR_FILES]
     for alternatives in required:
         if not any((path / name).exists() for name in alternatives):
-            raise FileNotFoundError(f"{path}: missing {' or '.join(alternatives)}")
+            raise MissingInputError(f"{path}: missing {' or '.join(alternatives)}")
 
 
 def load_image_processor(path: Path, trust_remote_code: bool = False) -> Any:
