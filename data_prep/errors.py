@@ -50,9 +50,10 @@ R = TypeVar("R")
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # how C libraries report a failed write in their message only: HDF5 ("errno = 28, error message = 'No space left
-# on device'"), torch's zip writer ("file write failed"), safetensors ("code: 28, kind: StorageFull")
+# on device'"), safetensors ("No space left on device (os error 28)"), torch's zip writer, which only notices that
+# fewer bytes were written than it asked for ("unexpected pos 576 vs 534", "file write failed")
 _DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|errno = (?:28|27|122)\b"
-                             r"|code: (?:28|27|122)\b|file write failed")
+                             r"|os error (?:28|27|122)\b|file write failed|unexpected pos \d+ vs \d+")
 
 
 class UserError(Exception):
@@ -72,7 +73,8 @@ class DiskFullError(UserError, OSError):
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """True for an error caused by a full disk, an exceeded quota or the file-size limit."""
+    """True for an error caused by a full disk, an exceeded quota or the file-size limit (for errors without an
+    errno, judged from the message: use it on errors raised by a write, as :func:`stop_on_full_disk` does)."""
     if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
         return True
     return isinstance(err, (OSError, RuntimeError)) and bool(_DISK_FULL_TEXT.search(str(err)))
@@ -92,8 +94,15 @@ def stop_on_full_disk(target: str | os.PathLike, kept: str) -> Iterator[None]:
     except (OSError, RuntimeError) as err:
         if not is_disk_full(err):
             raise
-        reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else "write failed"
-        raise DiskFullError(f"{target}: no space left to write it ({reason}); {kept}") from err
+        raise DiskFullError(f"{target}: no space left to write it ({_reason(err)}); {kept}") from err
+
+
+def _reason(err: BaseException) -> str:
+    """The errno's words, also when a C library put the number in its message only."""
+    number = err.errno if isinstance(err, OSError) and err.errno else None
+    if number is None and (m := re.search(r"errno = (\d+)|os error (\d+)", str(err))):
+        number = int(m.group(1) or m.group(2))
+    return os.strerror(number) if number else "the write failed"
 
 
 def open_input(path: str | os.PathLike, what: str, mode: str = "r") -> IO[Any]:

@@ -36,7 +36,7 @@ from data_prep.failures import FailureLog
 from data_prep.pages import read_pages
 from data_prep.pdf import load_passwords
 from data_prep.rasterize import FORMATS, RenderSettings, page_renderer
-from data_prep.store import PageStoreWriter
+from data_prep.store import PageStoreWriter, shard_paths
 from data_prep.supervisor import Supervisor
 
 
@@ -101,7 +101,8 @@ def render(pages_path: str | Path, out: str | Path, settings: RenderSettings, wo
 
 def _open_store(out: str | Path, shard_pages: int, shard_bytes: int, verify: str) -> PageStoreWriter:
     """The store's writer, after verifying the shards already there and setting corrupt ones aside."""
-    with tqdm(desc="verify store", unit="page", disable=verify != "pages", leave=False) as bar:
+    resuming = Path(out).is_dir() and bool(shard_paths(out))
+    with tqdm(desc="verify store", unit="page", disable=verify != "pages" or not resuming, leave=False) as bar:
         writer = PageStoreWriter(out, shard_pages, shard_bytes, repair=True, decode=verify == "pages",
                                  on_page=lambda: bar.update(1))
     for shard, target, problem in writer.set_aside:

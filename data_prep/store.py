@@ -58,7 +58,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from data_prep.errors import InputError, MissingInputError, UserError, stop_on_full_disk
+from data_prep.errors import DiskFullError, InputError, MissingInputError, UserError, stop_on_full_disk
 from data_prep.images import ImageDecodeError, decode_image
 
 SHARD_GLOB = "shard-*.h5"
@@ -426,6 +426,7 @@ class PageStoreWriter:
         self._buf_meta: list[str] = []
         self._buf_set: set[str] = set()
         self._buf_bytes = 0
+        self._disk_full = False
         self.pages_written = 0
 
     def _set_aside_corrupt(self, decode: bool, on_page: Callable[[], None] | None) -> None:
@@ -469,13 +470,14 @@ class PageStoreWriter:
         n = len(self._buf_ids)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum([len(b) for b in self._buf_data], out=offsets[1:])
-        kept = (f"the {len(self._committed)} pages of the committed shards are intact and this shard was not "
-                "committed; free space and run the same command again to resume")
+        kept = (f"the {len(self._committed)} pages of the committed shards are intact; free space and run the same "
+                "command again to resume")
         try:
             with stop_on_full_disk(final, kept):
                 self._write_shard(tmp, offsets)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)  # never committed: only this run's own partial write
+            self._disk_full = isinstance(err, DiskFullError)
             raise
         os.replace(tmp, final)
         _fsync_dir(self.path)
@@ -500,7 +502,8 @@ class PageStoreWriter:
         if self._lock.closed:
             return
         try:
-            self.commit()
+            if not self._disk_full:  # after a full disk, writing the same shard again would only fail again
+                self.commit()
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()

@@ -104,7 +104,8 @@ def _state_key(settings: dict[str, Any]) -> str:
 def _save_state(state_file: Path, top: RunningTopK, next_chunk: int) -> None:
     """The running top-k after ``next_chunk`` chunks, replacing the previous state all or nothing."""
     state_file.parent.mkdir(parents=True, exist_ok=True)
-    kept = f"the state after chunk {next_chunk - 1} is intact; {RESUME_HINT}" if next_chunk > 1 else RESUME_HINT
+    done = next_chunk - 1
+    kept = f"the state saved after {done} scored chunk(s) is intact; {RESUME_HINT}" if done else RESUME_HINT
     with atomic_output(state_file, kept) as handle:
         torch.save({"values": top.values, "indices": top.indices, "next_chunk": next_chunk}, handle)
 

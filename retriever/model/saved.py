@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-from data_prep.errors import InputError, MissingInputError
+from data_prep.errors import InputError, MissingInputError, UserError
 
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import DTYPES, add_dtype_argument, default_dtype
@@ -49,6 +49,13 @@ CONFIG_FILE = "retriever_config.json"
 HEADS_FILE = "heads.safetensors"
 ADAPTER_FILE = "adapter_config.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
+# a training checkpoint (retriever.training.checkpoints) is trainer state, not a model: its marker and state file
+CHECKPOINT_MARKER = "COMPLETE"
+CHECKPOINT_STATE_FILE = "trainer_state.json"
+
+
+class IncompleteCheckpointError(UserError, FileNotFoundError):
+    """A training checkpoint directory whose save never finished (no ``COMPLETE`` marker)."""
 
 
 @dataclass
@@ -75,6 +82,7 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     transformers does), on ``device`` when given; call ``.train()`` before training.
     """
     path = resolve_checkpoint(path_or_id)
+    refuse_training_checkpoint(path)
     saved = read_saved_state(path) if is_saved_retriever(path) else None
     config = encoder_config(path, config, saved, settings, override, trust_remote_code)
     adapter_cls = get_backbone(config.backbone)
@@ -193,6 +201,19 @@ def resolve_checkpoint(name: str | Path) -> Path:
     except Exception as err:  # offline, unknown repo, invalid id...
         raise MissingInputError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
                                 f"({type(err).__name__})") from err
+
+
+def refuse_training_checkpoint(path: Path) -> None:
+    """A ``checkpoint-N`` directory of a training run holds trainer state, never a model to load: say so, and say
+    whether it is incomplete (an interrupted save, which is never loaded as anything)."""
+    if not (path / CHECKPOINT_STATE_FILE).exists() and not (path / "backend.pt").exists():
+        return
+    if not (path / CHECKPOINT_MARKER).exists():
+        raise IncompleteCheckpointError(
+            f"{path} is an incomplete training checkpoint (no {CHECKPOINT_MARKER} marker: its save was interrupted) "
+            "and is never loaded; resume training with --resume_from_checkpoint latest, which skips it")
+    raise InputError(f"{path} is a training checkpoint (optimizer state for --resume_from_checkpoint), not a model; "
+                     f"load the run's final model ({path.parent / 'final'}) instead")
 
 
 def same_head(a: EncoderConfig, b: EncoderConfig) -> bool:
