@@ -137,7 +137,8 @@ def _exit_user_error(err: BaseException) -> NoReturn:
     print(error_line(err), file=sys.stderr, flush=True)
     record = os.environ.get("VLMRET_ERROR_FILE")
     if record:  # set by shell/torchrun.sh, so that the launcher script can exit with 2 as well
-        Path(record).write_text(error_line(err) + "\n")
+        with contextlib.suppress(OSError):
+            Path(record).write_text(error_line(err) + "\n")
     raise SystemExit(EXIT_USER_ERROR)
 
 
