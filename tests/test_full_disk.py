@@ -200,3 +200,63 @@ def test_training_checkpoint_on_full_disk_then_resume_matches_uninterrupted_run(
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
     for step in expected:
         assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-6), f"step {step}"
+
+
+# -- incomplete checkpoints ------------------------------------------------------------------------------------------
+def test_incomplete_checkpoint_is_never_loaded_and_latest_skips_it(tmp_path, caplog):
+    from retriever.model.saved import IncompleteCheckpointError, load_encoder
+    from retriever.training.checkpoints import load_checkpoint, resolve_resume
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (tmp_path / "checkpoint-2" / "COMPLETE").write_text("ok\n")
+    incomplete = tmp_path / "checkpoint-4"
+    with pytest.raises(IncompleteCheckpointError, match=rf"{incomplete} is not a complete checkpoint"):
+        load_checkpoint(backend=None, path=incomplete)
+    with pytest.raises(IncompleteCheckpointError, match=rf"{incomplete} is an incomplete training checkpoint"):
+        load_encoder(incomplete)
+    with pytest.raises(ValueError, match=r"checkpoint-2 is a training checkpoint .*not a model; load the run's final"):
+        load_encoder(tmp_path / "checkpoint-2")
+    with caplog.at_level("WARNING"):
+        assert resolve_resume("latest", tmp_path) == tmp_path / "checkpoint-2"
+    assert f"skipping {incomplete}: no COMPLETE marker" in caplog.text
+
+
+# -- line-by-line outputs (query generation) ------------------------------------------------------------------------
+APPEND_CHILD = textwrap.dedent('''
+    import resource, sys
+    from data_prep.errors import cli
+    from data_prep.outputs import JsonlAppender
+
+    @cli
+    def main(argv):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        with JsonlAppender(argv[0]) as out:
+            for i in range(100):
+                out.write({"id": f"page/{i}", "query": "x" * 30})
+
+    main(sys.argv[1:])
+''')
+
+
+def test_jsonl_output_keeps_whole_lines_on_full_disk_and_resumes(tmp_path):
+    from data_prep.jsonl import iter_jsonl
+    from data_prep.outputs import JsonlAppender
+
+    out = tmp_path / "queries.jsonl"
+    full = subprocess.run([sys.executable, "-c", APPEND_CHILD, str(out)], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert full.returncode == 2
+    assert _one_error_line(full.stderr) == (f"error: {out}: no space left to write it (File too large); every line "
+                                            "written before is intact; free space and run the same command again "
+                                            "to resume")
+    assert out.read_bytes().endswith(b"\n") and out.stat().st_size <= 1000
+    done = [record["id"] for _, record in iter_jsonl(out)]
+    assert done == [f"page/{i}" for i in range(len(done))] and len(done) > 10
+    with open(out, "ab") as fh:
+        fh.write(b'{"id": "page/torn", "que')  # what a kill mid-line leaves
+    with JsonlAppender(out) as resumed:
+        for i in range(len(done), 100):
+            resumed.write({"id": f"page/{i}", "query": "x" * 30})
+    assert [record["id"] for _, record in iter_jsonl(out)] == [f"page/{i}" for i in range(100)]
