@@ -3,7 +3,7 @@
 Each record is ``{"id": page id or null, "doc": doc id, "source": path, "page": 1-based page or null,
 "stage": "split" | "render" | ..., "reason": str}``. Records are flushed and fsynced as they are written, so a
 killed job keeps every failure it reported; a line torn by ``kill -9`` is dropped (and truncated away) when the
-log is reopened, and a line cut by a full disk at once (``data_prep.outputs.JsonlAppender``). Resuming jobs read the log to skip pages that already failed.
+log is reopened. Resuming jobs read the log to skip pages that already failed.
 """
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-
-from data_prep.outputs import JsonlAppender
 
 
 def read_failures(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -34,20 +32,33 @@ class FailureLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._out = JsonlAppender(self.path, fsync=True)  # truncates a torn last line first
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
         self.records = read_failures(self.path)
         self.failed_ids = {r["id"] for r in self.records if r.get("id")}
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def _repair(self) -> None:
+        """Truncate a torn last line left by a killed writer."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
 
     def add(self, reason: str, *, stage: str, doc: str, source: str, page: int | None = None,
             page_id: str | None = None) -> None:
         rec = {"id": page_id, "doc": doc, "source": source, "page": page, "stage": stage, "reason": reason}
-        self._out.write(rec)
+        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
         self.records.append(rec)
         if page_id:
             self.failed_ids.add(page_id)
 
     def close(self) -> None:
-        self._out.close()
+        self._fh.close()
 
     def __enter__(self) -> "FailureLog":
         return self

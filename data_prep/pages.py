@@ -45,7 +45,8 @@ def read_pages(path: str | os.PathLike) -> list[dict[str, Any]]:
         if not isinstance(rec["page"], int) or rec["page"] < 1:
             raise InputError(f"{path}: line {lineno}: 'page' must be a 1-based integer, got {rec['page']!r}")
         if rec["id"] in seen:
-            raise InputError(f"{path}: line {lineno}: duplicate page id {rec['id']!r} (first on line {seen[rec['id']]})")
+            raise InputError(f"{path}: line {lineno}: duplicate page id {rec['id']!r} "
+                             f"(first on line {seen[rec['id']]})")
         seen[rec["id"]] = lineno
         out.append(rec)
     return out

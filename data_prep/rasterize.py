@@ -35,7 +35,8 @@ class RenderSettings:
         if self.fmt not in FORMATS:
             raise InputError(f"unknown image format {self.fmt!r}; choose from {sorted(FORMATS)}")
         if self.dpi <= 0 or self.max_side < 16 or not 1 <= self.quality <= 100:
-            raise InputError(f"need --dpi > 0, --max_side >= 16 and 1 <= --quality <= 100; got {self.dpi}, {self.max_side}, {self.quality}")
+            raise InputError(f"need --dpi > 0, --max_side >= 16 and 1 <= --quality <= 100; got {self.dpi}, "
+                             f"{self.max_side}, {self.quality}")
 
 
 def encode(img: Image.Image, settings: RenderSettings) -> bytes:

@@ -96,8 +96,9 @@ def _table(source: str, part: str, split: str) -> Dataset:
     try:
         return load_dataset(source, part, split=split)
     except Exception as err:  # offline, unknown repository, no such config: all say "cannot get it from the hub"
-        raise MissingInputError(f"{source}: neither a local folder nor a hub dataset that can be loaded ({type(err).__name__}: "
-                                f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise MissingInputError(f"{source}: neither a local folder nor a hub dataset that can be loaded "
+                                f"({type(err).__name__}: {first_line})") from err
 
 
 def load_retrieval_data(source: str, split: str = "test", name: str | None = None,

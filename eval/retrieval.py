@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if info.is_main:
         names = sorted({m for agg in results.values() for m in agg})
         average = {m: sum(agg[m] for agg in results.values()) / len(results) for m in names}
-        write_text_atomic(args.out / "metrics.json", json.dumps({"tasks": results, "average": average}, indent=2) + "\n")
+        summary = {"tasks": results, "average": average}
+        write_text_atomic(args.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
         table = markdown_table({**results, "average": average})
         write_text_atomic(args.out / "results.md", table)
         print(table)

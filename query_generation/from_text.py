@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"{written} pairs written to {out}; {skipped} pages had no sentence of {args.min_words}-{args.max_words} words")
+    print(f"{written} pairs written to {out}; {skipped} pages had no sentence of {args.min_words}-{args.max_words} "
+          "words")
 
 
 def write_pairs(args: argparse.Namespace, path: Path) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from data_prep.render import render
 from data_prep.split_pdfs import split_pdfs
 from data_prep.store import PageStore
 from retriever.training.logs import read_log
-from test_train import _args, _train, train_data  # noqa: F401  (train_data: the training tests' pages and pairs)
+from test_train import _args, _train, train_data  # noqa: F401  (train_data: a fixture, used by name)
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
