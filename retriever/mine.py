@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from data_prep.errors import cli, stop_on_full_disk
 from retriever.model.embeddings import pad_multivector
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
 from retriever.model.scoring import fused_maxsim_available, maxsim_lists
@@ -64,9 +65,21 @@ def encode_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, 
         images = [resolver.get_image(page_id) for page_id in chunk]
         encoded = encoder.encode_pages(images, batch_size=batch_size, ids=chunk)
         encoded = list(encoded) if isinstance(encoded, list) else list(encoded.unbind(0))
-        save_file({str(i): v.contiguous() for i, v in enumerate(encoded)}, str(path))
+        _save_shard(encoded, path)
         vectors.extend(encoded)
     return vectors
+
+
+def _save_shard(encoded: list[torch.Tensor], path: Path) -> None:
+    """One cache shard, all or nothing (a shard cut by a full disk is never reloaded as embeddings)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with stop_on_full_disk(path, "the cache shards written before are intact; free space and run the same "
+                               "command again to resume"):
+            save_file({str(i): v.contiguous() for i, v in enumerate(encoded)}, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def search_dense(queries: torch.Tensor, pages: torch.Tensor, k: int, index_spec: str) -> torch.Tensor:
@@ -114,6 +127,7 @@ def choose_negatives(ranked: list[str], positives: Sequence[str], num_negatives:
     return candidates[skip_top:skip_top + num_negatives]
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 

@@ -33,6 +33,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
+from data_prep.errors import InputError, MissingInputError, UserError
+
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import add_dtype_argument, default_dtype, torch_dtype
 from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
@@ -47,6 +49,13 @@ CONFIG_FILE = "retriever_config.json"
 HEADS_FILE = "heads.safetensors"
 ADAPTER_FILE = "adapter_config.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
+# a training checkpoint (retriever.training.checkpoints) is trainer state, not a model: its marker and state file
+CHECKPOINT_MARKER = "COMPLETE"
+CHECKPOINT_STATE_FILE = "trainer_state.json"
+
+
+class IncompleteCheckpointError(UserError, FileNotFoundError):
+    """A training checkpoint directory whose save never finished (no ``COMPLETE`` marker)."""
 
 
 @dataclass
@@ -73,11 +82,12 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     transformers does), on ``device`` when given; call ``.train()`` before training.
     """
     path = resolve_checkpoint(path_or_id)
+    refuse_training_checkpoint(path)
     saved = read_saved_state(path) if is_saved_retriever(path) else None
     config = encoder_config(path, config, saved, settings, override, trust_remote_code)
     adapter_cls = get_backbone(config.backbone)
     if adapter_cls.requires_remote_code and not trust_remote_code:
-        raise ValueError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
+        raise InputError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
                          "trust_remote_code=True (--trust_remote_code) if you trust it")
     check_checkpoint_files(path, need_weights=False)
     resume_lora = saved is not None and (path / ADAPTER_FILE).exists() and training_mode == "lora"
@@ -189,8 +199,21 @@ def resolve_checkpoint(name: str | Path) -> Path:
 
         return Path(snapshot_download(str(name), allow_patterns=HUB_PATTERNS))
     except Exception as err:  # offline, unknown repo, invalid id...
-        raise FileNotFoundError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
+        raise MissingInputError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
                                 f"({type(err).__name__})") from err
+
+
+def refuse_training_checkpoint(path: Path) -> None:
+    """A ``checkpoint-N`` directory of a training run holds trainer state, never a model to load: say so, and say
+    whether it is incomplete (an interrupted save, which is never loaded as anything)."""
+    if not (path / CHECKPOINT_STATE_FILE).exists() and not (path / "backend.pt").exists():
+        return
+    if not (path / CHECKPOINT_MARKER).exists():
+        raise IncompleteCheckpointError(
+            f"{path} is an incomplete training checkpoint (no {CHECKPOINT_MARKER} marker: its save was interrupted) "
+            "and is never loaded; resume training with --resume_from_checkpoint latest, which skips it")
+    raise InputError(f"{path} is a training checkpoint (optimizer state for --resume_from_checkpoint), not a model; "
+                     f"load the run's final model ({path.parent / 'final'}) instead")
 
 
 def same_head(a: EncoderConfig, b: EncoderConfig) -> bool:
@@ -208,25 +231,25 @@ def infer_backbone(path: Path, trust_remote_code: bool) -> str:
 def read_saved_state(path: Path) -> SavedState:
     """Parses ``retriever_config.json`` and checks the heads file is present."""
     if not (path / HEADS_FILE).exists():
-        raise FileNotFoundError(f"{path / HEADS_FILE} is missing (the saved retrieval heads)")
+        raise MissingInputError(f"{path / HEADS_FILE} is missing (the saved retrieval heads)")
     try:
         data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         return SavedState(encoder=EncoderConfig.from_dict(data["encoder"]),
                           training_mode=data.get("training_mode", "full"),
                           freeze_vision=data.get("freeze_vision", False), lora=data.get("lora"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path / CONFIG_FILE}: invalid retriever config: {err}") from err
+        raise InputError(f"{path / CONFIG_FILE}: invalid retriever config: {err}") from err
 
 
 def lora_base_path(path: Path) -> Path:
     """The base checkpoint an adapter directory was trained on (a directory or a hub repo id)."""
     base = json.loads((path / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
+        raise InputError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
     try:
         return resolve_checkpoint(base)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
+        raise MissingInputError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
             from err
 
 
@@ -244,7 +267,7 @@ def check_checkpoint_files(path: Path, need_weights: bool = True, need_processor
         required += [("tokenizer_config.json",), TOKENIZER_FILES, IMAGE_PROCESSOR_FILES]
     for alternatives in required:
         if not any((path / name).exists() for name in alternatives):
-            raise FileNotFoundError(f"{path}: missing {' or '.join(alternatives)}")
+            raise MissingInputError(f"{path}: missing {' or '.join(alternatives)}")
 
 
 def load_image_processor(path: Path, trust_remote_code: bool = False) -> Any:

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data_prep.errors import InputError, cli, stop_on_full_disk
 from retriever.model.encoder import RetrieverEncoder, text_hidden_size
 from retriever.model.saved import load_encoder, save_encoder
 from retriever.model.training_modes import LoraSettings
@@ -48,6 +49,7 @@ from retriever.training.optim import build_scheduler, parameter_groups, set_drop
 logger = logging.getLogger("retriever.train")
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -126,7 +128,7 @@ def steps_per_epoch(args, env: RankInfo, pairs: list[Pair]) -> int:
     plan = plan_epoch(pairs, args.per_device_train_batch_size * env.world, args.num_negatives, args.seed, 0)
     steps = len(plan) // args.gradient_accumulation_steps
     if steps == 0:
-        raise ValueError(
+        raise InputError(
             f"{args.train_data}: {len(pairs)} pairs do not fill one optimizer step of "
             f"{args.per_device_train_batch_size} x {env.world} ranks x {args.gradient_accumulation_steps} "
             "accumulation steps (pairs sharing pages cannot share a batch)"
@@ -242,9 +244,12 @@ def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, pairs: list[Pair]
 def save_final(args, env: RankInfo, encoder: RetrieverEncoder, backend: Backend) -> Path:
     """Write the trained encoder to OUTPUT_DIR/final (ZeRO-3 partitions are gathered first)."""
     final = Path(args.output_dir) / "final"
+    kept = ("the checkpoints are intact; free space and run the same command with --resume_from_checkpoint latest "
+            "(steps after the last checkpoint are trained again)")
     with backend.gathered_parameters():
         if env.rank == 0:
-            save_encoder(encoder, final)
+            with stop_on_full_disk(final, kept):
+                save_encoder(encoder, final)
     if dist.is_initialized():
         dist.barrier()
     _info(env, f"saved the trained encoder to {final}")
