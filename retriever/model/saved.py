@@ -86,6 +86,7 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     backbone = adapter_cls(tokenizer, load_image_processor(path, trust_remote_code), unwrap(model).config)
     backbone.set_resolution(config.max_pixels, config.max_visual_tokens)
+    backbone.set_input_format(config.input_format)
     backbone.bind(unwrap(model))
     if resume_lora:  # the adapters keep training; the rest stays frozen as peft left it
         lora = lora or (LoraSettings(**saved.lora) if saved.lora else None)
