@@ -44,15 +44,13 @@ class InputFormat:
     ``query`` / ``page`` are templates with the slots ``{text}`` (the query, or the page prompt), ``{image}`` (the
     expanded image placeholder; a query template with it gets a blank image, as DSE's queries do), ``{bos}`` and
     ``{eos}`` (the tokenizer's tokens).  ``special_tokens``: whether the tokenizer adds its own special tokens
-    (the reference processor calls it with the default ``add_special_tokens=True``).  ``causal_queries``: text-only
-    inputs run without a bidirectional prefix (PaliGemma without ``token_type_ids``).  ``sequential_positions``:
+    (the reference processor calls it with the default ``add_special_tokens=True``).  ``sequential_positions``:
     1-D positions for pages too (transformers' ``ColQwen2ForRetrieval`` runs the language model without M-RoPE).
     """
 
     query: str
     page: str
     special_tokens: bool = False
-    causal_queries: bool = False
     sequential_positions: bool = False
 
 

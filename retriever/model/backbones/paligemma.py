@@ -3,10 +3,11 @@
 Inputs (``native``) follow the PaliGemma processor: ``<image>*N{bos}{text}\\n`` with N = (image_size / patch_size)^2;
 queries are ``{bos}{text}\\n``.  ``colpali_engine``: ColPali's processor (pages ``<image>*N{bos}{bos}{text}\\n``
 as PaliGemma's processor expands its ``<image><bos>`` prompt; queries ``{bos}{text}`` through the tokenizer's
-own special tokens, without ``token_type_ids``, i.e. causal); ``transformers``: ``ColPaliProcessor``'s
-(queries ``{bos}{text}\\n``, causal).  Otherwise ``token_type_ids`` are all 0 (the whole input is the
-bidirectional prefix), and positions start at 1 as in PaliGemma, counted over attended tokens so that left padding
-does not shift them.  ``pixel_values`` is [images, 3, H, W], one row per page.
+own special tokens); ``transformers``: ``ColPaliProcessor``'s (queries ``{bos}{text}\\n``).  ``token_type_ids``
+are all 0 (the whole input is the bidirectional prefix: what transformers' PaliGemma does for an unpadded input
+without ``token_type_ids``, such as a query, whereas a padded batch without them switches to causal attention and
+makes an embedding depend on its batch), and positions start at 1 as in PaliGemma, counted over attended tokens so
+that left padding does not shift them.  ``pixel_values`` is [images, 3, H, W], one row per page.
 
 Vision tower (``vision_module``): ``model.model.vision_tower`` (SigLIP); the ``multi_modal_projector``
 stays trainable when the tower is frozen.
@@ -23,9 +24,8 @@ from .base import LANGUAGE_LINEAR, Backbone, InputFormat, position_ids_from_mask
 
 PALIGEMMA_FORMATS = {
     "native": InputFormat(query="{bos}{text}\n", page="{image}{bos}{text}\n"),
-    "colpali_engine": InputFormat(query="{bos}{text}", page="{image}{bos}{bos}{text}\n", special_tokens=True,
-                                  causal_queries=True),
-    "transformers": InputFormat(query="{bos}{text}\n", page="{image}{bos}{text}\n", causal_queries=True),
+    "colpali_engine": InputFormat(query="{bos}{text}", page="{image}{bos}{bos}{text}\n", special_tokens=True),
+    "transformers": InputFormat(query="{bos}{text}\n", page="{image}{bos}{text}\n"),
 }
 
 
@@ -60,8 +60,7 @@ class PaliGemma(Backbone):
     def model_inputs(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, Any]:
         inputs = super().model_inputs(batch, dtype)
         inputs["position_ids"] = position_ids_from_mask(batch["attention_mask"], start=1)
-        if "pixel_values" in batch or not self.input_format.causal_queries:
-            inputs["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        inputs["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         return inputs
 
     def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
