@@ -182,7 +182,7 @@ def _unpadded(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return emb[0][batch["attention_mask"][0].bool()].float()
 
 
-def test_images(count: int = 2, seed: int = 0) -> list[Image.Image]:
+def sample_images(count: int = 2, seed: int = 0) -> list[Image.Image]:
     """Random RGB images of different sizes and aspect ratios."""
     rng = np.random.default_rng(seed)
     sizes = [(60, 40), (40, 90), (70, 70)][:count]

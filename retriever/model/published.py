@@ -39,7 +39,8 @@ __all__ = ["FORMATS", "Published", "PublishedFormat", "detect_published", "load_
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# colpali-engine's ColQwen2 / ColQwen2.5 (a ``*VLModel`` subclass; older saves used the text model's bare names).
+# colpali-engine's ColQwen2 / ColQwen2.5 (a ``*VLModel`` subclass; older saves used the text model's bare names),
+# and Qwen2-VL's own original layout (``model.layers``, ``visual``), which transformers still writes.
 COLQWEN_ENGINE_RENAMES = (
     (r"^base_model\.model\.custom_text_proj\.", "custom_text_proj."),
     (r"^model\.(layers|embed_tokens|norm)\b", r"model.language_model.\1"),
@@ -106,7 +107,8 @@ FORMATS: tuple[PublishedFormat, ...] = (
                     TRANSFORMERS_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config", ("colpali",)),
     PublishedFormat("DSE", "Tevatron", "qwen2_vl", ("Qwen2VLForConditionalGeneration",),
                     {"head": "dense", "pooling": "last", "normalize": True, "query_prefix": "Query: ",
-                     "page_prompt": "What is shown in this image?", "padding_side": "left", "input_format": "dse"}),
+                     "page_prompt": "What is shown in this image?", "padding_side": "left", "input_format": "dse"},
+                    COLQWEN_ENGINE_RENAMES),
 )
 DSE_CARD = re.compile(r"\bDSE\b|Tevatron|[Dd]ocument [Ss]creenshot [Ee]mbedding")
 RETRIEVAL_ARCHITECTURE = re.compile(r"^(Col|Bi)[A-Z]|ForRetrieval$")
