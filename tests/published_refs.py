@@ -8,6 +8,7 @@ this torch); its Qwen2-VL processors import ``smart_resize`` from the torchvisio
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.util
 import shutil
 import sys
@@ -158,6 +159,22 @@ def _randomise_head(model: torch.nn.Module) -> None:
         if name.split(".")[-1] in ("custom_text_proj", "embedding_proj_layer", "linear"):
             torch.nn.init.normal_(module.weight, std=0.2)
             torch.nn.init.normal_(module.bias, std=0.2)
+
+
+def write_adapter(model: torch.nn.Module, base: Path, out: Path, target_modules: str, seed: int = 1
+                  ) -> torch.nn.Module:
+    """A peft LoRA adapter repo on ``model`` (random non-zero LoRA weights), naming ``base`` by path, with the
+    processor files copied (as published adapter repos ship them); returns the peft model (eval)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=target_modules)
+    peft_model = get_peft_model(model, lora).eval()
+    peft_model.save_pretrained(out)
+    copy_processor_files(base, out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    return peft_model
 
 
 def copy_processor_files(src: Path, out: Path) -> None:

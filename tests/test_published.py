@@ -7,13 +7,17 @@ reference models' positions or attention change with padding; ours do not, see d
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from published_refs import (REFERENCES, build_reference, colpali_engine_available, copy_processor_files,
-                            reference_embeddings, sample_images)
+from published_refs import (REFERENCES, build_reference, colpali_engine_available, reference_embeddings,
+                            sample_images, write_adapter)
+from retriever.merge import main as merge_main
 from retriever.model.saved import load_encoder
 from retriever.model.scoring import maxsim_lists
 
@@ -50,26 +54,50 @@ def test_published_checkpoint_matches_reference(name, tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("name", ["engine_colqwen2", "engine_colpali"])
 def test_peft_adapter_repo_matches_reference(name, tiny_model_dir, tmp_path):
     """An adapter repo (LoRA on the LM and the projection, as colqwen2-v1.0) naming its base by path."""
-    from peft import LoraConfig, get_peft_model
-
     base = tmp_path / "base"
     model, processor = build_reference(name, tiny_model_dir(REFERENCES[name].arch), base)
-    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                      target_modules=r"(.*(language_model).*(q_proj|v_proj|down_proj)$|.*custom_text_proj$)")
-    torch.manual_seed(1)
-    peft_model = get_peft_model(model, lora).eval()
-    adapter = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter)
-    copy_processor_files(base, adapter)
-    _set_base(adapter, base)
-    encoder = load_encoder(adapter, dtype="float32")
+    peft_model = write_adapter(model, base, tmp_path / "adapter",
+                               r"(.*(language_model).*(q_proj|v_proj|down_proj)$|.*custom_text_proj$)")
+    encoder = load_encoder(tmp_path / "adapter", dtype="float32")
     _check_equivalence(encoder, peft_model, processor)
 
 
-def _set_base(adapter, base) -> None:
-    """Names the base by path (a model built from a config records no name of its own)."""
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+def test_lora_training_on_a_published_adapter_then_merge(tiny_model_dir, tmp_path):
+    """python -m retriever.train (GradCache, LoRA) starts from a published adapter repo; the run reloads on it,
+    and retriever.merge folds it into a full checkpoint with the same embeddings."""
+    base, adapter, run = tmp_path / "base", tmp_path / "adapter", tmp_path / "run"
+    model, _ = build_reference("tf_colqwen2", tiny_model_dir("qwen2_vl"), base)
+    write_adapter(model, base, adapter, r"(.*language_model.*(q_proj|v_proj)$|.*embedding_proj_layer$)")
+    data = _pairs(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-m", "retriever.train", "--model_name_or_path", str(adapter), "--output_dir", str(run),
+         "--train_data", str(data / "pairs.jsonl"), "--image_root", str(data), "--per_device_train_batch_size", "4",
+         "--num_negatives", "1", "--gc_chunk_size", "3", "--training_mode", "lora", "--learning_rate", "1e-2",
+         "--max_steps", "2", "--seed", "3", "--dataloader_num_workers", "0", "--report_to", "none",
+         "--disable_tqdm"], env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    published = load_encoder(adapter, dtype="float32")
+    trained = load_encoder(run / "final", dtype="float32")
+    assert trained.config.input_format == "transformers" and trained.config.query_prefix == "Query: "
+    assert trained.is_peft is False  # loaded for inference: the run's own LoRA merged on the published weights
+    before, after = published.encode_queries(QUERIES), trained.encode_queries(QUERIES)
+    assert all((a - b).abs().max() > 1e-4 for a, b in zip(before, after)), "training changed nothing"
+    merge_main(["--model", str(run / "final"), "--out", str(tmp_path / "merged"), "--dtype", "float32"])
+    merged = load_encoder(tmp_path / "merged", dtype="float32")
+    _assert_same(merged.encode_queries(QUERIES), after)
+    _assert_same(merged.encode_pages(sample_images()), trained.encode_pages(sample_images()))
+
+
+def _pairs(root):
+    """Eight small pages and query pairs with one hard negative each."""
+    root.mkdir()
+    for i, image in enumerate(sample_images(3, seed=i)[0] for i in range(8)):
+        image.save(root / f"page{i}.png")
+    lines = [json.dumps({"query": f"what is on page {i}?", "pos": [f"page{i}.png"], "neg": [f"page{(i + 1) % 8}.png"]})
+             for i in range(8)]
+    (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return root
 
 
 def test_dse_checkpoint_matches_model_card(tiny_model_dir, tmp_path):

@@ -158,7 +158,10 @@ def save_encoder(encoder: RetrieverEncoder, out_dir: str | Path) -> None:
                        encoder.lora.to_dict() if encoder.lora and encoder.is_peft else None)
     (out / CONFIG_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
     save_file({k: v.contiguous() for k, v in encoder.head.state_dict().items()}, str(out / HEADS_FILE))
-    encoder.model.save_pretrained(out, safe_serialization=True)
+    # LoRA never resizes the embeddings; peft's "auto" check would re-read the base's config.json, which a
+    # published base (e.g. a ColQwen2Config) does not hold in the backbone's config class.
+    extra = {"save_embedding_layers": False} if encoder.is_peft else {}
+    encoder.model.save_pretrained(out, safe_serialization=True, **extra)
     encoder.backbone.tokenizer.save_pretrained(out)
     encoder.backbone.image_processor.save_pretrained(out)
 
