@@ -8,8 +8,8 @@ this torch); its Qwen2-VL processors import ``smart_resize`` from the torchvisio
 from __future__ import annotations
 
 import importlib
-import json
 import importlib.util
+import json
 import shutil
 import sys
 import types
@@ -81,7 +81,6 @@ class Reference:
     arch: str                      # retriever.tiny architecture of the backbone
     model: Callable[[Any], torch.nn.Module]
     processor: Callable[[Any, Any, Any], Any]
-    multi: bool = True
 
 
 def _engine(module: str, cls: str) -> Callable[..., Any]:
