@@ -10,9 +10,11 @@ A retriever directory (what :func:`save_encoder` and :func:`save_merged` write; 
   base checkpoint);
 * the tokenizer and image-processor files.
 
-:func:`load_encoder` takes such a directory, a plain transformers VLM checkpoint (fresh heads, built from
-``settings``), or a hub repo id where a hub is reachable (config, safetensors, tokenizer and processor files
-only: never pickled weights). The training recipe, the evaluators, the miner, the merge tool and the MTEB wrapper
+:func:`load_encoder` takes such a directory, a published retriever checkpoint (ColPali / ColQwen / ColSmol / DSE in
+colpali-engine's, transformers' or Tevatron's layout, merged or as a peft adapter; see
+:mod:`retriever.model.published`), a plain transformers VLM checkpoint (fresh heads, built from ``settings``), or a
+hub repo id where a hub is reachable (config, safetensors, tokenizer and processor files only: never pickled
+weights). The training recipe, the evaluators, the miner, the merge tool and the MTEB wrapper
 all load through it, so a new checkpoint format is taught here once.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ from data_prep.errors import InputError, MissingInputError, UserError
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import add_dtype_argument, default_dtype, torch_dtype
 from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
+from .published import detect_published, load_published_model, supported_formats
 from .training_modes import LoraSettings, apply_training_mode, unwrap
 
 __all__ = ["ADAPTER_FILE", "CONFIG_FILE", "HEADS_FILE", "SavedState", "add_model_arguments",
@@ -75,27 +78,37 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
                  attn_implementation: str | None = None, trust_remote_code: bool = False) -> RetrieverEncoder:
     """A :class:`RetrieverEncoder` from a retriever directory, a transformers checkpoint or a hub id.
 
-    The encoder settings are, in order of precedence: ``config`` if given; else the directory's saved config;
-    else ``settings`` (EncoderConfig fields for fresh heads on a plain checkpoint; the backbone is inferred).
+    The encoder settings are, in order of precedence: ``config`` if given; else the directory's saved config, or
+    the settings a published checkpoint's format implies; else ``settings`` (EncoderConfig fields for fresh heads
+    on a plain checkpoint; the backbone is inferred).
     ``override`` then replaces single fields whatever the source (e.g. ``{"head": "multi"}``). ``dtype`` is a
-    torch dtype or a name of :mod:`retriever.model.dtype` (``auto``: the checkpoint's own). The encoder is returned in eval mode (as
-    transformers does), on ``device`` when given; call ``.train()`` before training.
+    torch dtype or a name of :mod:`retriever.model.dtype` (``auto``: the checkpoint's own). The encoder is
+    returned in eval mode (as transformers does), on ``device`` when given; call ``.train()`` before training.
     """
     path = resolve_checkpoint(path_or_id)
     refuse_training_checkpoint(path)
     saved = read_saved_state(path) if is_saved_retriever(path) else None
-    config = encoder_config(path, config, saved, settings, override, trust_remote_code)
+    published = detect_published(path, resolve_checkpoint) if saved is None else None
+    config = encoder_config(path, config, saved, published.settings if published else settings, override,
+                            trust_remote_code)
     adapter_cls = get_backbone(config.backbone)
     if adapter_cls.requires_remote_code and not trust_remote_code:
         raise InputError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
                          "trust_remote_code=True (--trust_remote_code) if you trust it")
-    check_checkpoint_files(path, need_weights=False)
+    files = published.files_dir if published else path
+    check_checkpoint_files(files, need_weights=False)
     resume_lora = saved is not None and (path / ADAPTER_FILE).exists() and training_mode == "lora"
-    model = load_backbone_weights(path, adapter_cls, training_mode, dtype=torch_dtype(dtype),
-                                  attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    backbone = adapter_cls(tokenizer, load_image_processor(path, trust_remote_code), unwrap(model).config)
+    load_kwargs = dict(dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
+    if published is not None:
+        model, head_state = load_published_model(published, **load_kwargs)
+    else:
+        model = load_backbone_weights(path, adapter_cls, training_mode, trust_remote_code=trust_remote_code,
+                                      **load_kwargs)
+        head_state = load_file(str(path / HEADS_FILE)) if saved is not None else None
+    tokenizer = AutoTokenizer.from_pretrained(files, trust_remote_code=trust_remote_code)
+    backbone = adapter_cls(tokenizer, load_image_processor(files, trust_remote_code), unwrap(model).config)
     backbone.set_resolution(config.max_pixels, config.max_visual_tokens)
+    backbone.set_input_format(config.input_format)
     backbone.bind(unwrap(model))
     if resume_lora:  # the adapters keep training; the rest stays frozen as peft left it
         lora = lora or (LoraSettings(**saved.lora) if saved.lora else None)
@@ -104,10 +117,12 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     else:
         model = apply_training_mode(model, backbone, training_mode, lora, freeze_vision)
     head = build_head(config, text_hidden_size(model)).to(unwrap(model).dtype)
-    if saved is not None and same_head(config, saved.encoder):
-        head.load_state_dict(load_file(str(path / HEADS_FILE)))
-    elif saved is not None:
-        logger.warning("%s: head settings differ from the saved ones; starting with fresh heads", path)
+    source = saved.encoder if saved is not None else \
+        EncoderConfig.from_dict(published.settings) if published is not None and head_state else None
+    if source is not None and same_head(config, source):
+        head.load_state_dict(head_state)
+    elif source is not None:
+        logger.warning("%s: head settings differ from the checkpoint's; starting with fresh heads", path)
     encoder = RetrieverEncoder(config, backbone, model, head, training_mode, freeze_vision, lora)
     return (encoder.to(device) if device is not None else encoder).eval()
 
@@ -138,7 +153,10 @@ def encoder_config(path: Path, config: EncoderConfig | None, saved: SavedState |
     if config is None and saved is not None:
         config = saved.encoder
     if config is None:
-        config = EncoderConfig.from_dict({**(settings or {}), "backbone": infer_backbone(path, trust_remote_code)})
+        settings = dict(settings or {})
+        if "backbone" not in settings:
+            settings["backbone"] = infer_backbone(path, trust_remote_code)
+        config = EncoderConfig.from_dict(settings)
     return dataclasses.replace(config, **override) if override else config
 
 
@@ -150,7 +168,10 @@ def save_encoder(encoder: RetrieverEncoder, out_dir: str | Path) -> None:
                        encoder.lora.to_dict() if encoder.lora and encoder.is_peft else None)
     (out / CONFIG_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
     save_file({k: v.contiguous() for k, v in encoder.head.state_dict().items()}, str(out / HEADS_FILE))
-    encoder.model.save_pretrained(out, safe_serialization=True)
+    # LoRA never resizes the embeddings; peft's "auto" check would re-read the base's config.json, which a
+    # published base (e.g. a ColQwen2Config) does not hold in the backbone's config class.
+    extra = {"save_embedding_layers": False} if encoder.is_peft else {}
+    encoder.model.save_pretrained(out, safe_serialization=True, **extra)
     encoder.backbone.tokenizer.save_pretrained(out)
     encoder.backbone.image_processor.save_pretrained(out)
 
@@ -173,13 +194,17 @@ def is_saved_retriever(path: Path) -> bool:
 
 
 def load_backbone_weights(path: Path, adapter_cls: type[Backbone], training_mode: str,
-                          **load_kwargs: Any) -> nn.Module:
-    """The transformers model of ``path``; for a LoRA directory, its base with the adapters attached
-    (trainable in ``lora`` mode, merged into the weights otherwise)."""
+                          trust_remote_code: bool = False, **load_kwargs: Any) -> nn.Module:
+    """The transformers model of ``path``; for a LoRA directory, its base (a plain or a published checkpoint)
+    with the adapters attached (trainable in ``lora`` mode, merged into the weights otherwise)."""
     is_adapter_dir = (path / CONFIG_FILE).exists() and (path / ADAPTER_FILE).exists()
     base_path = lora_base_path(path) if is_adapter_dir else path
-    check_checkpoint_files(base_path, need_processor=False)
-    model = adapter_cls.load_model(base_path, **load_kwargs)
+    base_published = detect_published(base_path, resolve_checkpoint) if is_adapter_dir else None
+    if base_published is not None:
+        model = load_published_model(base_published, **load_kwargs)[0]
+    else:
+        check_checkpoint_files(base_path, need_processor=False)
+        model = adapter_cls.load_model(base_path, trust_remote_code=trust_remote_code, **load_kwargs)
     if not is_adapter_dir:
         return model
     from peft import PeftModel
@@ -222,10 +247,14 @@ def same_head(a: EncoderConfig, b: EncoderConfig) -> bool:
 
 
 def infer_backbone(path: Path, trust_remote_code: bool) -> str:
-    """Backbone name from the checkpoint's ``config.json`` model_type."""
+    """Backbone name from the checkpoint's ``config.json`` model_type; an unknown one lists what is supported."""
     check_checkpoint_files(path, need_processor=False, need_weights=False)
     model_type = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
-    return backbone_for_model_type(model_type).name
+    try:
+        return backbone_for_model_type(model_type).name
+    except ValueError as err:
+        raise ValueError(f"{path / 'config.json'}: {err}; published retriever formats: {supported_formats()}") \
+            from err
 
 
 def read_saved_state(path: Path) -> SavedState:
