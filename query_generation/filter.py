@@ -43,7 +43,7 @@ GENERATED_SOURCE = "vlm_generated"
 def to_pair(record: dict[str, Any], where: str) -> dict[str, Any]:
     """A generated query (``page_id``) or a pair (``pos``) in the trainer's pair format."""
     if not isinstance(record.get("query"), str):
-        raise InputError(f"{where}: 'query' must be a string (--queries takes the output of "
+        raise InputError(f"{where}: no 'query' string (--queries takes the output of "
                          "query_generation.generate, or pairs)")
     if "page_id" in record:
         pair = {"query": record["query"], "pos": [record["page_id"]], "neg": [], "source": GENERATED_SOURCE,
