@@ -1,5 +1,5 @@
-"""Full disks: render, training checkpoints, evaluation state and the queries of query generation stop with one line
-committed, and resume to the results of an uninterrupted run.
+"""Full disks: render, training checkpoints, evaluation state and generated queries stop with one line naming the
+file, keep what was committed, and resume to the results of an uninterrupted run.
 
 How a full disk is simulated without root: ``RLIMIT_FSIZE`` caps the size of any file a process writes. Python
 ignores SIGXFSZ, so a write past the cap fails with EFBIG ("File too large") exactly where a full disk fails
