@@ -44,8 +44,8 @@ class PromptFile:
         text = "\n".join(line for line in lines if not line.startswith("#")).strip()
         missing = [slot for slot in slots if slot not in text]
         if missing:
-            raise InputError(f"prompt file {path}: missing slot(s) {', '.join(missing)} (required: {', '.join(slots)}); "
-                             "add them to the text (see docs/QUERIES.md, Prompts)")
+            raise InputError(f"prompt file {path}: missing slot(s) {', '.join(missing)} (required: "
+                             f"{', '.join(slots)}); add them to the text (see docs/QUERIES.md, Prompts)")
         images = text.count(IMAGE_SLOT)
         if IMAGE_SLOT in slots and images != 1:
             raise InputError(f"prompt file {path}: {IMAGE_SLOT} must appear exactly once, found {images}; keep one")
