@@ -41,7 +41,8 @@ def read_pages(path: str | os.PathLike) -> list[dict[str, Any]]:
     for lineno, rec in iter_jsonl(path):
         missing = [k for k in REQUIRED if k not in rec]
         if missing:
-            raise InputError(f"{path}: line {lineno}: missing field(s) {missing}")
+            raise InputError(f"{path}: line {lineno}: missing field(s) {missing} (not a page list: write it with "
+                             "data_prep.split_pdfs)")
         if not isinstance(rec["page"], int) or rec["page"] < 1:
             raise InputError(f"{path}: line {lineno}: 'page' must be a 1-based integer, got {rec['page']!r}")
         if rec["id"] in seen:

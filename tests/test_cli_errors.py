@@ -35,6 +35,13 @@ def _unknown_page(tmp: Path) -> list[str]:
             str(tmp / "pairs.jsonl"), "--image_root", str(tmp / "images"), "--max_steps", "1"]
 
 
+def _prompt_without_image(tmp: Path) -> list[str]:
+    """query_generation.generate arguments whose prompt file has no {image} slot."""
+    (tmp / "prompt.txt").write_text("Write {num_queries} queries about this page.\n")
+    return ["--store", str(tmp / "store"), "--out", str(tmp / "q.jsonl"), "--backend", "transformers", "--model",
+            str(tmp / "model"), "--prompt", str(tmp / "prompt.txt")]
+
+
 def _incomplete_checkpoint(tmp: Path) -> Path:
     ckpt = tmp / "run" / "checkpoint-3"
     ckpt.mkdir(parents=True)
@@ -64,6 +71,13 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
                  "chartqa input not found: {t}/x"),
     "from_text": ("query_generation.from_text", lambda t: ["--pages", str(_bad_pages(t)), "--out", str(t / "o")],
                   "{t}/pages.jsonl: line 1: no 'id' field"),
+    "generate": ("query_generation.generate", _prompt_without_image,
+                 "prompt file {t}/prompt.txt: missing slot(s) {{image}} (required: {{image}}, {{num_queries}}); add "
+                 "them to the text"),
+    "filter": ("query_generation.filter", lambda t: ["--queries", str(_bad_pages(t)), "--out", str(t / "p.jsonl"),
+                                                     "--rejected", str(t / "r.jsonl")],
+               "{t}/pages.jsonl: line 1: no 'query' string (--queries takes the output of query_generation.generate, "
+               "or pairs)"),
     "train": ("retriever.train", _unknown_page,
               "{t}/pairs.jsonl: line 1: unknown page id 'nope/1' (looked in: "),
     "mine": ("retriever.mine", lambda t: ["--model", str(t), "--train_data", str(t / "missing.jsonl"),

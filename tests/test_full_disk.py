@@ -1,5 +1,5 @@
-"""Full disks: render, training checkpoints and evaluation state stop with one line naming the file, keep what was
-committed, and resume to the results of an uninterrupted run.
+"""Full disks: render, training checkpoints, evaluation state and generated queries stop with one line naming the
+file, keep what was committed, and resume to the results of an uninterrupted run.
 
 How a full disk is simulated without root: ``RLIMIT_FSIZE`` caps the size of any file a process writes. Python
 ignores SIGXFSZ, so a write past the cap fails with EFBIG ("File too large") exactly where a full disk fails
@@ -260,3 +260,51 @@ def test_jsonl_output_keeps_whole_lines_on_full_disk_and_resumes(tmp_path):
         for i in range(len(done), 100):
             resumed.write({"id": f"page/{i}", "query": "x" * 30})
     assert [record["id"] for _, record in iter_jsonl(out)] == [f"page/{i}" for i in range(100)]
+
+
+# -- query generation journal ------------------------------------------------------------------------------------
+GENERATE_CHILD = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    from openai_stub import StubServer
+    from query_generation.generate import main
+
+    def answer(body):  # one query per page, a different one for every page (its seed)
+        return json.dumps({"queries": [{"query": f"query {body['seed']}", "kind": "topical"}]})
+
+    with StubServer(answer=answer) as stub:
+        main([*sys.argv[2:], "--base_url", stub.base_url])
+''')
+
+
+def test_generate_stops_on_full_disk_keeping_whole_pages_and_resumes_to_identical_output(tmp_path):
+    from query_helpers import make_store
+
+    store = make_store(tmp_path / "store", [f"doc{d}/{p}" for d in range(3) for p in (1, 2)])
+
+    def generate(out: Path, limit: int | None = None) -> subprocess.CompletedProcess:
+        args = ["--store", str(store), "--out", str(out), "--backend", "openai", "--model", "stub", "--batch_size",
+                "1", "--max_retries", "0"]
+        return subprocess.run([sys.executable, "-c", GENERATE_CHILD, str(TESTS), *args], env=_env(), cwd=REPO,
+                              capture_output=True, text=True, timeout=120,
+                              preexec_fn=_file_size_limit(limit) if limit else None)
+
+    reference = tmp_path / "reference.jsonl"
+    assert generate(reference).returncode == 0
+    lines = reference.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 6 and len(set(lines)) == 6
+    kept = b"".join(lines[:3])
+
+    out = tmp_path / "queries.jsonl"
+    full = generate(out, limit=len(kept) + len(lines[3]) // 2)  # the fourth page's line does not fit
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert _one_error_line(full.stderr) == (f"error: {out}: no space left to write it (File too large); every "
+                                            "complete page is kept; free space and run the same command again to "
+                                            "resume")
+    assert out.read_bytes() == kept  # the cut line was truncated away at once
+    assert (tmp_path / "queries.failures.jsonl").read_bytes() == b""  # no page was recorded as failed
+
+    resumed = generate(out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(2 were done before this run)" in resumed.stdout  # the journal's last page is always regenerated
+    assert out.read_bytes() == reference.read_bytes()
