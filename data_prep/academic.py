@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep.errors import InputError, MissingInputError, cli
 from data_prep.jsonl import iter_jsonl
 from data_prep.store import PageStoreWriter
 
@@ -64,7 +65,7 @@ class Example:
     images: dict[str, Callable[[], bytes]] = field(default_factory=dict)
 
 
-class FormatError(ValueError):
+class FormatError(InputError):
     """Input that does not match the documented layout; the message names the file and record."""
 
 
@@ -309,10 +310,10 @@ def convert(set_name: str, input_path: str | os.PathLike, store: str | os.PathLi
             split: str | None = None, limit: int | None = None) -> dict[str, int]:
     """Convert one set; returns ``{"pairs", "pages_written", "pages"}``."""
     if set_name not in READERS:
-        raise ValueError(f"unknown set {set_name!r}; choose from {', '.join(SETS)}")
+        raise InputError(f"unknown set {set_name!r}; choose from {', '.join(SETS)}")
     path = Path(input_path)
     if not path.exists():
-        raise FileNotFoundError(f"{set_name} input not found: {path}")
+        raise MissingInputError(f"{set_name} input not found: {path}")
     pairs = Path(pairs)
     pairs.parent.mkdir(parents=True, exist_ok=True)
     tmp = pairs.with_name(pairs.name + ".tmp")
@@ -338,6 +339,7 @@ def convert(set_name: str, input_path: str | os.PathLike, store: str | os.PathLi
     return {"pairs": n_pairs, "pages": len(page_ids), "pages_written": pages_written}
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data_prep.academic", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -350,10 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", required=True, help="output pairs JSONL")
     ap.add_argument("--limit", type=int, help="convert only the first N questions")
     args = ap.parse_args(argv)
-    try:
-        convert(args.set, args.input, args.store, args.pairs, args.split, args.limit)
-    except FormatError as e:
-        raise SystemExit(f"error: {e}") from None
+    convert(args.set, args.input, args.store, args.pairs, args.split, args.limit)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
 
 
@@ -43,7 +44,7 @@ def read_pairs(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
     for path in paths:
         for lineno, rec in iter_jsonl(path):
             if not isinstance(rec.get("query"), str) or not rec.get("pos"):
-                raise ValueError(f"{path}: line {lineno}: a pair needs a 'query' string and a non-empty 'pos'")
+                raise InputError(f"{path}: line {lineno}: a pair needs a 'query' string and a non-empty 'pos'")
             out.append(rec)
     return out
 
@@ -100,7 +101,7 @@ def build_splits(paths: list[str | os.PathLike], train_out: str | os.PathLike, t
                  test_fraction: float = 0.1, test_per_source: int | None = None, seed: int = 0) -> dict[str, dict]:
     """Write both splits; returns ``{source: {"train": n, "test": n}}`` (plus ``"total"``)."""
     if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"--test_fraction must be in [0, 1], got {test_fraction}")
+        raise InputError(f"--test_fraction must be in [0, 1], got {test_fraction}")
     pairs = read_pairs(paths)
     train, test = split_pairs(pairs, test_fraction, test_per_source, seed)
     _write(train_out, pairs, train)
@@ -116,6 +117,7 @@ def build_splits(paths: list[str | os.PathLike], train_out: str | os.PathLike, t
     return dict(counts)
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data_prep.build_splits", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

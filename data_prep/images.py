@@ -6,11 +6,22 @@ import io
 
 from PIL import Image
 
-__all__ = ["decode_image"]
+from data_prep.errors import InputError
+
+__all__ = ["ImageDecodeError", "decode_image"]
+
+
+class ImageDecodeError(InputError):
+    """Page bytes (or an object) that are not a decodable image; the message names the page."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)  # one positional argument: DataLoader workers re-raise it as type(err)(message)
+        self.reason = reason or message
 
 
 def decode_image(image: Image.Image | bytes | bytearray | memoryview, what: str) -> Image.Image:
-    """An RGB PIL image from encoded bytes or a PIL image; failures raise ``ValueError("page <what>: ...")``."""
+    """An RGB PIL image from encoded bytes or a PIL image; failures raise ``ImageDecodeError("page <what>: ...")``
+    (a ``ValueError``)."""
     try:
         if isinstance(image, (bytes, bytearray, memoryview)):
             image = Image.open(io.BytesIO(bytes(image)))
@@ -19,4 +30,4 @@ def decode_image(image: Image.Image | bytes | bytearray | memoryview, what: str)
         image.load()
         return image if image.mode == "RGB" else image.convert("RGB")
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
-        raise ValueError(f"page {what}: cannot decode image: {err}") from err
+        raise ImageDecodeError(f"page {what}: cannot decode image: {err}", str(err)) from err

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import InputError, MissingInputError
 from data_prep.jsonl import iter_jsonl
 
 REQUIRED = ("id", "doc_id", "page", "source")
@@ -40,11 +41,13 @@ def read_pages(path: str | os.PathLike) -> list[dict[str, Any]]:
     for lineno, rec in iter_jsonl(path):
         missing = [k for k in REQUIRED if k not in rec]
         if missing:
-            raise ValueError(f"{path}: line {lineno}: missing field(s) {missing}")
+            raise InputError(f"{path}: line {lineno}: missing field(s) {missing} (not a page list: write it with "
+                             "data_prep.split_pdfs)")
         if not isinstance(rec["page"], int) or rec["page"] < 1:
-            raise ValueError(f"{path}: line {lineno}: 'page' must be a 1-based integer, got {rec['page']!r}")
+            raise InputError(f"{path}: line {lineno}: 'page' must be a 1-based integer, got {rec['page']!r}")
         if rec["id"] in seen:
-            raise ValueError(f"{path}: line {lineno}: duplicate page id {rec['id']!r} (first on line {seen[rec['id']]})")
+            raise InputError(f"{path}: line {lineno}: duplicate page id {rec['id']!r} "
+                             f"(first on line {seen[rec['id']]})")
         seen[rec["id"]] = lineno
         out.append(rec)
     return out
@@ -66,7 +69,7 @@ def find_pdfs(inputs: list[str]) -> list[tuple[Path, str]]:
                     found.setdefault(q.resolve(), q.relative_to(p).as_posix())
         elif p.suffix.lower() == ".pdf":
             if not p.exists():
-                raise FileNotFoundError(f"PDF not found: {p}")
+                raise MissingInputError(f"PDF not found: {p}")
             found.setdefault(p.resolve(), p.name)
         elif p.is_file():
             for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
@@ -75,8 +78,8 @@ def find_pdfs(inputs: list[str]) -> list[tuple[Path, str]]:
                     continue
                 q = Path(line) if Path(line).is_absolute() else p.parent / line
                 if not q.is_file():
-                    raise FileNotFoundError(f"{p}: line {lineno}: PDF not found: {q}")
+                    raise MissingInputError(f"{p}: line {lineno}: PDF not found: {q}")
                 found.setdefault(q.resolve(), Path(line).as_posix().lstrip("/"))
         else:
-            raise FileNotFoundError(f"input not found: {p}")
+            raise MissingInputError(f"input not found: {p} (a folder of PDFs, a .pdf file or a list of PDF paths)")
     return sorted(found.items(), key=lambda kv: kv[1])

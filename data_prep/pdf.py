@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pymupdf
 
+from data_prep.errors import InputError, open_input
+
 
 class PdfError(RuntimeError):
     """A PDF (or one of its pages) that cannot be processed; the message is the recorded reason."""
@@ -30,12 +32,14 @@ def load_passwords(path: str | os.PathLike | None) -> dict[str, str]:
     """Read a password map file (``None`` -> empty map); clear error for a malformed file."""
     if path is None:
         return {}
+    with open_input(path, "password map") as fh:
+        text = fh.read()
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: invalid JSON in password map: {e.msg}") from None
+        raise InputError(f"{path}: line {e.lineno}: invalid JSON in password map: {e.msg}") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise ValueError(f"{path}: password map must be a JSON object of strings {{path_or_sha256: password}}")
+        raise InputError(f"{path}: password map must be a JSON object of strings {{path_or_sha256: password}}")
     return data
 
 

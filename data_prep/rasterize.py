@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import pymupdf
 from PIL import Image
 
+from data_prep.errors import InputError
 from data_prep.pdf import PdfError, open_pdf, password_for
 
 FORMATS = ("jpeg", "png", "webp")
@@ -32,9 +33,10 @@ class RenderSettings:
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
-            raise ValueError(f"unknown image format {self.fmt!r}; choose from {sorted(FORMATS)}")
+            raise InputError(f"unknown image format {self.fmt!r}; choose from {sorted(FORMATS)}")
         if self.dpi <= 0 or self.max_side < 16 or not 1 <= self.quality <= 100:
-            raise ValueError("need dpi > 0, max_side >= 16 and 1 <= quality <= 100")
+            raise InputError(f"need --dpi > 0, --max_side >= 16 and 1 <= --quality <= 100; got {self.dpi}, "
+                             f"{self.max_side}, {self.quality}")
 
 
 def encode(img: Image.Image, settings: RenderSettings) -> bytes:

@@ -14,6 +14,12 @@ Design
     * Resume: committed shards and the failures log are the journal. Re-running the same command after any kill
       (even ``kill -9``) renders only the missing pages; since encoding is deterministic, the store then holds
       the same ids with the same bytes as an uninterrupted run.
+    * Repair: on resume the shards found are verified first (``--verify pages``, the default: every page decoded;
+      ``--verify shards``: structure only, faster). A corrupt shard (truncated, not HDF5, offsets past the data,
+      a page that does not decode) is moved aside into ``STORE/corrupt/``, never deleted, and its pages are
+      rendered again, so the store ends with the same ids and bytes as an uninterrupted run.
+    * Full disk: a shard that cannot be written stops the run with one line naming it; the committed shards are
+      intact, and the same command resumes once space is freed.
 """
 from __future__ import annotations
 
@@ -25,11 +31,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_prep.errors import cli
 from data_prep.failures import FailureLog
 from data_prep.pages import read_pages
 from data_prep.pdf import load_passwords
 from data_prep.rasterize import FORMATS, RenderSettings, page_renderer
-from data_prep.store import PageStoreWriter
+from data_prep.store import PageStoreWriter, shard_paths
 from data_prep.supervisor import Supervisor
 
 
@@ -64,11 +71,16 @@ def _sink(writer: PageStoreWriter, flog: FailureLog, bar: tqdm):
 
 def render(pages_path: str | Path, out: str | Path, settings: RenderSettings, workers: int = 1,
            failures: str | Path | None = None, passwords: dict[str, str] | None = None, page_timeout: float = 120.0,
-           chunk_pages: int = 16, shard_pages: int = 2048, shard_bytes: int = 512 << 20) -> dict[str, int]:
-    """Render every listed page not yet in the store or the failures log; returns the final counts."""
+           chunk_pages: int = 16, shard_pages: int = 2048, shard_bytes: int = 512 << 20,
+           verify: str = "pages") -> dict[str, int]:
+    """Render every listed page not yet in the store or the failures log; returns the final counts.
+
+    Shards already in ``out`` are verified first (``verify``: "pages" decodes every page, "shards" checks the
+    structure only) and corrupt ones set aside, so their pages are rendered again.
+    """
     pages = read_pages(pages_path)
     failures = Path(failures) if failures else Path(out) / "failures.jsonl"
-    with PageStoreWriter(out, shard_pages, shard_bytes) as writer, FailureLog(failures) as flog:
+    with _open_store(out, shard_pages, shard_bytes, verify) as writer, FailureLog(failures) as flog:
         todo = [r for r in pages if not writer.has(r["id"]) and r["id"] not in flog.failed_ids]
         done_before = len(pages) - len(todo)
         with tqdm(total=len(pages), initial=done_before, desc="render", unit="page", smoothing=0.1) as bar:
@@ -87,10 +99,22 @@ def render(pages_path: str | Path, out: str | Path, settings: RenderSettings, wo
     return {"listed": len(listed), "rendered": rendered, "failed": failed}
 
 
+def _open_store(out: str | Path, shard_pages: int, shard_bytes: int, verify: str) -> PageStoreWriter:
+    """The store's writer, after verifying the shards already there and setting corrupt ones aside."""
+    resuming = Path(out).is_dir() and bool(shard_paths(out))
+    with tqdm(desc="verify store", unit="page", disable=verify != "pages" or not resuming, leave=False) as bar:
+        writer = PageStoreWriter(out, shard_pages, shard_bytes, repair=True, decode=verify == "pages",
+                                 on_page=lambda: bar.update(1))
+    for shard, target, problem in writer.set_aside:
+        print(f"render: corrupt shard {shard} ({problem}) moved aside to {target}; its pages are rendered again")
+    return writer
+
+
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data_prep.render", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,11 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shard_mb", type=int, default=512, help="max MiB per shard file (default 512)")
     ap.add_argument("--failures", help="failures JSONL (default STORE/failures.jsonl)")
     ap.add_argument("--passwords", help="JSON map {relative_path | file name | sha256: password} for encrypted PDFs")
+    ap.add_argument("--verify", choices=("pages", "shards"), default="pages",
+                    help="on resume, check the shards found: decode every page (default) or the structure only; "
+                         "corrupt shards are moved aside to STORE/corrupt/ and their pages rendered again")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     settings = RenderSettings(args.dpi, args.max_side, args.format, args.quality)
     render(args.pages, args.out, settings, args.workers, args.failures, load_passwords(args.passwords),
-           args.page_timeout, args.chunk_pages, args.shard_pages, args.shard_mb << 20)
+           args.page_timeout, args.chunk_pages, args.shard_pages, args.shard_mb << 20, args.verify)
 
 
 if __name__ == "__main__":

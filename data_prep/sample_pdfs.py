@@ -13,6 +13,8 @@ from typing import Sequence
 
 import pymupdf
 
+from data_prep.errors import InputError, cli
+
 CITIES = ["Lisbon", "Osaka", "Nairobi", "Quito", "Tallinn", "Hobart", "Tromso", "Cusco", "Dakar", "Perth", "Lyon",
           "Busan", "Krakow", "Recife", "Oulu", "Galway"]
 THINGS = ["solar panels", "bicycle lanes", "rice harvest", "harbour traffic", "museum visits", "wind farms",
@@ -42,6 +44,7 @@ def write_pdf(path: Path, rng: random.Random, doc: int, pages: int) -> None:
     pdf.close()
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep.sample_pdfs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.docs < 1 or args.pages < 1:
+        raise InputError(f"--docs and --pages must be at least 1, got {args.docs} and {args.pages}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder to write the PDFs into")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     for doc in range(1, args.docs + 1):

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import pymupdf
 from tqdm import tqdm
 
+from data_prep.errors import cli
 from data_prep.failures import FailureLog
 from data_prep.pages import find_pdfs, make_doc_id, page_id
 from data_prep.pdf import PdfError, load_passwords, open_pdf, password_for, sha256_file
@@ -129,6 +130,7 @@ def split_pdfs(inputs: list[str], out: str | os.PathLike, failures: str | os.Pat
     return counts
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data_prep.split_pdfs", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -30,6 +30,14 @@ Reading (``PageStore``)
     re-opened when the pid changes, so a store created in the parent works inside forked or spawned DataLoader
     workers. Pickling drops handles and index.
 
+Corruption
+    A shard damaged after its commit (an interrupted copy, a full disk elsewhere, a replaced file) raises
+    ``CorruptStoreError`` naming the shard and the problem: truncated, not HDF5, missing datasets, offsets past
+    the data, or a page whose bytes do not decode. ``verify_store`` checks every shard and decodes every page
+    (``python -m data_prep.inspect STORE --verify``); ``PageStoreWriter(..., repair=True)`` (what
+    ``data_prep.render`` does on resume) moves a corrupt shard aside into ``STORE/corrupt/`` -- never deleting it --
+    so that its pages are no longer committed and get written again.
+
 Page ids
     Chosen by the producer; render uses ``"<doc_id>/<page_no>"`` (1-based page number, doc id = the PDF's path
     relative to the input root without ``.pdf``), see ``data_prep.pages``. Ids must be unique within a store.
@@ -38,8 +46,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,15 +58,39 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from data_prep.images import decode_image
+from data_prep.errors import DiskFullError, InputError, MissingInputError, UserError, stop_on_full_disk
+from data_prep.images import ImageDecodeError, decode_image
 
 SHARD_GLOB = "shard-*.h5"
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
+_ASIDE_RE = re.compile(r"^shard-(\d{5,})\.h5(?:\.\d+)?$")
 FORMAT_VERSION = 2
 _STR = h5py.string_dtype("utf-8")
+CORRUPT_DIR = "corrupt"
+REPAIR_HINT = ("check the whole store with `python -m data_prep.inspect STORE --verify`; re-running data_prep.render "
+               "on it moves corrupt shards aside and renders their pages again")
+logger = logging.getLogger(__name__)
 
 
-class UnknownPageError(KeyError):
+class CorruptStoreError(InputError):
+    """A shard, or a page in it, that cannot be read; the message names the shard, the page and the problem."""
+
+    def __init__(self, message: str, shard: Path | None = None, problem: str | None = None,
+                 page_id: str | None = None) -> None:
+        super().__init__(message)  # one positional argument: DataLoader workers re-raise it as type(err)(message)
+        self.shard, self.problem, self.page_id = shard, problem or message, page_id
+
+
+def corrupt(shard: Path, problem: str, page_id: str | None = None) -> CorruptStoreError:
+    where = f"page store shard {shard}" + (f": page {page_id!r}" if page_id is not None else "")
+    return CorruptStoreError(f"{where}: {problem}; {REPAIR_HINT}", shard, problem, page_id)
+
+
+class StoreBusyError(UserError, RuntimeError):
+    """A second writer on a store that another process is writing."""
+
+
+class UnknownPageError(UserError, KeyError):
     """Raised for a page id that the store does not hold."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
@@ -68,8 +103,139 @@ def shard_paths(path: str | os.PathLike) -> list[Path]:
     if p.is_file():
         return [p]
     if not p.is_dir():
-        raise FileNotFoundError(f"page store not found: {p} (expected an .h5 file or a directory of shards)")
+        raise MissingInputError(f"page store not found: {p} (expected an .h5 file or a directory of shards)")
     return sorted(q for q in p.glob("*.h5") if q.is_file())
+
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """What a reader needs of one shard: its page ids, their n+1 byte offsets, the file position of ``data``."""
+
+    ids: list[str]
+    offsets: np.ndarray
+    data_pos: int | None  # None: data not contiguous (chunked/compressed by another tool), read through HDF5
+
+
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
+
+
+def _open_problem(err: OSError) -> str:
+    """Why h5py could not open a shard, in words."""
+    text = str(err)
+    if m := _TRUNCATED.search(text):
+        return (f"truncated: the file has {int(m.group(1))} of its {int(m.group(2))} bytes (an interrupted copy or "
+                "a full disk)")
+    if "file signature not found" in text:
+        return "not an HDF5 file"
+    return f"cannot be opened as HDF5 ({text})"
+
+
+def read_shard_index(shard: Path) -> ShardIndex:
+    """Ids, offsets and data position of one shard, checked; ``CorruptStoreError`` naming the shard otherwise."""
+    try:
+        f = h5py.File(shard, "r")
+    except OSError as err:
+        raise corrupt(shard, _open_problem(err)) from None
+    with f:
+        missing = [name for name in ("ids", "data", "offsets") if name not in f]
+        if missing:
+            raise corrupt(shard, f"missing dataset(s) {', '.join(missing)} (a shard holds ids, data, offsets, meta)")
+        try:
+            ids, offsets, data = list(f["ids"].asstr()[()]), f["offsets"][()], f["data"]
+            n_data, data_pos = int(data.shape[0]) if data.ndim == 1 else -1, data.id.get_offset()
+        except (OSError, RuntimeError, ValueError) as err:
+            raise corrupt(shard, f"unreadable datasets ({err})") from None
+    _check_offsets(shard, ids, offsets, n_data)
+    if data_pos is not None and data_pos + n_data > shard.stat().st_size:
+        raise corrupt(shard, f"truncated: the data ends at byte {data_pos + n_data} but the file has "
+                      f"{shard.stat().st_size} bytes")
+    return ShardIndex(ids, offsets, data_pos)
+
+
+def _check_offsets(shard: Path, ids: list[str], offsets: np.ndarray, n_data: int) -> None:
+    if n_data < 0:
+        raise corrupt(shard, "the data dataset is not one-dimensional")
+    if offsets.ndim != 1 or len(offsets) != len(ids) + 1:
+        raise corrupt(shard, f"{len(ids)} ids but {len(offsets)} offsets (expected n+1)")
+    if len(offsets) and offsets[0] != 0:
+        raise corrupt(shard, f"offsets start at {int(offsets[0])}, not 0")
+    if (steps := np.flatnonzero(np.diff(offsets) < 0)).size:
+        raise corrupt(shard, f"offsets decrease at page {ids[steps[0]]!r}", ids[steps[0]])
+    if (past := np.flatnonzero(offsets[1:] > n_data)).size:
+        row = int(past[0])
+        raise corrupt(shard, f"offsets past the data: the page ends at byte {int(offsets[row + 1])} but the data "
+                      f"holds {n_data} bytes", ids[row])
+
+
+@dataclass
+class Problem:
+    """One finding of :func:`verify_store`: a shard, optionally a page in it, and what is wrong."""
+
+    shard: str
+    problem: str
+    page: str | None = None
+
+
+@dataclass
+class StoreReport:
+    """The result of :func:`verify_store`; ``ok`` when nothing is wrong."""
+
+    path: str
+    shards: int = 0
+    pages: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def corrupt_shards(self) -> dict[str, str]:
+        """Shard -> its first problem."""
+        found: dict[str, str] = {}
+        for p in self.problems:
+            found.setdefault(p.shard, p.problem if p.page is None else f"page {p.page!r}: {p.problem}")
+        return found
+
+
+def verify_store(path: str | os.PathLike, decode: bool = True,
+                 on_page: Callable[[], None] | None = None) -> StoreReport:
+    """Check every shard (opens, datasets, offsets, ids unique across shards) and, with ``decode``, decode every
+    page; ``on_page`` is called once per page checked (progress). Never raises for a corrupt shard: it reports it."""
+    report = StoreReport(str(path))
+    indexes: dict[Path, ShardIndex] = {}
+    for shard in shard_paths(path):
+        report.shards += 1
+        try:
+            indexes[shard] = read_shard_index(shard)
+        except CorruptStoreError as err:
+            report.problems.append(Problem(str(shard), err.problem))
+    report.pages = sum(len(entry.ids) for entry in indexes.values())
+    seen: dict[str, Path] = {}
+    for shard, entry in indexes.items():
+        for pid in entry.ids:
+            if pid in seen:
+                report.problems.append(Problem(str(shard), f"page id also in {seen[pid]} (a copied shard?)", pid))
+            seen.setdefault(pid, shard)
+        if decode:
+            report.problems += _decode_pages(shard, entry.ids, on_page)
+    return report
+
+
+def _decode_pages(shard: Path, ids: list[str], on_page: Callable[[], None] | None) -> list[Problem]:
+    """Decode every page of one shard through the reader, as training and evaluation will."""
+    store, problems = PageStore(shard), []
+    try:
+        for pid in ids:
+            try:
+                store.get_image(pid)
+            except CorruptStoreError as err:
+                problems.append(Problem(str(shard), err.problem, pid))
+            if on_page is not None:
+                on_page()
+    finally:
+        store.close()
+    return problems
 
 
 class PageStore:
@@ -78,7 +244,8 @@ class PageStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"page store not found: {self.path}")
+            raise MissingInputError(f"page store not found: {self.path} (expected an .h5 file or a directory of "
+                                    "shards written by data_prep.render)")
         self._index: dict[str, tuple[int, int]] | None = None
         self._shards: list[Path] = []
         self._offsets: list[np.ndarray] = []  # per shard: n+1 byte offsets into its data dataset
@@ -94,18 +261,13 @@ class PageStore:
             index: dict[str, tuple[int, int]] = {}
             offsets, positions = [], []
             for si, shard in enumerate(shards):
-                with h5py.File(shard, "r") as f:
-                    if not {"ids", "data", "offsets"} <= set(f):
-                        raise ValueError(f"{shard} is not a page-store shard (needs datasets ids, data, offsets)")
-                    ids = f["ids"].asstr()[()]
-                    offsets.append(f["offsets"][()])
-                    positions.append(f["data"].id.get_offset())
-                if len(offsets[-1]) != len(ids) + 1:
-                    raise ValueError(f"{shard}: {len(ids)} ids but {len(offsets[-1])} offsets (expected n+1)")
-                for row, pid in enumerate(ids):
+                entry = read_shard_index(shard)
+                offsets.append(entry.offsets)
+                positions.append(entry.data_pos)
+                for row, pid in enumerate(entry.ids):
                     if pid in index:
                         other = shards[index[pid][0]]
-                        raise ValueError(f"page id {pid!r} is in two shards: {other} and {shard}")
+                        raise corrupt(shard, f"page id {pid!r} is also in {other} (a copied shard?)", pid)
                     index[pid] = (si, row)
             self._shards, self._offsets, self._data_pos, self._index = shards, offsets, positions, index
             self._files, self._fds = [None] * len(shards), [None] * len(shards)
@@ -160,12 +322,19 @@ class PageStore:
             return self._file(si)["data"][start:end].tobytes()
         data = os.pread(self._fd(si), end - start, pos + start)
         if len(data) != end - start:
-            raise OSError(f"{self._shards[si]}: short read for page {page_id!r} (file truncated?)")
+            size = self._shards[si].stat().st_size
+            raise corrupt(self._shards[si], f"truncated: the page's bytes end at {pos + end} but the file has "
+                          f"{size} bytes", page_id)
         return data
 
     def get_image(self, page_id: str) -> Image.Image:
-        """The page decoded to an RGB PIL image (``ValueError`` naming the page and shard if it does not decode)."""
-        return decode_image(self.get_bytes(page_id), f"{page_id} ({self._shards[self._locate(page_id)[0]]})")
+        """The page decoded to an RGB PIL image (``CorruptStoreError`` naming page and shard if it does not decode)."""
+        data = self.get_bytes(page_id)
+        try:
+            return decode_image(data, page_id)
+        except ImageDecodeError as err:
+            raise corrupt(self._shards[self._locate(page_id)[0]], f"its {len(data)} bytes do not decode as an "
+                          f"image ({err.reason})", page_id) from None
 
     def meta(self, page_id: str) -> dict[str, Any]:
         """Per-page metadata (source, page, width, height, dpi, format, ...); ``{}`` for shards without ``meta``."""
@@ -201,6 +370,15 @@ class PageStore:
         return f"PageStore({str(self.path)!r})"
 
 
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -213,15 +391,18 @@ class PageStoreWriter:
     """Appends pages to a store directory in atomically committed shards; resumable (see the module docstring).
 
     Use as a context manager; ``close`` commits the partial last shard. ``has(page_id)`` is true for pages in
-    committed shards and in the current buffer. Adding an id twice raises ``ValueError``.
+    committed shards and in the current buffer. Adding an id twice raises ``ValueError``. With ``repair`` the
+    committed shards are verified first (``decode``: every page decoded too; ``on_page``: progress) and corrupt
+    ones moved aside into ``STORE/corrupt/`` (listed in ``set_aside``), so that their pages count as not written.
     """
 
-    def __init__(self, path: str | os.PathLike, shard_pages: int = 2048, shard_bytes: int = 512 << 20):
+    def __init__(self, path: str | os.PathLike, shard_pages: int = 2048, shard_bytes: int = 512 << 20,
+                 repair: bool = False, decode: bool = True, on_page: Callable[[], None] | None = None):
         if shard_pages < 1 or shard_bytes < 1:
             raise ValueError("shard_pages and shard_bytes must be positive")
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"page store {self.path} exists and is not a directory; writers need a directory")
+            raise InputError(f"page store {self.path} exists and is not a directory; writers need a directory")
         self.path.mkdir(parents=True, exist_ok=True)
         self.shard_pages, self.shard_bytes = shard_pages, shard_bytes
         self._lock = open(self.path / ".lock", "w")
@@ -229,18 +410,36 @@ class PageStoreWriter:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise RuntimeError(f"page store {self.path} is being written by another process") from None
+            raise StoreBusyError(f"page store {self.path} is being written by another process; wait for it to end") \
+                from None
         for tmp in self.path.glob("shard-*.h5.tmp"):  # uncommitted leftovers of a killed run
             tmp.unlink()
+        self.set_aside: list[tuple[Path, Path, str]] = []  # (shard, where it went, why)
+        if repair:
+            self._set_aside_corrupt(decode, on_page)
         self._committed: set[str] = set(PageStore(self.path).ids()) if shard_paths(self.path) else set()
         numbers = [int(m.group(1)) for q in self.path.glob(SHARD_GLOB) if (m := _SHARD_RE.match(q.name))]
-        self._next_shard = max(numbers, default=-1) + 1
+        aside = [int(m.group(1)) for q in (self.path / CORRUPT_DIR).glob("shard-*") if (m := _ASIDE_RE.match(q.name))]
+        self._next_shard = max(numbers + aside, default=-1) + 1
         self._buf_ids: list[str] = []
         self._buf_data: list[bytes] = []
         self._buf_meta: list[str] = []
         self._buf_set: set[str] = set()
         self._buf_bytes = 0
+        self._disk_full = False
         self.pages_written = 0
+
+    def _set_aside_corrupt(self, decode: bool, on_page: Callable[[], None] | None) -> None:
+        """Move every corrupt shard into ``STORE/corrupt/`` (never deleted: the user decides)."""
+        report = verify_store(self.path, decode, on_page)
+        for shard, problem in report.corrupt_shards().items():
+            source = Path(shard)
+            target = _free_name(self.path / CORRUPT_DIR / source.name)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(source, target)
+            _fsync_dir(self.path)
+            logger.warning("set aside corrupt shard %s -> %s (%s)", source, target, problem)
+            self.set_aside.append((source, target, problem))
 
     def has(self, page_id: str) -> bool:
         return page_id in self._committed or page_id in self._buf_set
@@ -271,14 +470,15 @@ class PageStoreWriter:
         n = len(self._buf_ids)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum([len(b) for b in self._buf_data], out=offsets[1:])
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.create_dataset("ids", data=np.array(self._buf_ids, dtype=object), dtype=_STR)
-            f.create_dataset("data", data=np.frombuffer(b"".join(self._buf_data), dtype=np.uint8))  # contiguous
-            f.create_dataset("offsets", data=offsets)
-            f.create_dataset("meta", data=np.array(self._buf_meta, dtype=object), dtype=_STR)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        kept = (f"the {len(self._committed)} pages of the committed shards are intact; free space and run the same "
+                "command again to resume")
+        try:
+            with stop_on_full_disk(final, kept):
+                self._write_shard(tmp, offsets)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)  # never committed: only this run's own partial write
+            self._disk_full = isinstance(err, DiskFullError)
+            raise
         os.replace(tmp, final)
         _fsync_dir(self.path)
         self._committed.update(self._buf_ids)
@@ -287,12 +487,23 @@ class PageStoreWriter:
         self._buf_ids, self._buf_data, self._buf_meta, self._buf_set, self._buf_bytes = [], [], [], set(), 0
         return final
 
+    def _write_shard(self, tmp: Path, offsets: np.ndarray) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.create_dataset("ids", data=np.array(self._buf_ids, dtype=object), dtype=_STR)
+            f.create_dataset("data", data=np.frombuffer(b"".join(self._buf_data), dtype=np.uint8))  # contiguous
+            f.create_dataset("offsets", data=offsets)
+            f.create_dataset("meta", data=np.array(self._buf_meta, dtype=object), dtype=_STR)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+
     def close(self) -> None:
         """Commit the partial shard and release the lock."""
         if self._lock.closed:
             return
         try:
-            self.commit()
+            if not self._disk_full:  # after a full disk, writing the same shard again would only fail again
+                self.commit()
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from PIL import Image
 
+from data_prep.errors import InputError, MissingInputError
 from eval.trec import Qrels
 
 __all__ = ["RetrievalData", "load_retrieval_data", "resolve_tasks", "GROUPS"]
@@ -58,7 +59,7 @@ class RetrievalData:
             warnings.warn(f"{self.name}: {rows} qrels rows name {len(missing_d)} corpus ids absent from the corpus "
                           f"of {len(corpus)} pages (e.g. {sorted(missing_d)[:3]})", stacklevel=2)
         if len(set(self.corpus_ids)) != len(self.corpus_ids):
-            raise ValueError(f"{self.name}: corpus ids are not unique")
+            raise InputError(f"{self.name}: corpus ids are not unique")
 
 
 def _column(table: Dataset, candidates: Sequence[str], what: str, source: str) -> str:
@@ -66,7 +67,7 @@ def _column(table: Dataset, candidates: Sequence[str], what: str, source: str) -
     for name in candidates:
         if name in table.column_names:
             return name
-    raise ValueError(f"{source}: {what} table has columns {table.column_names}, expected one of {list(candidates)}")
+    raise InputError(f"{source}: {what} table has columns {table.column_names}, expected one of {list(candidates)}")
 
 
 def _local_table(root: Path, part: str, split: str) -> Dataset:
@@ -79,10 +80,10 @@ def _local_table(root: Path, part: str, split: str) -> Dataset:
     elif path.with_suffix(".parquet").exists():
         table = load_dataset("parquet", data_files=str(path.with_suffix(".parquet")), split="train")
     else:
-        raise FileNotFoundError(f"{root}: no '{part}' table (saved dataset, parquet folder or {part}.parquet)")
+        raise MissingInputError(f"{root}: no '{part}' table (saved dataset, parquet folder or {part}.parquet)")
     if isinstance(table, DatasetDict):
         if split not in table:
-            raise ValueError(f"{path}: split {split!r} not found (have {list(table)})")
+            raise InputError(f"{path}: split {split!r} not found (have {list(table)})")
         table = table[split]
     return table
 
@@ -90,7 +91,14 @@ def _local_table(root: Path, part: str, split: str) -> Dataset:
 def _table(source: str, part: str, split: str) -> Dataset:
     """One of the ``corpus`` / ``queries`` / ``qrels`` tables from a local folder or a hub dataset name."""
     root = Path(source)
-    return _local_table(root, part, split) if root.exists() else load_dataset(source, part, split=split)
+    if root.exists():
+        return _local_table(root, part, split)
+    try:
+        return load_dataset(source, part, split=split)
+    except Exception as err:  # offline, unknown repository, no such config: all say "cannot get it from the hub"
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise MissingInputError(f"{source}: neither a local folder nor a hub dataset that can be loaded "
+                                f"({type(err).__name__}: {first_line})") from err
 
 
 def load_retrieval_data(source: str, split: str = "test", name: str | None = None,
@@ -133,7 +141,7 @@ def _pairs_task(path: Path, name: str | None, page_store: str | Path | None) -> 
     from retriever.pairs import read_jsonl_pairs
 
     if page_store is None:
-        raise ValueError(f"{path}: a pairs JSONL task needs --page_store (the corpus its page ids refer to)")
+        raise InputError(f"{path}: a pairs JSONL task needs --page_store (the corpus its page ids refer to)")
     pairs = read_jsonl_pairs(path)
     store = PageStore(page_store)
     ids = store.ids()

@@ -12,7 +12,9 @@ Design
 * Collectives run under the process group's timeout (:func:`init_distributed`), so a dead rank makes the others
   fail with a message instead of hanging.
 * Resumable: after every chunk a rank saves its top-k state (``torch.save`` of tensors, reloaded with
-  ``weights_only=True``) under ``state_dir``; a rerun with the same settings continues from the next chunk.
+  ``weights_only=True``) under ``state_dir``, replacing the previous one atomically; a rerun with the same
+  settings continues from the next chunk. A full disk stops the run with one line naming the state file, whose
+  previous version is intact.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from data_prep.outputs import RESUME_HINT, atomic_output
 from eval.topk import RunningTopK, merge_across_ranks
 from retriever.model.embeddings import pad_multivector
 from retriever.model.scoring import dense_scores, maxsim_lists
@@ -82,7 +85,7 @@ def encode_sharded_queries(encoder: Encoder, texts: Sequence[str], batch_size: i
 def _scorer(multi: bool, device: torch.device, compute_dtype: torch.dtype | None) -> Callable[[Any, Embeddings], Tensor]:
     """Score function ``(prepared queries, page embeddings) -> [Nq, C]`` on ``device``."""
     if multi:
-        return lambda q, pages: maxsim_lists(q, [p.to(device) for p in pages], compute_dtype=compute_dtype)
+        return lambda q, pages: maxsim_lists(q, pages, compute_dtype=compute_dtype)  # uploads pages itself
     return lambda q, pages: dense_scores(q, pages.to(device, q.dtype)).float()
 
 
@@ -96,6 +99,15 @@ def trec_tie_key(ids: Sequence[str]) -> Tensor:
 
 def _state_key(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _save_state(state_file: Path, top: RunningTopK, next_chunk: int) -> None:
+    """The running top-k after ``next_chunk`` chunks, replacing the previous state all or nothing."""
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    done = next_chunk - 1
+    kept = f"the state saved after {done} scored chunk(s) is intact; {RESUME_HINT}" if done else RESUME_HINT
+    with atomic_output(state_file, kept) as handle:
+        torch.save({"values": top.values, "indices": top.indices, "next_chunk": next_chunk}, handle)
 
 
 def score_shard(
@@ -148,10 +160,7 @@ def score_shard(
             on_chunk(scores, span)
         top.update(scores, torch.tensor(list(span)))
         if state_file is not None:
-            state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = state_file.with_suffix(".tmp")
-            torch.save({"values": top.values, "indices": top.indices, "next_chunk": ci + 1}, tmp)
-            tmp.replace(state_file)
+            _save_state(state_file, top, ci + 1)
     result = merge_across_ranks(top)
     if state_file is not None and state_file.exists():
         state_file.unlink()

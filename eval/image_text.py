@@ -38,6 +38,8 @@ import torch.distributed as dist
 from PIL import Image
 from torch import Tensor
 
+from data_prep.errors import InputError, MissingInputError, cli, open_input
+from data_prep.images import ImageDecodeError
 from eval.engine import Encoder, encode_sharded_queries, init_distributed, score_shard
 from eval.score_run import parse_k
 from eval.topk import select_topk
@@ -64,16 +66,24 @@ class KarpathySplit:
             try:
                 with Image.open(self.image_paths[p]) as img:
                     images.append(img.convert("RGB"))
+            except FileNotFoundError:
+                raise MissingInputError(f"image {p} ({self.image_paths[p]}) does not exist; check --image_root") \
+                    from None
             except OSError as err:
-                raise OSError(f"image {p} ({self.image_paths[p]}): {err}") from err
+                raise ImageDecodeError(f"image {p} ({self.image_paths[p]}): {err}") from err
         return images
 
 
 def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "test") -> KarpathySplit:
     """Read one split of a Karpathy JSON; errors name the file and the image entry."""
-    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    with open_input(json_path, "Karpathy split JSON") as fh:
+        text = fh.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{json_path}: line {err.lineno}: invalid JSON: {err.msg}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{json_path}: expected an object with an 'images' list (Karpathy split format)")
+        raise InputError(f"{json_path}: expected an object with an 'images' list (Karpathy split format)")
     paths, captions, owner = [], [], []
     for n, entry in enumerate(data["images"]):
         if entry.get("split") != split:
@@ -82,14 +92,14 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
             sentences = [s["raw"] for s in entry["sentences"]]
             path = Path(image_root) / entry.get("filepath", "") / entry["filename"]
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{json_path}: images[{n}] lacks {err} (needs filename and sentences[].raw)") from None
+            raise InputError(f"{json_path}: images[{n}] lacks {err} (needs filename and sentences[].raw)") from None
         if not sentences:
-            raise ValueError(f"{json_path}: images[{n}] ({entry['filename']}) has no sentences")
+            raise InputError(f"{json_path}: images[{n}] ({entry['filename']}) has no sentences")
         captions.extend(sentences)
         owner.extend([len(paths)] * len(sentences))
         paths.append(path)
     if not paths:
-        raise ValueError(f"{json_path}: no images in split {split!r}")
+        raise InputError(f"{json_path}: no images in split {split!r}")
     return KarpathySplit(paths, captions, owner)
 
 
@@ -165,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from data_prep.errors import cli
+from data_prep.outputs import write_text_atomic
 from eval.datasets import RetrievalData, load_retrieval_data, resolve_tasks
 from eval.engine import Encoder, encode_sharded_queries, init_distributed, score_shard
 from eval.metrics import DEFAULT_K, evaluate_run
@@ -96,11 +98,12 @@ def run_tasks(encoder: Encoder, tasks: list[tuple[str, str]], args: argparse.Nam
         if info.is_main:
             task_dir.mkdir(parents=True, exist_ok=True)
             write_run(task_dir / "run.trec", run, tag=Path(args.model).name)
-            (task_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            write_text_atomic(task_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         results[name] = metrics["aggregate"]
     return results
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -117,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     if info.is_main:
         names = sorted({m for agg in results.values() for m in agg})
         average = {m: sum(agg[m] for agg in results.values()) / len(results) for m in names}
-        (args.out / "metrics.json").write_text(json.dumps({"tasks": results, "average": average}, indent=2) + "\n")
+        summary = {"tasks": results, "average": average}
+        write_text_atomic(args.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
         table = markdown_table({**results, "average": average})
-        (args.out / "results.md").write_text(table)
+        write_text_atomic(args.out / "results.md", table)
         print(table)
     if dist.is_initialized():
         dist.destroy_process_group()

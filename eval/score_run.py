@@ -10,8 +10,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from data_prep.errors import cli
 from eval.metrics import DEFAULT_K, evaluate_run
-from eval.trec import FormatError, read_qrels, read_run
+from eval.trec import read_qrels, read_run
 
 
 def parse_k(text: str) -> list[int]:
@@ -39,13 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run, qrels = read_run(args.run), read_qrels(args.qrels)
-    except (FormatError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run, qrels = read_run(args.run), read_qrels(args.qrels)
     missing = set(run) - set(qrels)
     if missing:
         warnings.warn(f"{len(missing)} of {len(run)} run queries have no qrels and are not scored", stacklevel=1)

@@ -14,20 +14,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from data_prep.errors import InputError, open_input
+from data_prep.outputs import write_text_atomic
+
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 
 __all__ = ["FormatError", "Qrels", "Run", "read_qrels", "read_run", "write_run"]
 
 
-class FormatError(ValueError):
+class FormatError(InputError):
     """A run or qrels line that does not parse; the message names the file and line."""
 
 
 def read_run(path: str | Path) -> Run:
     """Parse a TREC run file into ``{qid: {docid: score}}``; a repeated (qid, docid) pair is an error."""
     run: Run = {}
-    with open(path, encoding="utf-8") as handle:
+    with open_input(path, "run file") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -51,7 +54,7 @@ def read_qrels(path: str | Path) -> Qrels:
     """Parse TREC (``qid 0 docid rel``) or BEIR TSV (header ``query-id corpus-id score``) qrels."""
     qrels: Qrels = {}
     beir = None
-    with open(path, encoding="utf-8") as handle:
+    with open_input(path, "qrels file") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -72,9 +75,10 @@ def read_qrels(path: str | Path) -> Qrels:
 
 
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str = "vlmret") -> None:
-    """Write ``{qid: {docid: score}}`` as a TREC run, each query ranked by score (ties: docid descending)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
-            for rank, (docid, score) in enumerate(ranked, start=1):
-                handle.write(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n")
+    """Write ``{qid: {docid: score}}`` as a TREC run, each query ranked by score (ties: docid descending); all or
+    nothing (a full disk raises ``DiskFullError`` and leaves the previous file)."""
+    lines = []
+    for qid, docs in run.items():
+        ranked = sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
+        lines += [f"{qid} Q0 {docid} {rank} {score!r} {tag}\n" for rank, (docid, score) in enumerate(ranked, start=1)]
+    write_text_atomic(path, "".join(lines))

@@ -14,7 +14,9 @@ Input: the queries JSONL of ``query_generation.generate`` (one query per line, w
 format (``query``, ``pos``, ``neg``, ``source``, ``doc_id``, and the provenance fields ``kind``, ``backend``,
 ``model``, ``prompt``, ``seed``, ``page_id`` of generated queries); every dropped query goes to ``--rejected``
 with its input ``line``, the ``stage`` and the ``reason``. A table of counts per stage is printed;
-kept + rejected = input, always.
+kept + rejected = input, always. Both outputs are written atomically (a full disk leaves their previous
+versions); bad input (a line that is neither a query nor a pair, a judge prompt without its slot, contradicting
+flags) stops the run with one ``error:`` line and exit status 2 (docs/ERRORS.md).
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
+from data_prep.outputs import write_text_atomic
 from data_prep.store import PageStore
 from query_generation.backend_args import add_backend_arguments, backend_options
 from query_generation.backends import BACKENDS, make_backend
@@ -39,14 +43,16 @@ GENERATED_SOURCE = "vlm_generated"
 def to_pair(record: dict[str, Any], where: str) -> dict[str, Any]:
     """A generated query (``page_id``) or a pair (``pos``) in the trainer's pair format."""
     if not isinstance(record.get("query"), str):
-        raise ValueError(f"{where}: 'query' must be a string")
+        raise InputError(f"{where}: no 'query' string (--queries takes the output of "
+                         "query_generation.generate, or pairs)")
     if "page_id" in record:
         pair = {"query": record["query"], "pos": [record["page_id"]], "neg": [], "source": GENERATED_SOURCE,
                 "doc_id": record.get("doc_id")}
         return pair | {key: record[key] for key in PROVENANCE if key in record}
     if isinstance(record.get("pos"), list) and record["pos"]:
         return {"neg": [], **record}
-    raise ValueError(f"{where}: neither a generated query ('page_id') nor a pair (non-empty 'pos')")
+    raise InputError(f"{where}: neither a generated query ('page_id') nor a pair (non-empty 'pos'); --queries "
+                     "takes the output of query_generation.generate, or pairs")
 
 
 def read_candidates(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
@@ -109,13 +115,9 @@ def stages_for(args: argparse.Namespace) -> list[Stage]:
 
 
 def write_jsonl(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> None:
-    """Write atomically (tmp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    os.replace(tmp, path)
+    """Write all or nothing (tmp file, fsync, rename; a full disk leaves the previous version)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def run_stages(items: list[tuple[int, dict[str, Any]]], stages: Sequence[Stage]
@@ -142,7 +144,19 @@ def print_table(total: int, kept: int, table: Sequence[tuple[str, int, int]]) ->
     print(f"{'total':<12}{total:>9}{kept:>9}{total - kept:>10}")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flags that cannot work together, before anything is read or loaded."""
+    if args.retriever and not args.store:
+        raise InputError("--retriever needs --store (the page store the retriever searches)")
+    if args.min_words > args.max_words:
+        raise InputError(f"--min_words {args.min_words} is more than --max_words {args.max_words}: no query could "
+                         "be kept")
+    if min(args.judge_batch_size, args.top_k, args.retriever_batch_size, args.chunk_pages) < 1:
+        raise InputError("--judge_batch_size, --top_k, --retriever_batch_size and --chunk_pages must be >= 1")
+
+
 def filter_queries(args: argparse.Namespace) -> dict[str, int]:
+    check_args(args)
     items = read_candidates(args.queries)
     kept, rejected, table = run_stages(items, stages_for(args))
     if len(kept) + len(rejected) != len(items):
@@ -185,12 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    if args.retriever and not args.store:
-        ap.error("--retriever needs --store (the corpus to search)")
-    filter_queries(args)
+    filter_queries(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from data_prep.errors import InputError, cli, stop_on_full_disk
 from data_prep.jsonl import iter_jsonl
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -48,25 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    rng = random.Random(args.seed)
-    written = skipped = 0
     out = Path(args.out)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    try:
+        with stop_on_full_disk(out, f"{out} was not replaced; free space and run the same command again"):
+            written, skipped = write_pairs(args, tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{written} pairs written to {out}; {skipped} pages had no sentence of {args.min_words}-{args.max_words} "
+          "words")
+
+
+def write_pairs(args: argparse.Namespace, path: Path) -> tuple[int, int]:
+    """One pair per page with a usable sentence, written to ``path``; returns (written, skipped)."""
+    rng = random.Random(args.seed)
+    written = skipped = 0
+    with path.open("w", encoding="utf-8") as handle:
         for number, record in tqdm(iter_jsonl(args.pages), desc="queries from text", unit="page"):
             if "id" not in record:
-                raise ValueError(f"{args.pages}: line {number}: no 'id' field")
+                raise InputError(f"{args.pages}: line {number}: no 'id' field (write pages.jsonl with "
+                                 "data_prep.split_pdfs)")
             pair = pair_for_page(record, rng, args.min_words, args.max_words)
             if pair is None:
                 skipped += 1
                 continue
             handle.write(json.dumps(pair, ensure_ascii=False) + "\n")
             written += 1
-    tmp.replace(out)
-    print(f"{written} pairs written to {out}; {skipped} pages had no sentence of {args.min_words}-{args.max_words} words")
-
+    return written, skipped
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,9 @@ instruction) goes to the chosen backend; the answer is parsed (:mod:`query_gener
 becomes one JSON line: ``page_id``, ``doc_id``, ``query``, ``kind``, ``backend``, ``model``, ``prompt`` (file name
 and hash), ``seed``. A page that yields no query (unknown id, undecodable image, an answer without queries,
 a request the server refused) goes to the failures file with the reason and, for answers, the raw text.
+Problems of the whole run stop it with one ``error:`` line and exit status 2 (docs/ERRORS.md): contradicting
+flags, a prompt file without its slots, a model without a chat template, an unreachable server, a corrupt page
+store, a ``--pages`` list that shares no page with the store, a full disk (every complete page is kept).
 
 Resumable and shardable: output is appended and fsynced per batch; re-running the same command after any
 interruption (even ``kill -9``) skips finished pages and ends with the same file as an uninterrupted run
@@ -23,7 +26,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_prep.errors import InputError, cli
 from data_prep.failures import FailureLog
+from data_prep.images import ImageDecodeError
 from data_prep.store import PageStore, UnknownPageError
 from query_generation.backend_args import add_backend_arguments, backend_options
 from query_generation.backends import BACKENDS, Backend, Decoding, Request, make_backend
@@ -58,7 +63,7 @@ class Run:
         """The page's chat request, or None (failure recorded) when its image cannot be read."""
         try:
             image, url = load_image(self.store, page.id, self.args.max_pixels)
-        except (UnknownPageError, ValueError) as err:
+        except (UnknownPageError, ImageDecodeError) as err:
             self.fail(page, str(err))
             return None
         messages = self.prompt.messages(url, num_queries=self.args.queries_per_page)
@@ -102,10 +107,24 @@ class Run:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.queries_per_page < 1 or args.samples_per_page < 1 or args.max_new_tokens < 1:
-        raise ValueError("--queries_per_page, --samples_per_page and --max_new_tokens must be >= 1")
+    """Refuse flags that cannot work together, before anything is read or loaded."""
+    if min(args.queries_per_page, args.samples_per_page, args.max_new_tokens) < 1:
+        raise InputError("--queries_per_page, --samples_per_page and --max_new_tokens must be >= 1")
     if args.samples_per_page > 1 and args.temperature <= 0:
-        raise ValueError("--samples_per_page > 1 needs --temperature > 0 (greedy samples would be identical)")
+        raise InputError("--samples_per_page > 1 needs --temperature > 0 (greedy samples would be identical)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        raise InputError(f"--shard_index must be in [0, --num_shards), got --shard_index {args.shard_index} with "
+                         f"--num_shards {args.num_shards} (shards are numbered from 0)")
+
+
+def check_pages(pages: list[Page], store: PageStore, pages_path: str | None) -> None:
+    """A page list that shares no page with the store names the wrong store (pages that render failed on are
+    missing from the store, and each is a failure of its own)."""
+    if pages_path is not None and pages and not any(page.id in store for page in pages):
+        raise InputError(f"{pages_path}: none of its {len(pages)} pages is in page store {store.path} (first: "
+                         f"{pages[0].id!r}); give the store rendered from this page list")
 
 
 def generate(args: argparse.Namespace, backend: Backend | None = None) -> dict[str, int]:
@@ -113,8 +132,9 @@ def generate(args: argparse.Namespace, backend: Backend | None = None) -> dict[s
     check_args(args)
     prompt = PromptFile.load(args.prompt or DEFAULT_QUERIES_PROMPT, GENERATION_SLOTS)
     store = PageStore(args.store)
-    batch_size = args.batch_size or DEFAULT_BATCH[args.backend]
-    batches = shard_batches(make_batches(list_pages(store, args.pages), batch_size), args.num_shards,
+    listed = list_pages(store, args.pages)
+    check_pages(listed, store, args.pages)
+    batches = shard_batches(make_batches(listed, args.batch_size or DEFAULT_BATCH[args.backend]), args.num_shards,
                             args.shard_index)
     out = Path(args.out)
     failures = Path(args.failures) if args.failures else out.with_name(out.stem + ".failures.jsonl")
@@ -181,6 +201,7 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)

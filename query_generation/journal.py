@@ -4,29 +4,38 @@ Records of one page are contiguous, and each batch is appended with one write, f
 is killed (even ``kill -9``), the file can end in a torn line or with only part of its last page's records.
 Opening the journal therefore cuts the torn line and then the whole last page (the only one that can be
 incomplete); the run regenerates that page with its original batch, so the file ends byte-identical to an
-uninterrupted run whenever decoding is deterministic (greedy, or a fixed seed).
+uninterrupted run whenever decoding is deterministic (greedy, or a fixed seed). A batch that a full disk cuts
+short is truncated away at once, so the file keeps complete pages only.
+
+A file that is not a queries file (a line that is no JSON object with a ``page_id``) is refused before anything
+is cut from it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.failures import truncate_torn_line
-from data_prep.jsonl import iter_jsonl
+from data_prep.errors import InputError, stop_on_full_disk
+
+KEPT = "every complete page is kept; free space and run the same command again to resume"
 
 
-def _last_page_start(path: Path) -> int:
-    """Byte offset where the records of the file's last page begin (0 for an empty file)."""
-    start, last_page, offset = 0, None, 0
-    with open(path, "rb") as fh:
-        for line in fh:
-            page = json.loads(line)["page_id"]
-            if page != last_page:
-                start, last_page = offset, page
-            offset += len(line)
-    return start
+def _page_ids(path: Path, lines: list[bytes]) -> list[str]:
+    """The ``page_id`` of every complete line; ``InputError`` naming the line when one is not a query record."""
+    ids = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("page_id"), str):
+            raise InputError(f"{path}: line {number}: not a query record with a 'page_id' (--out must be the "
+                             "queries file of query_generation.generate; give a new path to start a run)")
+        ids.append(record["page_id"])
+    return ids
 
 
 class QueryJournal:
@@ -35,28 +44,42 @@ class QueryJournal:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        truncate_torn_line(self.path)
-        if self.path.exists() and self.path.stat().st_size:
-            os.truncate(self.path, _last_page_start(self.path))
-        self.done: set[str] = set()
-        self.records = 0
-        if self.path.exists():
-            for number, record in iter_jsonl(self.path):
-                if "page_id" not in record:
-                    raise ValueError(f"{self.path}: line {number}: no 'page_id' (not a queries file?)")
-                self.done.add(record["page_id"])
-                self.records += 1
-        self._fh = open(self.path, "a", encoding="utf-8")
+        data = self.path.read_bytes() if self.path.exists() else b""
+        lines = data[:data.rfind(b"\n") + 1].splitlines(keepends=True)  # a torn last line is dropped
+        ids = _page_ids(self.path, lines)
+        last = len(ids)
+        while last and ids[last - 1] == ids[-1]:  # the last page may be incomplete: cut it whole
+            last -= 1
+        if len(data) != sum(map(len, lines[:last])):
+            os.truncate(self.path, sum(map(len, lines[:last])))
+        self.done: set[str] = set(ids[:last])
+        self.records = last
+        self._fh = open(self.path, "ab")
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Write a batch's records (pages contiguous) in one write, then flush and fsync."""
+        """Write a batch's records (pages contiguous) in one write, then flush and fsync; on a full disk the
+        partial batch is truncated away and ``DiskFullError`` raised."""
         if not records:
             return
-        self._fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        start = self._fh.tell()
+        with stop_on_full_disk(self.path, KEPT):
+            try:
+                self._fh.write(data)
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError:
+                self._reopen_at(start)
+                raise
         self.done.update(r["page_id"] for r in records)
         self.records += len(records)
+
+    def _reopen_at(self, size: int) -> None:
+        """Drop a partial batch: close (its buffer may still hold unwritten bytes), truncate, reopen."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        os.truncate(self.path, size)
+        self._fh = open(self.path, "ab")
 
     def close(self) -> None:
         self._fh.close()

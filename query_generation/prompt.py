@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import InputError, open_input
+
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 DEFAULT_QUERIES_PROMPT = PROMPT_DIR / "queries.txt"
 DEFAULT_JUDGE_PROMPT = PROMPT_DIR / "judge.txt"
@@ -35,17 +37,21 @@ class PromptFile:
 
     @classmethod
     def load(cls, path: str | Path, slots: tuple[str, ...]) -> PromptFile:
-        """Read ``path``, drop comment lines, check that every slot of ``slots`` is present (image: once)."""
+        """Read ``path``, drop comment lines, check that every slot of ``slots`` is present (image: once, and only
+        in prompts that take an image); a bad file raises ``InputError`` naming it and the fix."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompt file not found: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(path).splitlines()
         text = "\n".join(line for line in lines if not line.startswith("#")).strip()
         missing = [slot for slot in slots if slot not in text]
         if missing:
-            raise ValueError(f"prompt file {path}: missing slot(s) {', '.join(missing)} (required: {', '.join(slots)})")
-        if IMAGE_SLOT in slots and text.count(IMAGE_SLOT) != 1:
-            raise ValueError(f"prompt file {path}: {IMAGE_SLOT} must appear exactly once, found {text.count(IMAGE_SLOT)}")
+            raise InputError(f"prompt file {path}: missing slot(s) {', '.join(missing)} (required: "
+                             f"{', '.join(slots)}); add them to the text (see docs/QUERIES.md, Prompts)")
+        images = text.count(IMAGE_SLOT)
+        if IMAGE_SLOT in slots and images != 1:
+            raise InputError(f"prompt file {path}: {IMAGE_SLOT} must appear exactly once, found {images}; keep one")
+        if IMAGE_SLOT not in slots and images:
+            raise InputError(f"prompt file {path}: has an {IMAGE_SLOT} slot, but this prompt is sent without an image "
+                             f"(its slots: {', '.join(slots)}); remove it")
         return cls(path, text)
 
     @property
@@ -73,3 +79,11 @@ class PromptFile:
         if after:
             content.append({"type": "text", "text": after})
         return [{"role": "user", "content": content}]
+
+
+def _read_text(path: Path) -> str:
+    with open_input(path, "prompt file") as fh:
+        try:
+            return fh.read()
+        except UnicodeDecodeError as err:
+            raise InputError(f"prompt file {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None

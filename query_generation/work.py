@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from data_prep.images import ImageDecodeError
 from data_prep.pages import read_pages
 from data_prep.store import PageStore
 
@@ -37,15 +38,12 @@ def list_pages(store: PageStore, pages_path: str | os.PathLike | None) -> list[P
 
 
 def make_batches(pages: list[Page], batch_size: int) -> list[list[Page]]:
-    if batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
     return [pages[i:i + batch_size] for i in range(0, len(pages), batch_size)]
 
 
 def shard_batches(batches: list[list[Page]], num_shards: int, shard_index: int) -> list[list[Page]]:
-    """Shard ``shard_index`` of ``num_shards``: a contiguous, near-equal range of the batches."""
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard_index must be in [0, --num_shards), got {shard_index} of {num_shards}")
+    """Shard ``shard_index`` of ``num_shards`` (``0 <= shard_index < num_shards``): a contiguous, near-equal range
+    of the batches."""
     n = len(batches)
     return batches[n * shard_index // num_shards:n * (shard_index + 1) // num_shards]
 
@@ -58,8 +56,8 @@ def page_seed(seed: int, page_id: str) -> int:
 def load_image(store: PageStore, page_id: str, max_pixels: int | None) -> tuple[Image.Image, str]:
     """The page as an RGB image and as a data URL, downscaled to at most ``max_pixels`` (aspect kept).
 
-    Raises ``KeyError`` for a page the store does not hold and ``ValueError`` for undecodable bytes, both
-    naming the page.
+    Raises ``UnknownPageError`` for a page the store does not hold and ``ImageDecodeError`` for bytes that are no
+    image, both naming the page (a truncated shard raises ``CorruptStoreError``).
     """
     data = store.get_bytes(page_id)
     try:
@@ -68,7 +66,7 @@ def load_image(store: PageStore, page_id: str, max_pixels: int | None) -> tuple[
         mime = Image.MIME.get(image.format or "", "image/png")
         image = image.convert("RGB")
     except Exception as err:  # PIL raises many types for corrupt data
-        raise ValueError(f"page {page_id}: cannot decode its image: {err}") from None
+        raise ImageDecodeError(f"page {page_id}: cannot decode its image: {err}", str(err)) from None
     if max_pixels and image.width * image.height > max_pixels:
         scale = (max_pixels / (image.width * image.height)) ** 0.5
         image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),

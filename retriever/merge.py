@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from data_prep.errors import MissingInputError, cli
 from retriever.model.dtype import add_dtype_argument
 from retriever.model.saved import ADAPTER_FILE, load_encoder, save_merged
 
@@ -21,12 +22,14 @@ def merge(model_dir: Path, out_dir: Path, dtype: torch.dtype | str | None = None
           trust_remote_code: bool = False) -> Path:
     """Merges the LoRA run in ``model_dir`` into a full checkpoint at ``out_dir``; returns ``out_dir``."""
     if not (model_dir / ADAPTER_FILE).exists():
-        raise FileNotFoundError(f"{model_dir / ADAPTER_FILE} is missing: {model_dir} is not a LoRA run to merge")
+        raise MissingInputError(f"{model_dir / ADAPTER_FILE} is missing: {model_dir} is not a LoRA run to merge "
+                                "(only --training_mode lora runs have adapters)")
     encoder = load_encoder(model_dir, training_mode="lora", dtype=dtype, trust_remote_code=trust_remote_code)
     save_merged(encoder, out_dir, in_place=True)
     return out_dir
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m retriever.merge",

@@ -7,8 +7,9 @@
 2. Each rank takes a contiguous slice of the queries, encodes them and finds candidates: dense heads with a FAISS
    inner-product index (exact ``Flat`` by default, any ``--faiss_index`` factory string such as ``IVF4096,Flat``
    for large corpora; on the GPU when faiss has GPUs); multi-vector heads from pooled (mean token) vectors in
-   FAISS, the best ``--pool_depth`` reranked with exact MaxSim (``--multi_search exact``: brute-force MaxSim).
-   Candidates are scored exactly and ranked.
+   FAISS, the best ``--pool_depth`` reranked with exact MaxSim (``--multi_search exact``: brute-force MaxSim; on
+   a GPU with Triton the pages are packed once into pinned bf16 memory and the fused MaxSim kernel scores larger
+   query blocks). Candidates are scored exactly and ranked.
 3. The selection rules (``retriever.mining.rules``: positives and their near duplicates out, the rank window
    ``--range_min``/``--range_max``, ``--relative_margin``, ``--absolute_margin``, ``--max_score``, then
    ``--sampling``) pick up to ``--num_negatives`` ids as the line's ``neg``. Each line also gets ``neg_scores``,
@@ -24,13 +25,14 @@ import argparse
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from data_prep.errors import InputError, cli, stop_on_full_disk
 from eval.engine import shard_range
 from retriever.mining.candidates import pooled_vectors, rank_candidates
 from retriever.mining.duplicates import NearDuplicates, pdf_page_keys
@@ -38,7 +40,7 @@ from retriever.mining.rules import MiningRules, select_negatives
 from retriever.mining.statistics import MiningStats
 from retriever.model.embeddings import pad_multivector
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
-from retriever.model.scoring import maxsim_lists
+from retriever.model.scoring import fused_maxsim_available, maxsim_lists
 from retriever.pages import ImageFolder, PageResolver, StorePages
 from retriever.pairs import Pair, read_jsonl_pairs, validate_pairs
 from retriever.process_group import RankInfo, is_distributed, join_process_group
@@ -111,18 +113,28 @@ def encode_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, 
         images = [resolver.get_image(page_id) for page_id in chunk]
         encoded = encoder.encode_pages(images, batch_size=batch_size, ids=chunk)
         encoded = list(encoded) if isinstance(encoded, list) else list(encoded.unbind(0))
-        tmp = path.with_suffix(".tmp")
-        save_file({str(i): v.contiguous() for i, v in enumerate(encoded)}, str(tmp))
-        tmp.replace(path)  # a killed run never leaves a truncated shard behind
+        _save_shard(encoded, path)
         vectors.extend(encoded)
     return vectors
+
+
+def _save_shard(encoded: list[torch.Tensor], path: Path) -> None:
+    """One cache shard, all or nothing (a shard cut by a kill or a full disk is never reloaded as embeddings)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with stop_on_full_disk(path, "the cache shards written before are intact; free space and run the same "
+                               "command again to resume"):
+            save_file({str(i): v.contiguous() for i, v in enumerate(encoded)}, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_cache_ids(cache: Path, ids: list[str], rank: int) -> None:
     """The cache must belong to this corpus (same ids, same order); rank 0 records the ids on first use."""
     listing = cache / "ids.json"
     if listing.exists() and json.loads(listing.read_text()) != ids:
-        raise ValueError(f"{cache} caches embeddings of another corpus (its ids.json differs); "
+        raise InputError(f"{cache} caches embeddings of another corpus (its ids.json differs); "
                          "delete it or pass another --cache_dir")
     if rank == 0 and not listing.exists():
         listing.write_text(json.dumps(ids))
@@ -143,12 +155,27 @@ def search_dense(queries: torch.Tensor, pages: torch.Tensor, k: int, index_spec:
     return torch.from_numpy(found)
 
 
+def _multi_scorer(pages: list[torch.Tensor], block: int) -> tuple[Callable[[list[torch.Tensor]], torch.Tensor], int]:
+    """MaxSim ``(query block) -> [n, N]`` and the query block size to use (``16 * block`` on a GPU).
+
+    On a GPU with Triton the pages are packed once into pinned bf16 memory and uploaded per block (never
+    re-packed); elsewhere the CPU path pads them per call.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not fused_maxsim_available(device):
+        return (lambda part: maxsim_lists(pad_multivector(part), pages)), block
+    from retriever.model.maxsim_triton import PackedPages, maxsim_packed
+
+    packed = PackedPages.pack(pages, torch.bfloat16, pin=True)
+    return (lambda part: maxsim_packed(part, packed, torch.bfloat16, device)), 16 * block
+
+
 def search_multi(queries: list[torch.Tensor], pages: list[torch.Tensor], k: int, block: int = 256) -> torch.Tensor:
     """Top-``k`` page indices per query by MaxSim, query block by query block."""
+    score, block = _multi_scorer(pages, block)
     found = []
     for start in tqdm(range(0, len(queries), block), desc="MaxSim search", unit="block", leave=False):
-        scores = maxsim_lists(pad_multivector(queries[start:start + block]), pages)
-        found.append(scores.topk(min(k, len(pages)), dim=1).indices)
+        found.append(score(queries[start:start + block]).topk(min(k, len(pages)), dim=1).indices.cpu())
     return torch.cat(found)
 
 
@@ -191,6 +218,7 @@ def search_depth(rules: MiningRules, pairs: list[Pair], pdf_keys: dict[str, tupl
     return rules.range_max + max(len(pair.pos) for pair in pairs) * largest_group
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     rules = MiningRules(args.num_negatives, args.range_min, args.range_max, args.relative_margin,

@@ -12,7 +12,9 @@ from typing import Iterable, Protocol
 
 from PIL import Image
 
+from data_prep.errors import InputError, MissingInputError
 from data_prep.images import decode_image
+from data_prep.store import UnknownPageError
 
 
 class PageSource(Protocol):
@@ -33,7 +35,7 @@ class ImageFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"--image_root {self.root} is not a directory")
+            raise MissingInputError(f"--image_root {self.root} is not a directory")
         self.name = str(self.root)
 
     def __contains__(self, page_id: str) -> bool:
@@ -75,7 +77,7 @@ class DatasetPages:
 
     def __init__(self, dataset, image_column: str = "image", id_column: str | None = None, name: str = "dataset"):
         if image_column not in dataset.column_names:
-            raise ValueError(f"{name}: no column {image_column!r} (columns: {dataset.column_names})")
+            raise InputError(f"{name}: no column {image_column!r} (columns: {dataset.column_names})")
         self.dataset = dataset
         self.image_column = image_column
         self.name = name
@@ -94,7 +96,7 @@ class DatasetPages:
             return decode_image(value["bytes"], f"{page_id} ({self.name})")
         if isinstance(value, dict) and value.get("path"):
             return decode_image(Path(value["path"]).read_bytes(), f"{page_id} ({self.name})")
-        raise ValueError(f"{self.name}: page {page_id} has no decodable image in column {self.image_column!r}")
+        raise InputError(f"{self.name}: page {page_id} has no decodable image in column {self.image_column!r}")
 
     def ids(self) -> list[str]:
         return list(self._rows)
@@ -106,7 +108,7 @@ class PageResolver:
     def __init__(self, sources: Iterable[PageSource]):
         self.sources = list(sources)
         if not self.sources:
-            raise ValueError("no page source given: pass --page_store, --image_root or an HF dataset as --train_data")
+            raise InputError("no page source given: pass --page_store, --image_root or an HF dataset as --train_data")
 
     def source_of(self, page_id: str) -> PageSource | None:
         return next((source for source in self.sources if page_id in source), None)
@@ -118,5 +120,5 @@ class PageResolver:
         source = self.source_of(page_id)
         if source is None:
             names = ", ".join(s.name for s in self.sources)
-            raise KeyError(f"page id {page_id!r} is in none of the page sources ({names})")
+            raise UnknownPageError(f"page id {page_id!r} is in none of the page sources ({names})")
         return source.get_image(page_id)

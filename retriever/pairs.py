@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep.errors import InputError, MissingInputError
 from data_prep.jsonl import iter_jsonl
 from retriever.pages import DatasetPages, PageResolver, PageSource
 
@@ -31,7 +32,7 @@ class Pair:
     line: int = field(default=0, compare=False)  # line of the JSONL file (row of a dataset), for error messages
 
 
-class PairsError(ValueError):
+class PairsError(InputError):
     """A training-data line that cannot be used; the message names the file and the line."""
 
 
@@ -39,7 +40,7 @@ def read_jsonl_pairs(path: str | Path) -> list[Pair]:
     """Parse a pairs JSONL file; raise ``PairsError`` naming file and line for the first malformed line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training data {path} does not exist")
+        raise MissingInputError(f"training data {path} does not exist (--train_data: a pairs JSONL or an HF dataset)")
     try:
         records = list(iter_jsonl(path))
     except ValueError as err:

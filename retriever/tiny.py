@@ -23,6 +23,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForImageTextToText, PreTrainedConfig, PreTrainedTokenizerFast
 
+from data_prep.errors import InputError, cli
+
 TEXT_HIDDEN = 64
 TEXT_HEADS = 4
 TEXT_LAYERS = 2
@@ -265,6 +267,7 @@ def build_tiny(arch: str, out: Path, *, dropout: float = 0.0, seed: int = 0) -> 
     return out
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m retriever.tiny",
@@ -275,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dropout", type=float, default=0.0, help="attention/hidden dropout (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; give a directory for the checkpoint")
     print(build_tiny(args.arch, args.out, dropout=args.dropout, seed=args.seed))
 
 

@@ -15,9 +15,13 @@
 # process only generates its own shard (the array index / task id among the array size / task count) and exits;
 # run the pages and render stages once before (--until render), and the same command once more without slurm
 # afterwards to merge, filter and split. See docs/QUERIES.md.
+#
+# Errors (docs/ERRORS.md): a bad argument or a stage run out of order prints `error: <message>` on stderr and
+# exits with 2; a stage that stops on a user error has printed its own `error:` line, and the script exits with 2.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0; }
+die() { echo "error: $*" >&2; exit 2; }
 
 PDFS="" OUT="" MODEL="" BACKEND="vllm" GPUS=1 TP=1 WORKERS=4 DRY=0 QPP=3 MAX_NEW=512 BATCH="" DPI=144
 TEST_FRACTION=0.1 GENERATE_ARGS="" FILTER_ARGS="--rules" UNTIL=""
@@ -39,16 +43,25 @@ while [ $# -gt 0 ]; do
     --filter_args) FILTER_ARGS="$2"; shift 2 ;;
     --until) UNTIL="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) usage 0 ;;
-    *) echo "render_and_generate.sh: unknown argument $1" >&2; usage 2 ;;
+    -h|--help) usage ;;
+    *) die "render_and_generate.sh: unknown argument '$1' (see --help)" ;;
   esac
 done
 if [ -z "$PDFS" ] || [ -z "$OUT" ] || [ -z "$MODEL" ]; then
-  echo "render_and_generate.sh: --pdfs, --out and --model are required" >&2; usage 2
+  die "render_and_generate.sh: --pdfs, --out and --model are required (see --help)"
 fi
-if [ "$TP" -lt 1 ] || [ "$GPUS" -lt "$TP" ] || [ $((GPUS % TP)) -ne 0 ]; then
-  echo "render_and_generate.sh: --gpus ($GPUS) must be a positive multiple of --tp ($TP)" >&2; exit 2
+for flag in "--gpus $GPUS" "--tp $TP" "--workers $WORKERS"; do
+  case "${flag#* }" in
+    ''|*[!0-9]*|0*) die "render_and_generate.sh: ${flag% *} must be a positive integer, got '${flag#* }'" ;;
+  esac
+done
+if [ $((GPUS % TP)) -ne 0 ]; then
+  die "render_and_generate.sh: --gpus ($GPUS) must be a positive multiple of --tp ($TP)"
 fi
+case "$UNTIL" in
+  ""|pages|render|generate|filter) ;;
+  *) die "render_and_generate.sh: --until must be pages, render, generate or filter, got '$UNTIL'" ;;
+esac
 ENGINES=$((GPUS / TP))
 DONE="$OUT/.done"
 # shellcheck disable=SC2206
@@ -90,13 +103,18 @@ devices_of() {  # devices_of ENGINE: the comma-separated GPU ids of an engine
   for ((g = first; g < first + TP; g++)); do ids="${ids:+$ids,}$g"; done
   echo "$ids"
 }
-generate_all() {  # one background process per engine, each on its shard; fails if any fails
-  local pids=() i status=0
+generate_all() {  # one background process per engine, each on its shard; 2 if every failed shard had a user error
+  local pids=() i code status=0
   for ((i = 0; i < ENGINES; i++)); do
     CUDA_VISIBLE_DEVICES="$(devices_of "$i")" generate_shard "$i" "$ENGINES" &
     pids+=($!)
   done
-  for i in "${!pids[@]}"; do wait "${pids[$i]}" || { echo "generation shard $i failed" >&2; status=1; }; done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" && continue
+    code=$?
+    echo "generation shard $i of $ENGINES stopped (exit status $code); run the same command again to resume" >&2
+    if [ "$code" = 2 ] && [ "$status" != 1 ]; then status=2; else status=1; fi
+  done
   return "$status"
 }
 merge_shards() {  # shards in order: the same bytes as one unsharded run
@@ -120,14 +138,13 @@ split_pairs() {
 # Slurm task: this process generates one shard only.
 TASK="" TASKS=""
 if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
-  TASK=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0})) TASKS="${SLURM_ARRAY_TASK_COUNT:?SLURM_ARRAY_TASK_COUNT unset}"
+  [ -n "${SLURM_ARRAY_TASK_COUNT:-}" ] || die "slurm array task: SLURM_ARRAY_TASK_COUNT is not set"
+  TASK=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0})) TASKS="$SLURM_ARRAY_TASK_COUNT"
 elif [ -n "${SLURM_PROCID:-}" ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
   TASK="$SLURM_PROCID" TASKS="$SLURM_NTASKS"
 fi
 if [ -n "$TASK" ]; then
-  if ! is_done render; then
-    echo "slurm task $TASK: the render stage is not done; run this script once with --until render first" >&2; exit 1
-  fi
+  is_done render || die "slurm task $TASK: the render stage is not done; run this script once with --until render first"
   ENGINES="$TASKS"
   stage "generate-shard-$TASK-of-$TASKS" generate_shard "$TASK" "$TASKS"
   echo "slurm task $TASK of $TASKS: shard done; run the command again outside slurm to merge, filter and split"

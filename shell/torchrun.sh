@@ -10,6 +10,10 @@
 #   nodes do not collide.
 # Plain: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, NPROC_PER_NODE (defaults: 1 node, 127.0.0.1, DEFAULT_PORT,
 #   one process per visible GPU or CPU_PROCS).
+#
+# Errors (docs/ERRORS.md): a rank that stops on a user error prints `error: rank R/W: <message>` and exits with 2;
+# torchrun then reports the failed ranks and exits with 1, so this function checks VLMRET_ERROR_FILE, which such a
+# rank writes, and exits with 2 as the python tools do. Any other failure keeps torchrun's exit status.
 
 torchrun_module() {
   local module="$1" dry_run=0 arg
@@ -45,5 +49,13 @@ torchrun_module() {
     return 0
   fi
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false
-  exec "${cmd[@]}"
+  VLMRET_ERROR_FILE="$(mktemp)"
+  export VLMRET_ERROR_FILE
+  local status=0
+  "${cmd[@]}" || status=$?
+  if [ "$status" != 0 ] && [ -s "$VLMRET_ERROR_FILE" ]; then
+    status=2
+  fi
+  rm -f "$VLMRET_ERROR_FILE"
+  return "$status"
 }

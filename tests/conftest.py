@@ -1,9 +1,16 @@
 """Shared fixtures: tiny random-weight checkpoints built offline, once per test session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run in Triton's interpreter on CPU-only machines. The flag is read when triton.language is
+    # first imported (other test modules import it indirectly, e.g. through peft), so it is set here, first.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma")
 REPO_ROOT = Path(__file__).resolve().parents[1]

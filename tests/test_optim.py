@@ -58,10 +58,12 @@ def test_8bit_with_bitsandbytes_builds_its_optimizer(monkeypatch):
     assert isinstance(optimizer, AdamW8bit)
 
 
-def test_trainer_refuses_8bit_before_loading_anything(tmp_path, monkeypatch):
+def test_trainer_refuses_8bit_before_loading_anything(tmp_path, monkeypatch, capsys):
     from retriever.training.recipe import main
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
-    with pytest.raises(ValueError, match="--optim adamw_8bit needs bitsandbytes"):
+    with pytest.raises(SystemExit) as stop:  # a user error: one line, exit status 2
         main(["--model_name_or_path", str(tmp_path / "absent"), "--output_dir", str(tmp_path / "out"),
               "--train_data", str(tmp_path / "absent.jsonl"), "--optim", "adamw_8bit"])
+    assert stop.value.code == 2
+    assert "--optim adamw_8bit needs bitsandbytes, which is not installed" in capsys.readouterr().err

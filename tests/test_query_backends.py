@@ -13,7 +13,7 @@ import pytest
 
 from query_generation.backends import Decoding, Request
 from query_generation.backends.openai_server import OpenAIBackend, ServerError
-from query_generation.generate import build_parser, generate
+from query_generation.generate import build_parser, generate, main
 from query_generation.parse import QUERIES_SCHEMA
 from query_helpers import make_store
 from openai_stub import StubServer
@@ -152,7 +152,8 @@ def test_openai_drops_response_format_when_refused():
     assert stub.statuses.count(400) >= 1 and "response_format" not in stub.bodies[-1]
 
 
-def test_unreachable_server_stops_the_run_keeping_the_output(tmp_path):
+def test_unreachable_server_stops_the_run_keeping_the_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VLMRET_DEBUG", raising=False)
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -160,6 +161,14 @@ def test_unreachable_server_stops_the_run_keeping_the_output(tmp_path):
     out = tmp_path / "q.jsonl"
     out.write_text('{"page_id": "d/1", "doc_id": "d", "query": "kept"}\n{"page_id": "d/2", "doc_id": "d", "query": "x"}\n')
     url = f"http://127.0.0.1:{port}/v1"
+    argv = ["--store", str(store), "--out", str(out), "--backend", "openai", "--model", "m", "--base_url", url,
+            "--max_retries", "1"]
     with pytest.raises(ServerError, match=rf"cannot get an answer from {url}/chat/completions"):
-        generate(args(store, out, "openai", "--base_url", url, "--max_retries", "1"))
+        generate(build_parser().parse_args(argv))
     assert out.read_text() == '{"page_id": "d/1", "doc_id": "d", "query": "kept"}\n'  # d/2 was the last page
+    with pytest.raises(SystemExit) as exit_info:  # through the CLI: one line, exit status 2
+        main(argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and errors == [
+        f"error: cannot get an answer from {url}/chat/completions after 2 attempts (last: URLError: [Errno 111] "
+        "Connection refused); is the server running? Re-run the same command to resume."]

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.errors import InputError, MissingInputError
 from query_generation.backends.hf_generate import TransformersBackend
 from query_generation.generate import build_parser, generate
-from query_generation.prompt import GENERATION_SLOTS, PromptFile
+from query_generation.prompt import GENERATION_SLOTS, JUDGE_SLOTS, PromptFile
 from query_helpers import ANSWER, SHORT_PROMPT, make_store, teach_json_answer, write_pages_jsonl
 
 from conftest import ARCHS, REPO_ROOT
@@ -151,10 +152,49 @@ def test_model_without_chat_template_is_refused(tiny_model_dir, tmp_path):
     config = json.loads((model / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (model / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="has no chat template"):
+    with pytest.raises(InputError, match=rf"{model}: the checkpoint has no chat template .* use the instruct"):
         TransformersBackend(str(model), "cpu")
+    with pytest.raises(MissingInputError, match=rf"{tmp_path / 'nowhere'} is neither a checkpoint directory"):
+        TransformersBackend(str(tmp_path / "nowhere"), "cpu")
 
 
-def test_greedy_samples_are_refused(store, tmp_path, taught_model, short_prompt):
-    with pytest.raises(ValueError, match="needs --temperature > 0"):
-        generate(args_for(store, tmp_path / "q.jsonl", taught_model, short_prompt, "--samples_per_page", "2"))
+@pytest.mark.parametrize("flags, message", [
+    (("--samples_per_page", "2"), "--samples_per_page > 1 needs --temperature > 0 (greedy samples would be "
+                                  "identical)"),
+    (("--num_shards", "2", "--shard_index", "2"), "--shard_index must be in [0, --num_shards), got --shard_index 2 "
+                                                  "with --num_shards 2 (shards are numbered from 0)"),
+    (("--batch_size", "0"), "--batch_size must be >= 1, got 0")])
+def test_contradicting_flags_are_refused_before_anything_runs(flags, message, tmp_path, short_prompt):
+    out = tmp_path / "q.jsonl"
+    with pytest.raises(InputError) as err:
+        generate(args_for(tmp_path / "no_store", out, tmp_path / "no_model", short_prompt, *flags))
+    assert str(err.value) == message and not out.exists()
+
+
+def test_pages_list_of_another_store_is_refused(store, tmp_path, taught_model, short_prompt):
+    pages = write_pages_jsonl(tmp_path / "pages.jsonl", ["zz/1", "zz/2"])
+    with pytest.raises(InputError, match=rf"{pages}: none of its 2 pages is in page store {store} \(first: 'zz/1'\)"):
+        generate(args_for(store, tmp_path / "q.jsonl", taught_model, short_prompt, "--pages", str(pages)))
+
+
+def test_an_output_that_is_not_a_queries_file_is_refused_untouched(store, tmp_path, taught_model, short_prompt):
+    out = tmp_path / "pairs.jsonl"
+    out.write_text('{"page_id": "doc0/1", "query": "q"}\n{"query": "q", "pos": ["doc0/1"]}\n{"torn": ')
+    before = out.read_bytes()
+    with pytest.raises(InputError, match=rf"{out}: line 2: not a query record with a 'page_id' \(--out must be"):
+        generate(args_for(store, out, taught_model, short_prompt))
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("text, slots, message", [
+    ("Write {num_queries} queries.", GENERATION_SLOTS, r"missing slot\(s\) \{image\} .*; add them to the text"),
+    ("{image} {image} {num_queries}", GENERATION_SLOTS, r"\{image\} must appear exactly once, found 2"),
+    ("{image} Is {query} self-contained?", JUDGE_SLOTS, r"has an \{image\} slot, but this prompt is sent without"),
+])
+def test_bad_prompt_files_are_named(text, slots, message, tmp_path):
+    path = tmp_path / "prompt.txt"
+    path.write_text(text)
+    with pytest.raises(InputError, match=rf"prompt file {path}: {message}"):
+        PromptFile.load(path, slots)
+    with pytest.raises(MissingInputError, match=rf"prompt file {tmp_path / 'none.txt'} does not exist"):
+        PromptFile.load(tmp_path / "none.txt", slots)

@@ -38,7 +38,7 @@ def test_score_run_on_trec_and_beir_files(tmp_path) -> None:
     assert json.loads(proc.stdout)["aggregate"]["ndcg_at_100"] > 0
 
 
-def test_bad_lines_name_file_and_line(tmp_path) -> None:
+def test_bad_lines_name_file_and_line(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.trec"
     bad.write_text("q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 oops t\n")
     with pytest.raises(FormatError, match=r"bad.trec:2:"):
@@ -53,4 +53,7 @@ def test_bad_lines_name_file_and_line(tmp_path) -> None:
     qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\n")
     with pytest.raises(FormatError, match=r"q.tsv:2:"):
         read_qrels(qrels)
-    assert main(["--run", str(bad), "--qrels", str(qrels)]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run", str(bad), "--qrels", str(qrels)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {bad}:2: document 'd1' appears twice for query 'q1'\n"

@@ -118,6 +118,8 @@ def test_lora_save_load_and_merge(arch, tiny_model_dir, tmp_path):
     assert enc.is_peft and torch.equal(enc(batch).emb, want)
 
 
-def test_merge_rejects_a_full_checkpoint(tiny_model_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
+def test_merge_rejects_a_full_checkpoint(tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         merge_main(["--model", str(tiny_model_dir("paligemma")), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert r"adapter_config.json is missing" in capsys.readouterr().err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data_prep.errors import InputError
+
 from .base import Backend, Decoding, Reply, Request
 
 BACKENDS = ("vllm", "transformers", "openai")
@@ -41,7 +43,8 @@ def make_backend(name: str, model: str, options: BackendOptions) -> Backend:
         from .openai_server import OpenAIBackend
 
         if not options.base_url:
-            raise ValueError("--backend openai needs --base_url (e.g. http://localhost:8000/v1)")
+            raise InputError("the openai backend needs the server's URL: --base_url (--judge_base_url for the "
+                             "filter's judge), e.g. http://localhost:8000/v1")
         return OpenAIBackend(model, options.base_url, options.api_key_env, options.concurrency,
                              options.max_retries, options.request_timeout, options.retry_backoff)
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

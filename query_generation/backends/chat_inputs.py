@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from data_prep.errors import InputError
 from retriever.model.backbones import Backbone, Example, backbone_for_model_type
 
 Expansion = tuple[tuple[str, ...], str, dict[str, torch.Tensor]]
@@ -68,11 +69,12 @@ class ChatInputs:
 
     def __init__(self, model_name: str, tokenizer: Any, image_processor: Any, config: Any) -> None:
         if config.model_type not in EXPANSIONS:
-            raise ValueError(f"{model_name}: model_type {config.model_type!r} has no input builder; "
-                             f"supported: {', '.join(sorted(EXPANSIONS))}")
+            raise InputError(f"{model_name}: model_type {config.model_type!r} has no input builder; "
+                             f"supported: {', '.join(sorted(EXPANSIONS))} (or serve it with --backend vllm/openai)")
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"{model_name}: the checkpoint has no chat template (chat_template.jinja or "
-                             "tokenizer_config.json 'chat_template'); generation needs one")
+            raise InputError(f"{model_name}: the checkpoint has no chat template (chat_template.jinja or "
+                             "tokenizer_config.json 'chat_template'); generation needs one: use the instruct/chat "
+                             "variant of the model, or add its template")
         self.model_name = model_name
         self.adapter: Backbone = backbone_for_model_type(config.model_type)(tokenizer, image_processor, config)
         self.expand = EXPANSIONS[config.model_type]

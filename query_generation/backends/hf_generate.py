@@ -3,13 +3,12 @@ image processor and chat template (see :mod:`.chat_inputs`). Runs anywhere torch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
 from retriever.model.dtype import dtype_name, torch_dtype
-from retriever.model.saved import load_image_processor
+from retriever.model.saved import load_image_processor, resolve_checkpoint
 
 from .base import Backend, Decoding, Reply, Request
 from .chat_inputs import ChatInputs
@@ -20,10 +19,11 @@ class TransformersBackend(Backend):
     def __init__(self, model: str, device: str | None = None, dtype: str = "auto") -> None:
         super().__init__(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        config = AutoConfig.from_pretrained(model)
-        self.inputs = ChatInputs(model, tokenizer, load_image_processor(Path(model)), config)
-        loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype(dtype_name(dtype)))
+        path = resolve_checkpoint(model)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+        self.inputs = ChatInputs(model, tokenizer, load_image_processor(path), config)
+        loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype(dtype_name(dtype)))
         self.net = loaded.to(self.device).eval()
         self.inputs.bind(self.net)
 

@@ -24,13 +24,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from data_prep.errors import InputError, UserError
+
 from .base import Backend, Decoding, Reply, Request
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403, 404})
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError, ConnectionError):
     """The server cannot serve the run (unreachable, overloaded past the retries, or refusing the credentials)."""
 
 
@@ -45,10 +47,11 @@ class OpenAIBackend(Backend):
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
-                raise ValueError(f"--api_key_env {api_key_env}: that environment variable is not set")
+                raise InputError(f"--api_key_env {api_key_env}: that environment variable is not set; export it "
+                                 "with the API key")
             self.headers["Authorization"] = f"Bearer {key}"
         if concurrency < 1:
-            raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
+            raise InputError(f"--concurrency must be >= 1, got {concurrency}")
         self.concurrency, self.max_retries, self.timeout, self.backoff = concurrency, max_retries, timeout, backoff
         self.use_schema = True
         self._lock = threading.Lock()

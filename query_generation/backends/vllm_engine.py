@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from data_prep.errors import InputError
+
 from .base import Backend, Decoding, Reply, Request
 
 
@@ -40,7 +42,11 @@ class VllmBackend(Backend):
     def __init__(self, model: str, tensor_parallel_size: int = 1, max_model_len: int | None = None,
                  dtype: str = "auto", gpu_memory_utilization: float = 0.9) -> None:
         super().__init__(model)
-        from vllm import LLM
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise InputError(f"the vllm backend needs the vllm package, which cannot be imported ({err}); install "
+                             "it (pip install vllm) or choose the transformers or openai backend") from err
 
         kwargs: dict[str, Any] = {"model": model, "tensor_parallel_size": tensor_parallel_size,
                                   "limit_mm_per_prompt": {"image": 1},

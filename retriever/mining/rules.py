@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from data_prep.errors import InputError
+
 RULES = ("positive", "near_duplicate", "window", "relative_margin", "absolute_margin", "max_score")
 
 
@@ -41,13 +43,13 @@ class MiningRules:
 
     def __post_init__(self) -> None:
         if self.num_negatives < 1:
-            raise ValueError("--num_negatives must be >= 1")
+            raise InputError("--num_negatives must be >= 1")
         if not 0 <= self.range_min < self.range_max:
-            raise ValueError(f"need 0 <= --range_min < --range_max, got {self.range_min} and {self.range_max}")
+            raise InputError(f"need 0 <= --range_min < --range_max, got {self.range_min} and {self.range_max}")
         if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
-            raise ValueError("--relative_margin must be in [0, 1)")
+            raise InputError("--relative_margin must be in [0, 1)")
         if self.sampling not in ("top", "random"):
-            raise ValueError(f"--sampling must be 'top' or 'random', got {self.sampling!r}")
+            raise InputError(f"--sampling must be 'top' or 'random', got {self.sampling!r}")
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,12 @@ class EncoderConfig:
     matryoshka_dims: list[int] | None = None
     query_prefix: str = "Query: "
     query_augmentation_tokens: int = 0
+    query_augmentation_token: str | None = None  # None: the tokenizer's pad token (else its eos token)
     page_prompt: str | None = None  # None: the backbone's default prompt
     max_pixels: int | None = None
     max_visual_tokens: int | None = None
     padding_side: Literal["left", "right"] = "right"
+    input_format: str = "native"  # the backbone's prompt layout (see backbones.base.InputFormat)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
@@ -83,7 +85,8 @@ class RetrieverEncoder(nn.Module):
 
     def query_text(self, text: str) -> str:
         """The query as the model reads it: prefix, text and augmentation tokens (ColPali style)."""
-        augmentation = (self.backbone.tokenizer.pad_token or self.backbone.tokenizer.eos_token)
+        tokenizer = self.backbone.tokenizer
+        augmentation = self.config.query_augmentation_token or tokenizer.pad_token or tokenizer.eos_token
         return f"{self.config.query_prefix}{text}{augmentation * self.config.query_augmentation_tokens}"
 
     def prepare_queries(self, texts: Sequence[str]) -> dict[str, Tensor]:

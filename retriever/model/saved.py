@@ -10,9 +10,11 @@ A retriever directory (what :func:`save_encoder` and :func:`save_merged` write; 
   base checkpoint);
 * the tokenizer and image-processor files.
 
-:func:`load_encoder` takes such a directory, a plain transformers VLM checkpoint (fresh heads, built from
-``settings``), or a hub repo id where a hub is reachable (config, safetensors, tokenizer and processor files
-only: never pickled weights). The training recipe, the evaluators, the miner, the merge tool and the MTEB wrapper
+:func:`load_encoder` takes such a directory, a published retriever checkpoint (ColPali / ColQwen / ColSmol / DSE in
+colpali-engine's, transformers' or Tevatron's layout, merged or as a peft adapter; see
+:mod:`retriever.model.published`), a plain transformers VLM checkpoint (fresh heads, built from ``settings``), or a
+hub repo id where a hub is reachable (config, safetensors, tokenizer and processor files only: never pickled
+weights). The training recipe, the evaluators, the miner, the merge tool and the MTEB wrapper
 all load through it, so a new checkpoint format is taught here once.
 """
 from __future__ import annotations
@@ -33,9 +35,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
+from data_prep.errors import InputError, MissingInputError, UserError
+
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import add_dtype_argument, default_dtype, torch_dtype
 from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
+from .published import detect_published, load_published_model, supported_formats
 from .training_modes import LoraSettings, apply_training_mode, unwrap
 
 __all__ = ["ADAPTER_FILE", "CONFIG_FILE", "HEADS_FILE", "SavedState", "add_model_arguments",
@@ -47,6 +52,13 @@ CONFIG_FILE = "retriever_config.json"
 HEADS_FILE = "heads.safetensors"
 ADAPTER_FILE = "adapter_config.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
+# a training checkpoint (retriever.training.checkpoints) is trainer state, not a model: its marker and state file
+CHECKPOINT_MARKER = "COMPLETE"
+CHECKPOINT_STATE_FILE = "trainer_state.json"
+
+
+class IncompleteCheckpointError(UserError, FileNotFoundError):
+    """A training checkpoint directory whose save never finished (no ``COMPLETE`` marker)."""
 
 
 @dataclass
@@ -66,26 +78,37 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
                  attn_implementation: str | None = None, trust_remote_code: bool = False) -> RetrieverEncoder:
     """A :class:`RetrieverEncoder` from a retriever directory, a transformers checkpoint or a hub id.
 
-    The encoder settings are, in order of precedence: ``config`` if given; else the directory's saved config;
-    else ``settings`` (EncoderConfig fields for fresh heads on a plain checkpoint; the backbone is inferred).
+    The encoder settings are, in order of precedence: ``config`` if given; else the directory's saved config, or
+    the settings a published checkpoint's format implies; else ``settings`` (EncoderConfig fields for fresh heads
+    on a plain checkpoint; the backbone is inferred).
     ``override`` then replaces single fields whatever the source (e.g. ``{"head": "multi"}``). ``dtype`` is a
-    torch dtype or a name of :mod:`retriever.model.dtype` (``auto``: the checkpoint's own). The encoder is returned in eval mode (as
-    transformers does), on ``device`` when given; call ``.train()`` before training.
+    torch dtype or a name of :mod:`retriever.model.dtype` (``auto``: the checkpoint's own). The encoder is
+    returned in eval mode (as transformers does), on ``device`` when given; call ``.train()`` before training.
     """
     path = resolve_checkpoint(path_or_id)
+    refuse_training_checkpoint(path)
     saved = read_saved_state(path) if is_saved_retriever(path) else None
-    config = encoder_config(path, config, saved, settings, override, trust_remote_code)
+    published = detect_published(path, resolve_checkpoint) if saved is None else None
+    config = encoder_config(path, config, saved, published.settings if published else settings, override,
+                            trust_remote_code)
     adapter_cls = get_backbone(config.backbone)
     if adapter_cls.requires_remote_code and not trust_remote_code:
-        raise ValueError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
+        raise InputError(f"backbone {config.backbone!r} runs code from its checkpoint; pass "
                          "trust_remote_code=True (--trust_remote_code) if you trust it")
-    check_checkpoint_files(path, need_weights=False)
+    files = published.files_dir if published else path
+    check_checkpoint_files(files, need_weights=False)
     resume_lora = saved is not None and (path / ADAPTER_FILE).exists() and training_mode == "lora"
-    model = load_backbone_weights(path, adapter_cls, training_mode, dtype=torch_dtype(dtype),
-                                  attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    backbone = adapter_cls(tokenizer, load_image_processor(path, trust_remote_code), unwrap(model).config)
+    load_kwargs = dict(dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
+    if published is not None:
+        model, head_state = load_published_model(published, **load_kwargs)
+    else:
+        model = load_backbone_weights(path, adapter_cls, training_mode, trust_remote_code=trust_remote_code,
+                                      **load_kwargs)
+        head_state = load_file(str(path / HEADS_FILE)) if saved is not None else None
+    tokenizer = AutoTokenizer.from_pretrained(files, trust_remote_code=trust_remote_code)
+    backbone = adapter_cls(tokenizer, load_image_processor(files, trust_remote_code), unwrap(model).config)
     backbone.set_resolution(config.max_pixels, config.max_visual_tokens)
+    backbone.set_input_format(config.input_format)
     backbone.bind(unwrap(model))
     if resume_lora:  # the adapters keep training; the rest stays frozen as peft left it
         lora = lora or (LoraSettings(**saved.lora) if saved.lora else None)
@@ -94,10 +117,12 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     else:
         model = apply_training_mode(model, backbone, training_mode, lora, freeze_vision)
     head = build_head(config, text_hidden_size(model)).to(unwrap(model).dtype)
-    if saved is not None and same_head(config, saved.encoder):
-        head.load_state_dict(load_file(str(path / HEADS_FILE)))
-    elif saved is not None:
-        logger.warning("%s: head settings differ from the saved ones; starting with fresh heads", path)
+    source = saved.encoder if saved is not None else \
+        EncoderConfig.from_dict(published.settings) if published is not None and head_state else None
+    if source is not None and same_head(config, source):
+        head.load_state_dict(head_state)
+    elif source is not None:
+        logger.warning("%s: head settings differ from the checkpoint's; starting with fresh heads", path)
     encoder = RetrieverEncoder(config, backbone, model, head, training_mode, freeze_vision, lora)
     return (encoder.to(device) if device is not None else encoder).eval()
 
@@ -128,7 +153,10 @@ def encoder_config(path: Path, config: EncoderConfig | None, saved: SavedState |
     if config is None and saved is not None:
         config = saved.encoder
     if config is None:
-        config = EncoderConfig.from_dict({**(settings or {}), "backbone": infer_backbone(path, trust_remote_code)})
+        settings = dict(settings or {})
+        if "backbone" not in settings:
+            settings["backbone"] = infer_backbone(path, trust_remote_code)
+        config = EncoderConfig.from_dict(settings)
     return dataclasses.replace(config, **override) if override else config
 
 
@@ -140,7 +168,10 @@ def save_encoder(encoder: RetrieverEncoder, out_dir: str | Path) -> None:
                        encoder.lora.to_dict() if encoder.lora and encoder.is_peft else None)
     (out / CONFIG_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
     save_file({k: v.contiguous() for k, v in encoder.head.state_dict().items()}, str(out / HEADS_FILE))
-    encoder.model.save_pretrained(out, safe_serialization=True)
+    # LoRA never resizes the embeddings; peft's "auto" check would re-read the base's config.json, which a
+    # published base (e.g. a ColQwen2Config) does not hold in the backbone's config class.
+    extra = {"save_embedding_layers": False} if encoder.is_peft else {}
+    encoder.model.save_pretrained(out, safe_serialization=True, **extra)
     encoder.backbone.tokenizer.save_pretrained(out)
     encoder.backbone.image_processor.save_pretrained(out)
 
@@ -163,13 +194,17 @@ def is_saved_retriever(path: Path) -> bool:
 
 
 def load_backbone_weights(path: Path, adapter_cls: type[Backbone], training_mode: str,
-                          **load_kwargs: Any) -> nn.Module:
-    """The transformers model of ``path``; for a LoRA directory, its base with the adapters attached
-    (trainable in ``lora`` mode, merged into the weights otherwise)."""
+                          trust_remote_code: bool = False, **load_kwargs: Any) -> nn.Module:
+    """The transformers model of ``path``; for a LoRA directory, its base (a plain or a published checkpoint)
+    with the adapters attached (trainable in ``lora`` mode, merged into the weights otherwise)."""
     is_adapter_dir = (path / CONFIG_FILE).exists() and (path / ADAPTER_FILE).exists()
     base_path = lora_base_path(path) if is_adapter_dir else path
-    check_checkpoint_files(base_path, need_processor=False)
-    model = adapter_cls.load_model(base_path, **load_kwargs)
+    base_published = detect_published(base_path, resolve_checkpoint) if is_adapter_dir else None
+    if base_published is not None:
+        model = load_published_model(base_published, **load_kwargs)[0]
+    else:
+        check_checkpoint_files(base_path, need_processor=False)
+        model = adapter_cls.load_model(base_path, trust_remote_code=trust_remote_code, **load_kwargs)
     if not is_adapter_dir:
         return model
     from peft import PeftModel
@@ -189,8 +224,21 @@ def resolve_checkpoint(name: str | Path) -> Path:
 
         return Path(snapshot_download(str(name), allow_patterns=HUB_PATTERNS))
     except Exception as err:  # offline, unknown repo, invalid id...
-        raise FileNotFoundError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
+        raise MissingInputError(f"{name} is neither a checkpoint directory nor a reachable hub repository "
                                 f"({type(err).__name__})") from err
+
+
+def refuse_training_checkpoint(path: Path) -> None:
+    """A ``checkpoint-N`` directory of a training run holds trainer state, never a model to load: say so, and say
+    whether it is incomplete (an interrupted save, which is never loaded as anything)."""
+    if not (path / CHECKPOINT_STATE_FILE).exists() and not (path / "backend.pt").exists():
+        return
+    if not (path / CHECKPOINT_MARKER).exists():
+        raise IncompleteCheckpointError(
+            f"{path} is an incomplete training checkpoint (no {CHECKPOINT_MARKER} marker: its save was interrupted) "
+            "and is never loaded; resume training with --resume_from_checkpoint latest, which skips it")
+    raise InputError(f"{path} is a training checkpoint (optimizer state for --resume_from_checkpoint), not a model; "
+                     f"load the run's final model ({path.parent / 'final'}) instead")
 
 
 def same_head(a: EncoderConfig, b: EncoderConfig) -> bool:
@@ -199,34 +247,38 @@ def same_head(a: EncoderConfig, b: EncoderConfig) -> bool:
 
 
 def infer_backbone(path: Path, trust_remote_code: bool) -> str:
-    """Backbone name from the checkpoint's ``config.json`` model_type."""
+    """Backbone name from the checkpoint's ``config.json`` model_type; an unknown one lists what is supported."""
     check_checkpoint_files(path, need_processor=False, need_weights=False)
     model_type = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
-    return backbone_for_model_type(model_type).name
+    try:
+        return backbone_for_model_type(model_type).name
+    except ValueError as err:
+        raise ValueError(f"{path / 'config.json'}: {err}; published retriever formats: {supported_formats()}") \
+            from err
 
 
 def read_saved_state(path: Path) -> SavedState:
     """Parses ``retriever_config.json`` and checks the heads file is present."""
     if not (path / HEADS_FILE).exists():
-        raise FileNotFoundError(f"{path / HEADS_FILE} is missing (the saved retrieval heads)")
+        raise MissingInputError(f"{path / HEADS_FILE} is missing (the saved retrieval heads)")
     try:
         data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         return SavedState(encoder=EncoderConfig.from_dict(data["encoder"]),
                           training_mode=data.get("training_mode", "full"),
                           freeze_vision=data.get("freeze_vision", False), lora=data.get("lora"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path / CONFIG_FILE}: invalid retriever config: {err}") from err
+        raise InputError(f"{path / CONFIG_FILE}: invalid retriever config: {err}") from err
 
 
 def lora_base_path(path: Path) -> Path:
     """The base checkpoint an adapter directory was trained on (a directory or a hub repo id)."""
     base = json.loads((path / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
+        raise InputError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
     try:
         return resolve_checkpoint(base)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
+        raise MissingInputError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
             from err
 
 
@@ -244,7 +296,7 @@ def check_checkpoint_files(path: Path, need_weights: bool = True, need_processor
         required += [("tokenizer_config.json",), TOKENIZER_FILES, IMAGE_PROCESSOR_FILES]
     for alternatives in required:
         if not any((path / name).exists() for name in alternatives):
-            raise FileNotFoundError(f"{path}: missing {' or '.join(alternatives)}")
+            raise MissingInputError(f"{path}: missing {' or '.join(alternatives)}")
 
 
 def load_image_processor(path: Path, trust_remote_code: bool = False) -> Any:

@@ -22,11 +22,14 @@ page's valid tokens, and sum those maxima over the query's valid tokens.
 
 * :func:`dense_scores` is the single-vector head's score, ``q @ d.T``.
 
-All functions work on any device; on GPU pass ``compute_dtype=torch.bfloat16`` to the evaluation path for the
-tensor-core matmul rate (the per-token maxima are summed in float32).
+All functions work on any device. On CUDA with Triton installed, :func:`maxsim_blocked` / :func:`maxsim_lists`
+run the fused kernel of :mod:`retriever.model.maxsim_triton` instead (no similarity block in memory, bf16 by default,
+fp32 accumulation); pages given on the CPU are then packed into pinned memory and uploaded asynchronously.
+Elsewhere ``compute_dtype`` defaults to the input dtype.
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 import torch
@@ -34,7 +37,12 @@ from torch import Tensor
 
 from retriever.model.embeddings import MultiVector, pad_multivector, unpad
 
-__all__ = ["dense_scores", "maxsim", "maxsim_blocked", "maxsim_lists"]
+__all__ = ["dense_scores", "fused_maxsim_available", "maxsim", "maxsim_blocked", "maxsim_lists"]
+
+
+def fused_maxsim_available(device: torch.device) -> bool:
+    """True where the fused Triton MaxSim serves the call: a CUDA device and an importable Triton."""
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def dense_scores(q_emb: Tensor, d_emb: Tensor) -> Tensor:
@@ -96,9 +104,14 @@ def maxsim_blocked(
     ``block_elems`` bounds the similarity block ``Nq*Lq x B*Ld`` (16M floats = 64 MiB by default: few large
     GEMMs beat many cache-sized ones, whose per-call thread synchronisation dominates on busy CPUs; query rows
     are split too when one page alone would exceed it). ``compute_dtype`` (e.g. ``torch.bfloat16`` on GPU)
-    sets the matmul precision; default keeps the input dtype.
+    sets the matmul precision; default keeps the input dtype (bf16 on the fused CUDA path).
     """
     _check_multivector(q_emb, q_mask, d_emb, d_mask)
+    if fused_maxsim_available(q_emb.device):
+        from retriever.model.maxsim_triton import maxsim_padded_fused
+
+        return maxsim_padded_fused(q_emb, q_mask, d_emb.to(q_emb.device), d_mask.to(q_emb.device),
+                                   compute_dtype or torch.bfloat16)
     dtype = compute_dtype or q_emb.dtype
     nq, lq, dim = q_emb.shape
     nd, ld, _ = d_emb.shape
@@ -147,6 +160,8 @@ def maxsim_lists(
     Queries and pages are each sorted by length and padded in groups (at most ``query_group_tokens`` /
     ``group_tokens`` padded tokens), so items of very different lengths (dynamic-resolution pages, short and
     long queries) do not all pay for the longest one. ``queries`` may also be a padded ``(emb, mask)`` pair.
+    Pages may live on another device than the queries (they are moved group by group). On the fused CUDA path
+    the grouping arguments do not apply and ``compute_dtype`` defaults to bf16.
     """
     if isinstance(queries, tuple):
         queries = unpad(MultiVector(*queries))
@@ -154,6 +169,12 @@ def maxsim_lists(
     out = torch.empty(len(queries), len(pages), dtype=torch.float32, device=device)
     if not len(queries) or not len(pages):
         return out
+    if fused_maxsim_available(device):
+        from retriever.model.maxsim_triton import PackedPages, maxsim_packed
+
+        dtype = compute_dtype or torch.bfloat16
+        packed = PackedPages.pack(pages, dtype, pin=pages[0].device.type == "cpu")
+        return maxsim_packed(queries, packed, dtype, device)
     q_groups = [(torch.tensor(g, device=device), pad_multivector([queries[i] for i in g]))
                 for g in _length_groups([q.shape[0] for q in queries], query_group_tokens)]
     for group in _length_groups([p.shape[0] for p in pages], group_tokens):

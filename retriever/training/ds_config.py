@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import InputError, MissingInputError
+
 AUTO = "auto"
 
 
@@ -34,13 +36,13 @@ def load_deepspeed_config(path: str | Path) -> dict[str, Any]:
     """Read a DeepSpeed JSON config, with an error naming the file when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"DeepSpeed config {path} does not exist")
+        raise MissingInputError(f"DeepSpeed config {path} does not exist (--deepspeed)")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"DeepSpeed config {path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+        raise InputError(f"DeepSpeed config {path}: invalid JSON at line {err.lineno}: {err.msg}") from err
     if not isinstance(config, dict):
-        raise ValueError(f"DeepSpeed config {path}: expected a JSON object at the top level")
+        raise InputError(f"DeepSpeed config {path}: expected a JSON object at the top level")
     return config
 
 
@@ -59,7 +61,7 @@ def resolve_deepspeed_config(config: dict[str, Any], shape: TrainingShape, sourc
     for keys, value in wanted.items():
         _settle(resolved, keys, value, source, required=keys != ("bf16", "enabled") or shape.bf16)
     if _get(resolved, ("fp16", "enabled")) is True:
-        raise ValueError(f"{source}: fp16 is not supported (use --bf16); set fp16.enabled to false")
+        raise InputError(f"{source}: fp16 is not supported (use --bf16); set fp16.enabled to false")
     if _get(resolved, ("fp16", "enabled")) == AUTO:
         resolved["fp16"]["enabled"] = False
     _resolve_zero_buckets(resolved, shape.hidden_size)
@@ -89,7 +91,7 @@ def _settle(config: dict[str, Any], keys: tuple[str, ...], value: Any, source: s
     else:
         agrees = current == value
     if not agrees:
-        raise ValueError(
+        raise InputError(
             f"{source}: {name} is {current!r} but the training flags give {value!r}; "
             f"set it to \"auto\" or change the flags to agree"
         )

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from data_prep.errors import InputError, stop_on_full_disk
 from eval.datasets import RetrievalData, load_retrieval_data, resolve_tasks
 from eval.retrieval import evaluate_task
 from retriever.model.encoder import RetrieverEncoder
@@ -41,7 +42,7 @@ def load_eval_data(eval_data: str, split: str, page_store: str | None) -> Retrie
     """The evaluation task named by ``--eval_data`` (one task; a group such as vidore_v1 is refused)."""
     tasks = resolve_tasks([eval_data])
     if len(tasks) != 1:
-        raise ValueError(f"--eval_data {eval_data} names {len(tasks)} tasks; evaluation during training takes one")
+        raise InputError(f"--eval_data {eval_data} names {len(tasks)} tasks; evaluation during training takes one")
     name, source = tasks[0]
     return load_retrieval_data(source, split, name, page_store)
 
@@ -52,7 +53,7 @@ class TrainingEvaluation:
     def __init__(self, data: RetrievalData, env: RankInfo, output_dir: str | Path, every: int, batch_size: int,
                  metric: str, save_best: bool):
         if metric not in METRICS:
-            raise ValueError(f"--metric_for_best {metric}: choose one of {', '.join(METRICS)}")
+            raise InputError(f"--metric_for_best {metric}: choose one of {', '.join(METRICS)}")
         self.data, self.env, self.every, self.batch_size = data, env, every, batch_size
         self.metric, self.save_best = metric, save_best
         self.best_dir = Path(output_dir) / "best"
@@ -79,7 +80,8 @@ class TrainingEvaluation:
         if self.env.is_main:
             staging = self.best_dir.with_name("best.tmp")
             shutil.rmtree(staging, ignore_errors=True)
-            save_encoder(encoder, staging)
+            with stop_on_full_disk(staging, f"the previous best encoder in {self.best_dir} is intact"):
+                save_encoder(encoder, staging)
             record = {"step": step, "metric": self.metric, "value": aggregate[self.metric], "metrics": aggregate}
             (staging / BEST_FILE).write_text(json.dumps(record, indent=2) + "\n")
             shutil.rmtree(self.best_dir, ignore_errors=True)

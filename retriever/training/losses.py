@@ -10,6 +10,8 @@ in-batch negatives, explicit hard negatives and pages gathered from other ranks 
   from :mod:`retriever.model.scoring`, evaluated by :class:`ChunkedMaxSim`, an autograd function that computes the
   ``[B, P]`` score matrix block by block and recomputes each block in backward. Peak memory is one block
   (``score_chunk_size`` queries x ``score_chunk_size`` pages x ``Lq x Ld``), never ``[B, P, Lq, Ld]``.
+  On CUDA with Triton, :class:`retriever.model.maxsim_triton.FusedMaxSim` computes the same scores (float32) in
+  registers and backpropagates through the saved argmax indices instead.
 * Multiple positives: each positive ``p`` of query ``i`` is contrasted with the negatives of ``i``:
   ``l_ip = softplus(logsumexp_j∈neg(i) s_ij/T - s_ip/T)`` (= ``-log e^{s_ip/T} / (e^{s_ip/T} + Σ_neg e^{s_ij/T})``),
   averaged over the positives of ``i``; then mean over queries. With one positive this is plain InfoNCE.
@@ -35,7 +37,7 @@ from torch import Tensor, nn
 
 from retriever.model.embeddings import MultiVector, is_multi_vector
 from retriever.model.heads import matryoshka_prefixes
-from retriever.model.scoring import maxsim
+from retriever.model.scoring import fused_maxsim_available, maxsim
 
 __all__ = ["ChunkedMaxSim", "ContrastiveLoss", "chunked_maxsim", "scores"]
 
@@ -92,9 +94,13 @@ def chunked_maxsim(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor,
 
 
 def scores(q_reps: Any, p_reps: Any, chunk: int = 64) -> Tensor:
-    """Score matrix ``[B, P]``: dot products for dense reps, chunked MaxSim for multi-vector reps."""
+    """Score matrix ``[B, P]``: dot products for dense reps, chunked (or fused, on CUDA) MaxSim for multi-vector."""
     if is_multi_vector(q_reps) != is_multi_vector(p_reps):
         raise TypeError("queries and pages must both be dense tensors or both MultiVector")
+    if is_multi_vector(q_reps) and fused_maxsim_available(q_reps.emb.device):
+        from retriever.model.maxsim_triton import fused_maxsim
+
+        return fused_maxsim(q_reps.emb, q_reps.mask, p_reps.emb, p_reps.mask)
     if is_multi_vector(q_reps):
         return chunked_maxsim(q_reps.emb, q_reps.mask, p_reps.emb, p_reps.mask, chunk)
     return q_reps @ p_reps.T

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from data_prep.errors import InputError
 from retriever.pairs import Pair
 from retriever.training.batching import PlannedQuery, _generator, corpus_of, plan_epoch
 
@@ -61,7 +62,7 @@ def _parse_spec(spec: str) -> Source:
 
 def _source(path: str, name: str | None, weight: float, where: str) -> Source:
     if not weight > 0 or math.isinf(weight):
-        raise ValueError(f"{where}: a source weight must be a positive number, got {weight}")
+        raise InputError(f"{where}: a source weight must be a positive number, got {weight}")
     return Source(path=path, name=name or Path(path).stem, weight=float(weight))
 
 
@@ -77,11 +78,11 @@ def _read_mixture(path: Path) -> list[Source]:
         spec = yaml.safe_load(text)
     entries = spec.get("sources") if isinstance(spec, dict) else spec
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a list of sources (or a 'sources' key holding one)")
+        raise InputError(f"{path}: expected a list of sources (or a 'sources' key holding one)")
     sources = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "path" not in entry:
-            raise ValueError(f"{path}: source {i} must be a mapping with a 'path' (and optional 'weight', 'name')")
+            raise InputError(f"{path}: source {i} must be a mapping with a 'path' (and optional 'weight', 'name')")
         file = Path(entry["path"])
         file = file if file.is_absolute() else path.parent / file
         sources.append(_source(str(file), entry.get("name"), entry.get("weight", 1.0), f"{path}: source {i}"))

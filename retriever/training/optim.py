@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from data_prep.errors import InputError
+
 _BLOCK = re.compile(r"^(?P<stack>.*?\.(?:layers|blocks|layer|h))\.(?P<index>\d+)\.")
 _EMBEDDING = re.compile(r"(embed|patch|position|wte|wpe)")
 
@@ -31,26 +33,26 @@ _BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"
 
 
 def check_optimizer(name: str, deepspeed_config: dict[str, Any] | None, cuda: bool) -> None:
-    """Raise ``ValueError`` when ``--optim name`` cannot run here (missing package, device or DeepSpeed support)."""
+    """Raise ``InputError`` (a user error) when ``--optim name`` cannot run here (missing package, device or DeepSpeed support)."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"--optim {name}: unknown optimizer (choose from {', '.join(OPTIMIZERS)})")
+        raise InputError(f"--optim {name}: unknown optimizer (choose from {', '.join(OPTIMIZERS)})")
     if deepspeed_config and "optimizer" in deepspeed_config and name != "adamw":
-        raise ValueError(f"--optim {name} contradicts the DeepSpeed config's own 'optimizer' section; drop one")
+        raise InputError(f"--optim {name} contradicts the DeepSpeed config's own 'optimizer' section; drop one")
     if name not in _BITSANDBYTES:
         return
     zero = (deepspeed_config or {}).get("zero_optimization", {})
     if int(zero.get("stage", 0)) == 3:
-        raise ValueError(f"--optim {name}: DeepSpeed ZeRO-3 partitions parameters and steps its own optimizer, which "
+        raise InputError(f"--optim {name}: DeepSpeed ZeRO-3 partitions parameters and steps its own optimizer, which "
                          "does not support 8-bit optimizer states; use ZeRO-1/2 or --optim adamw")
     if zero.get("offload_optimizer", {}).get("device", "none") != "none":
-        raise ValueError(f"--optim {name}: DeepSpeed optimizer offload needs DeepSpeed's CPU Adam, not 8-bit states; "
+        raise InputError(f"--optim {name}: DeepSpeed optimizer offload needs DeepSpeed's CPU Adam, not 8-bit states; "
                          "remove offload_optimizer or use --optim adamw")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ValueError(f"--optim {name} needs bitsandbytes, which is not installed (pip install bitsandbytes)") from None
+        raise InputError(f"--optim {name} needs bitsandbytes, which is not installed (pip install bitsandbytes)") from None
     if name == "paged_adamw_8bit" and not cuda:
-        raise ValueError("--optim paged_adamw_8bit pages optimizer states through CUDA unified memory; it needs a GPU")
+        raise InputError("--optim paged_adamw_8bit pages optimizer states through CUDA unified memory; it needs a GPU")
 
 
 def optimizer_factory(name: str, lr: float, weight_decay: float) -> Callable[[list[dict]], torch.optim.Optimizer]:

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data_prep.errors import InputError, cli, stop_on_full_disk
 from retriever.model.encoder import RetrieverEncoder, text_hidden_size
 from retriever.model.saved import load_encoder, save_encoder
 from retriever.model.training_modes import LoraSettings
@@ -43,14 +44,15 @@ from retriever.training.ds_config import TrainingShape, load_deepspeed_config, r
 from retriever.training.evaluation import TrainingEvaluation, load_eval_data
 from retriever.training.gradcache import GradCache, auto_chunk_size
 from retriever.training.logs import TrainLog
-from retriever.training.mixture import TrainingData, parse_sources
 from retriever.training.losses import ContrastiveLoss
+from retriever.training.mixture import TrainingData, parse_sources
 from retriever.training.optim import (build_scheduler, check_optimizer, optimizer_factory, parameter_groups,
                                       set_drop_path)
 
 logger = logging.getLogger("retriever.train")
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -141,7 +143,7 @@ def plan(args, env: RankInfo, data: TrainingData, epoch: int) -> list:
 def steps_per_epoch(args, env: RankInfo, data: TrainingData) -> int:
     steps = len(plan(args, env, data, 0)) // args.gradient_accumulation_steps
     if steps == 0:
-        raise ValueError(
+        raise InputError(
             f"{' '.join(args.train_data)}: {len(data.pairs)} pairs do not fill one optimizer step of "
             f"{args.per_device_train_batch_size} x {env.world} ranks x {args.gradient_accumulation_steps} "
             "accumulation steps (pairs sharing pages cannot share a batch)"
@@ -280,9 +282,12 @@ def _source_losses(by_source: dict[str, list[float]]) -> dict[str, float]:
 def save_final(args, env: RankInfo, encoder: RetrieverEncoder, backend: Backend) -> Path:
     """Write the trained encoder to OUTPUT_DIR/final (ZeRO-3 partitions are gathered first)."""
     final = Path(args.output_dir) / "final"
+    kept = ("the checkpoints are intact; free space and run the same command with --resume_from_checkpoint latest "
+            "(steps after the last checkpoint are trained again)")
     with backend.gathered_parameters():
         if env.rank == 0:
-            save_encoder(encoder, final)
+            with stop_on_full_disk(final, kept):
+                save_encoder(encoder, final)
     if dist.is_initialized():
         dist.barrier()
     _info(env, f"saved the trained encoder to {final}")

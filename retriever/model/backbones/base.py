@@ -12,6 +12,12 @@ An adapter knows, for one model family,
 Inputs are built from the checkpoint's own tokenizer and image processor (loaded with the transformers
 Auto classes).  The placeholder expansion mirrors the model's processor class; doing it here keeps the
 adapters independent of the video processors that some processor classes insist on constructing.
+
+Input formats: families that published retrievers use (Qwen2-VL / Qwen2.5-VL, PaliGemma, Idefics3) describe their
+prompt layouts as :class:`InputFormat` templates, one per library that defines a layout (``native``: ours;
+``colpali_engine``, ``transformers``, ``dse``: the reference processors of published checkpoints).  The adapter
+only expands the image placeholder (``image_inputs``); the template says where it goes, so a published
+checkpoint reads exactly the token sequence its own processor builds.
 """
 from __future__ import annotations
 
@@ -27,6 +33,33 @@ from PIL import Image
 
 # The text model's attention and MLP projections: the LoRA language preset of every adapter here.
 LANGUAGE_LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Side of the blank image a query carries when its template has an ``{image}`` slot (DSE's 28x28 dummy image).
+QUERY_IMAGE_SIDE = 28
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """One library's prompt layout for a family.
+
+    ``query`` / ``page`` are templates with the slots ``{text}`` (the query, or the page prompt), ``{image}`` (the
+    expanded image placeholder; a query template with it gets a blank image, as DSE's queries do), ``{bos}`` and
+    ``{eos}`` (the tokenizer's tokens).  ``special_tokens``: whether the tokenizer adds its own special tokens
+    (the reference processor calls it with the default ``add_special_tokens=True``).  ``sequential_positions``:
+    1-D positions for pages too (transformers' ``ColQwen2ForRetrieval`` runs the language model without M-RoPE).
+    """
+
+    query: str
+    page: str
+    special_tokens: bool = False
+    sequential_positions: bool = False
+
+
+def fill(template: str, **slots: str) -> str:
+    """``template`` with each ``{name}`` slot replaced (plain replacement: braces in the values stay literal)."""
+    for name, value in slots.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
 
 @dataclass
 class Example:
@@ -48,11 +81,23 @@ class Backbone:
     # Keys of the batch that hold per-image tensors (in addition to input_ids / attention_mask).
     image_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
     default_page_prompt: ClassVar[str] = "What is shown in this page?"
+    # Prompt layouts by name; families without any override ``query_template`` and ``page_example`` instead.
+    input_formats: ClassVar[dict[str, InputFormat]] = {}
 
     def __init__(self, tokenizer: Any, image_processor: Any, model_config: Any) -> None:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.model_config = model_config
+        self.input_format: InputFormat | None = self.input_formats.get("native")
+
+    def set_input_format(self, name: str) -> None:
+        """Selects the prompt layout ``name`` (``native`` is always accepted)."""
+        if name == "native" and not self.input_formats:
+            return
+        if name not in self.input_formats:
+            raise ValueError(f"backbone {self.name!r} has no input format {name!r}; supported: "
+                             f"{', '.join(sorted(self.input_formats)) or 'native'}")
+        self.input_format = self.input_formats[name]
 
     @classmethod
     def load_model(cls, path: Path, **kwargs: Any) -> torch.nn.Module:
@@ -71,16 +116,42 @@ class Backbone:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def query_example(self, text: str) -> Example:
-        """A text-only example (a query, already carrying its prefix and augmentation tokens)."""
-        return Example(self.text_ids(self.query_template(text)), {})
+        """A query (already carrying its prefix and augmentation tokens); text-only unless the format gives
+        queries an image slot."""
+        fmt = self.input_format
+        if fmt is not None and "{image}" in fmt.query:
+            blank = Image.new("RGB", (QUERY_IMAGE_SIDE, QUERY_IMAGE_SIDE))
+            return self.layout_example(fmt.query, text, blank)
+        return Example(self.encode(self.query_template(text)), {})
 
     def query_template(self, text: str) -> str:
         """The full query string around ``text`` (chat markup, end-of-sequence token)."""
-        raise NotImplementedError
+        return self.fill(self.input_format.query, text)
 
     def page_example(self, image: Image.Image, text: str) -> Example:
         """One page: the image placeholder expanded to image tokens, ``text`` after it, plus pixel tensors."""
+        return self.layout_example(self.input_format.page, text, image)
+
+    def layout_example(self, template: str, text: str, image: Image.Image) -> Example:
+        """``template`` filled with ``text`` and the expanded placeholder of ``image``, plus its tensors."""
+        image_text, tensors = self.image_inputs(image)
+        return Example(self.encode(self.fill(template, text, image_text)), tensors)
+
+    def image_inputs(self, image: Image.Image) -> tuple[str, dict[str, torch.Tensor]]:
+        """The expanded image placeholder string of ``image`` and its pixel tensors."""
         raise NotImplementedError
+
+    def fill(self, template: str, text: str, image: str = "") -> str:
+        """:func:`fill` with the tokenizer's ``{bos}`` / ``{eos}``; ``text`` goes in last, so slot names in a
+        user's text stay literal."""
+        return fill(template, bos=self.tokenizer.bos_token or "", eos=self.tokenizer.eos_token or "", image=image,
+                    text=text)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a filled template; the tokenizer's own special tokens only where the format says so."""
+        if self.input_format is not None and self.input_format.special_tokens:
+            return self.tokenizer(text)["input_ids"]
+        return self.text_ids(text)
 
     @property
     def pad_id(self) -> int:

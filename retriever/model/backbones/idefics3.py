@@ -1,11 +1,14 @@
 """Idefics3 (SigLIP + Llama LM; also SmolVLM-style ColIdefics3 checkpoints) adapter.
 
-Pages: ``{bos}User:{image}{text}<end_of_utterance>\\nAssistant:{eos}`` where ``{image}`` is the processor's
-layout: per tile ``<fake_token_around_image><row_r_col_c><image>*N`` rows separated by newlines, then the
+Pages (``native``): ``{bos}User:{image}{text}<end_of_utterance>\\nAssistant:{eos}`` where ``{image}`` is the
+processor's layout: per tile ``<fake_token_around_image><row_r_col_c><image>*N`` rows separated by newlines, then the
 global image ``<fake_token_around_image><global-img><image>*N<fake_token_around_image>``;
 N = (image_size / patch_size)^2 / scale_factor^2.  ``pixel_values`` is [images, tiles, 3, H, W] with
 all-zero padding tiles (the model drops them) and ``pixel_attention_mask`` marks real pixels; a batch pads
 the tile dimension (and H, W) to its largest example, a chunk trims it back.
+
+``colpali_engine``: ColIdefics3's processor (queries ``{text}``, pages
+``<|im_start|>User:{image}{text}<end_of_utterance>\\nAssistant:``, both through the tokenizer's own special tokens).
 
 Vision tower (``vision_module``): ``model.model.vision_model`` (SigLIP); the ``connector`` (pixel shuffle +
 projection) stays trainable when the tower is frozen.
@@ -19,9 +22,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .base import LANGUAGE_LINEAR, Backbone, Example, position_ids_from_mask
+from .base import LANGUAGE_LINEAR, Backbone, InputFormat, position_ids_from_mask
 
 FAKE, GLOBAL, IMAGE = "<fake_token_around_image>", "<global-img>", "<image>"
+IDEFICS3_FORMATS = {
+    "native": InputFormat(query="{bos}User:{text}<end_of_utterance>\nAssistant:{eos}",
+                          page="{bos}User:{image}{text}<end_of_utterance>\nAssistant:{eos}"),
+    "colpali_engine": InputFormat(query="{text}", page="<|im_start|>User:{image}{text}<end_of_utterance>\nAssistant:",
+                                  special_tokens=True),
+}
 
 
 class Idefics3(Backbone):
@@ -31,6 +40,7 @@ class Idefics3(Backbone):
     lora_vision = (r".*vision_model\.encoder\.layers\.\d+\."
                    r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)")
     image_keys = ("pixel_values", "pixel_attention_mask")
+    input_formats = IDEFICS3_FORMATS
 
     @property
     def image_seq_len(self) -> int:
@@ -48,9 +58,6 @@ class Idefics3(Backbone):
         if caps:
             self.image_processor.size = {"longest_edge": max(tile, min(caps) // tile * tile)}
 
-    def query_template(self, text: str) -> str:
-        return f"{self.tokenizer.bos_token}User:{text}<end_of_utterance>\nAssistant:{self.tokenizer.eos_token}"
-
     def image_string(self, rows: int, cols: int) -> str:
         """The processor's placeholder layout for an image split into rows x cols tiles."""
         tokens = IMAGE * self.image_seq_len
@@ -61,13 +68,11 @@ class Idefics3(Backbone):
                        for r in range(rows))
         return f"{grid}\n{global_image}"
 
-    def page_example(self, image: Image.Image, text: str) -> Example:
+    def image_inputs(self, image: Image.Image) -> tuple[str, dict[str, torch.Tensor]]:
         pixels = self.image_processor(images=[[image]], return_tensors="pt", return_row_col_info=True)
         image_text = self.image_string(int(pixels["rows"][0][0]), int(pixels["cols"][0][0]))
-        prompt = (f"{self.tokenizer.bos_token}User:{image_text}{text}<end_of_utterance>\nAssistant:"
-                  f"{self.tokenizer.eos_token}")
-        return Example(self.text_ids(prompt), {"pixel_values": pixels["pixel_values"],
-                                               "pixel_attention_mask": pixels["pixel_attention_mask"].bool()})
+        return image_text, {"pixel_values": pixels["pixel_values"],
+                            "pixel_attention_mask": pixels["pixel_attention_mask"].bool()}
 
     def collate_images(self, tensors: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pads tiles (dim 1) and pixels (H, W) with zeros to the largest example, then concatenates."""

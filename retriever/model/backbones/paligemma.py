@@ -1,9 +1,13 @@
 """PaliGemma (SigLIP + Gemma LM; the ColPali backbone) adapter.
 
-Inputs follow the PaliGemma processor: ``<image>*N{bos}{text}\\n`` with N = (image_size / patch_size)^2;
-queries are ``{bos}{text}\\n``.  ``token_type_ids`` are all 0 (the whole input is the bidirectional
-prefix), and positions start at 1 as in PaliGemma, counted over attended tokens so that left padding
-does not shift them.  ``pixel_values`` is [images, 3, H, W], one row per page.
+Inputs (``native``) follow the PaliGemma processor: ``<image>*N{bos}{text}\\n`` with N = (image_size / patch_size)^2;
+queries are ``{bos}{text}\\n``.  ``colpali_engine``: ColPali's processor (pages ``<image>*N{bos}{bos}{text}\\n``
+as PaliGemma's processor expands its ``<image><bos>`` prompt; queries ``{bos}{text}`` through the tokenizer's
+own special tokens); ``transformers``: ``ColPaliProcessor``'s (queries ``{bos}{text}\\n``).  ``token_type_ids``
+are all 0 (the whole input is the bidirectional prefix: what transformers' PaliGemma does for an unpadded input
+without ``token_type_ids``, such as a query, whereas a padded batch without them switches to causal attention and
+makes an embedding depend on its batch), and positions start at 1 as in PaliGemma, counted over attended tokens so
+that left padding does not shift them.  ``pixel_values`` is [images, 3, H, W], one row per page.
 
 Vision tower (``vision_module``): ``model.model.vision_tower`` (SigLIP); the ``multi_modal_projector``
 stays trainable when the tower is frozen.
@@ -16,7 +20,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .base import LANGUAGE_LINEAR, Backbone, Example, position_ids_from_mask
+from .base import LANGUAGE_LINEAR, Backbone, InputFormat, position_ids_from_mask
+
+PALIGEMMA_FORMATS = {
+    "native": InputFormat(query="{bos}{text}\n", page="{image}{bos}{text}\n"),
+    "colpali_engine": InputFormat(query="{bos}{text}", page="{image}{bos}{bos}{text}\n", special_tokens=True),
+    "transformers": InputFormat(query="{bos}{text}\n", page="{image}{bos}{text}\n"),
+}
 
 
 class PaliGemma(Backbone):
@@ -26,6 +36,7 @@ class PaliGemma(Backbone):
     lora_vision = (r".*vision_tower\..*encoder\.layers\.\d+\."
                    r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)")
     default_page_prompt = "Describe the image."
+    input_formats = PALIGEMMA_FORMATS
 
     @property
     def image_seq_len(self) -> int:
@@ -36,13 +47,9 @@ class PaliGemma(Backbone):
     def image_token(self) -> str:
         return self.tokenizer.convert_ids_to_tokens(self.model_config.image_token_id)
 
-    def query_template(self, text: str) -> str:
-        return f"{self.tokenizer.bos_token}{text}\n"
-
-    def page_example(self, image: Image.Image, text: str) -> Example:
+    def image_inputs(self, image: Image.Image) -> tuple[str, dict[str, torch.Tensor]]:
         pixels = self.image_processor(images=[image], return_tensors="pt")
-        prompt = f"{self.image_token * self.image_seq_len}{self.tokenizer.bos_token}{text}\n"
-        return Example(self.text_ids(prompt), {"pixel_values": pixels["pixel_values"]})
+        return self.image_token * self.image_seq_len, {"pixel_values": pixels["pixel_values"]}
 
     def images_per_example(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
         return (batch["input_ids"] == self.model_config.image_token_id).any(-1).long().tolist()

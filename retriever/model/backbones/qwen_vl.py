@@ -17,7 +17,21 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .base import LANGUAGE_LINEAR, Backbone, Example, position_ids_from_mask
+from .base import LANGUAGE_LINEAR, Backbone, InputFormat, position_ids_from_mask
+
+COLQWEN_PAGE = "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{text}<|im_end|><|endoftext|>"
+DSE_TURN = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            "<|vision_start|>{image}<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
+QWEN_FORMATS = {
+    "native": InputFormat(
+        query="<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n<|endoftext|>",
+        page="<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n"
+             "<|endoftext|>"),
+    "colpali_engine": InputFormat(query="{text}", page=COLQWEN_PAGE, special_tokens=True),
+    "transformers": InputFormat(query="{text}\n", page=COLQWEN_PAGE, special_tokens=True,
+                                sequential_positions=True),
+    "dse": InputFormat(query=DSE_TURN, page=DSE_TURN, special_tokens=True),
+}
 
 
 class QwenVL(Backbone):
@@ -28,6 +42,7 @@ class QwenVL(Backbone):
                    r"(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2|mlp\.gate_proj|mlp\.up_proj|mlp\.down_proj)")
     image_keys = ("pixel_values", "image_grid_thw")
     default_page_prompt = "What is shown in this image?"
+    input_formats = QWEN_FORMATS
 
     @property
     def merge(self) -> int:
@@ -46,16 +61,11 @@ class QwenVL(Backbone):
             if hasattr(self.image_processor, attr):
                 setattr(self.image_processor, attr, value)
 
-    def query_template(self, text: str) -> str:
-        return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n<|endoftext|>"
-
-    def page_example(self, image: Image.Image, text: str) -> Example:
+    def image_inputs(self, image: Image.Image) -> tuple[str, dict[str, torch.Tensor]]:
         pixels = self.image_processor(images=[image], return_tensors="pt")
         grid = pixels["image_grid_thw"]
         n_tokens = int(grid.prod()) // self.merge**2
-        prompt = (f"<|im_start|>user\n<|vision_start|>{'<|image_pad|>' * n_tokens}<|vision_end|>{text}"
-                  "<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
-        return Example(self.text_ids(prompt), {"pixel_values": pixels["pixel_values"], "image_grid_thw": grid})
+        return "<|image_pad|>" * n_tokens, {"pixel_values": pixels["pixel_values"], "image_grid_thw": grid}
 
     @property
     def image_start_id(self) -> int:
@@ -68,6 +78,10 @@ class QwenVL(Backbone):
     def model_inputs(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, Any]:
         """Pages: the model derives M-RoPE positions from the mask; text only: 1-D positions from the mask."""
         inputs = super().model_inputs(batch, dtype)
+        if "image_grid_thw" in batch and self.input_format.sequential_positions:
+            inputs["image_grid_thw"] = batch["image_grid_thw"]
+            inputs["position_ids"] = position_ids_from_mask(batch["attention_mask"]).expand(3, -1, -1)
+            return inputs
         if "image_grid_thw" not in batch:
             inputs["position_ids"] = position_ids_from_mask(batch["attention_mask"])
             return inputs

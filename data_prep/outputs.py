@@ -1,0 +1,133 @@
+"""Writing outputs so that a full disk (or a kill) never leaves a torn file that a rerun would trust.
+
+* :func:`atomic_output`: a whole file (state, checkpoint part, metrics): written to ``PATH.tmp``, fsynced, renamed
+  over ``PATH``. If anything fails the tmp file is removed and ``PATH`` keeps its previous contents; a full disk is
+  raised as :class:`~data_prep.errors.DiskFullError` naming ``PATH``, also through C writers that hide the
+  ``OSError`` (``torch.save`` reports only "unexpected pos"), because the file object records it.
+* :class:`JsonlAppender`: a JSONL output that a long job appends to line by line and resumes from (generated
+  queries, mined pairs): every line is flushed whole; a line cut by a full disk is truncated away at once and a
+  line torn by a kill is truncated when the file is reopened, so the file only ever holds complete lines.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from data_prep.errors import DiskFullError, is_disk_full, stop_on_full_disk
+
+__all__ = ["JsonlAppender", "atomic_output", "write_text_atomic"]
+
+logger = logging.getLogger(__name__)
+RESUME_HINT = "free space and run the same command again to resume"
+
+
+class _RecordingFile:
+    """A binary file whose ``write`` remembers the ``OSError`` it raised (C writers turn it into a vague error)."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, kept: str = f"its previous version is intact; {RESUME_HINT}",
+                  ) -> Iterator[_RecordingFile]:
+    """Write ``path`` all or nothing: yields a binary file; see the module docstring."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    recorder = None
+    try:
+        with stop_on_full_disk(path, kept):
+            try:
+                with open(tmp, "wb") as handle:
+                    recorder = _RecordingFile(handle)
+                    yield recorder
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except (OSError, RuntimeError) as err:
+                if recorder is not None and recorder.error is not None and not is_disk_full(err):
+                    raise recorder.error from err
+                raise
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, kept: str = f"its previous version is intact; {RESUME_HINT}",
+                      ) -> None:
+    """``path.write_text(text)``, all or nothing (see :func:`atomic_output`)."""
+    with atomic_output(path, kept) as handle:
+        handle.write(text.encode("utf-8"))
+
+
+class JsonlAppender:
+    """Append JSON objects to ``path`` one complete line at a time (see the module docstring).
+
+    ``fsync=True`` syncs every line (failure logs); otherwise lines are flushed, and a kill loses at most what the
+    OS had not written, never more than whole lines plus one torn line, which the next open removes.
+    """
+
+    def __init__(self, path: str | os.PathLike, fsync: bool = False) -> None:
+        self.path, self.fsync = Path(path), fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_line()
+        self._fh = open(self.path, "ab")
+        self.lines_written = 0
+
+    def _drop_torn_line(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if not data.endswith(b"\n"):
+                keep = data.rfind(b"\n") + 1
+                logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run",
+                               self.path, len(data) - keep)
+                fh.truncate(keep)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one line; on a full disk the partial line is removed and ``DiskFullError`` raised."""
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        start = self._fh.tell()
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            self._truncate(start)
+            raise DiskFullError(f"{self.path}: no space left to write it ({os.strerror(err.errno or 28)}); every "
+                                f"line written before is intact; {RESUME_HINT}") from err
+        self.lines_written += 1
+
+    def _truncate(self, size: int) -> None:
+        """Drop a partial line: reopen (the buffered handle may still hold its unwritten part) and truncate."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        os.truncate(self.path, size)
+        self._fh = open(self.path, "ab")
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,321 @@
+"""Published retriever checkpoints (ColPali, ColQwen2, ColQwen2.5, ColSmol / ColIdefics3, DSE) as encoders.
+
+:func:`detect_published` recognises a checkpoint directory from its files and returns a :class:`Published`
+(its :class:`PublishedFormat`, the directory holding the weights, the peft adapter if any);
+:func:`load_published_model` builds the backbone's transformers model from it, plus the retrieval head's weights.
+:func:`~retriever.model.saved.load_encoder` calls both, so evaluation, mining, training and merging read a
+published checkpoint through the same code path as our own.
+
+Detection, in order: ``config.json`` ``architectures`` naming a published class (colpali-engine's ``ColQwen2``,
+``ColQwen2_5``, ``ColPali``, ``ColIdefics3``; transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval``,
+also found by ``model_type`` ``colqwen2`` / ``colpali``); for a peft adapter repository (``adapter_config.json``
+without our ``retriever_config.json``) the same test on the base model named by ``base_model_name_or_path`` (or
+the adapter's ``auto_mapping.base_model_class``); DSE: a Qwen2-VL checkpoint whose model card (``README.md``)
+names DSE / Tevatron.  Other retrieval architectures (``Col*``, ``Bi*``, ``*ForRetrieval``) are errors that list
+the supported formats.
+
+Loading: the family's transformers model is built from the config without random initialisation and filled
+from the checkpoint's safetensors after the format's key renames (colpali-engine's and transformers' layouts to
+``*ForConditionalGeneration``'s); a peft adapter's LoRA deltas (scaling ``lora_alpha / r``, or ``/ sqrt(r)``
+with rsLoRA) and ``modules_to_save`` are merged into those weights, exactly as peft's merge does, so the result
+is an ordinary full model that our own LoRA can train on top of.  Unexpected or missing weights (other than
+the unused, tied LM head) are errors, as is a projection whose size disagrees with the config.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+__all__ = ["FORMATS", "Published", "PublishedFormat", "detect_published", "load_published_model",
+           "supported_formats"]
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# colpali-engine's ColQwen2 / ColQwen2.5 (a ``*VLModel`` subclass; older saves used the text model's bare names),
+# and Qwen2-VL's own original layout (``model.layers``, ``visual``), which transformers still writes.
+COLQWEN_ENGINE_RENAMES = (
+    (r"^base_model\.model\.custom_text_proj\.", "custom_text_proj."),
+    (r"^model\.(layers|embed_tokens|norm)\b", r"model.language_model.\1"),
+    (r"^(visual|language_model)\.", r"model.\1."),
+)
+# colpali-engine's ColPali (a PaliGemmaForConditionalGeneration under ``model``; older saves nest the LM further).
+COLPALI_ENGINE_RENAMES = (
+    (r"^base_model\.model\.custom_text_proj\.", "custom_text_proj."),
+    (r"^model\.language_model\.model\.", "model.language_model."),
+    (r"^model\.(language_model\.)?lm_head\.", "lm_head."),
+    (r"^model\.model\.", "model."),
+)
+# transformers' Col*ForRetrieval (``vlm`` is the *Model; older saves hold a *ForConditionalGeneration).
+TRANSFORMERS_RENAMES = (
+    (r"^vlm\.language_model\.model\.", "model.language_model."),
+    (r"^vlm\.(language_model\.)?lm_head\.", "lm_head."),
+    (r"^vlm\.model\.", "model."),
+    (r"^vlm\.", "model."),
+)
+# colpali-engine's Col* classes fix their projection size in code; transformers' read ``embedding_dim`` (default).
+DEFAULT_DIM = 128
+COLPALI_QUERY = {"head": "multi", "query_prefix": "", "query_augmentation_tokens": 10,
+                 "page_prompt": "Describe the image.", "input_format": "colpali_engine"}
+
+
+@dataclass(frozen=True)
+class PublishedFormat:
+    """One published checkpoint family: how it is recognised, loaded and fed.
+
+    ``settings``: the EncoderConfig fields its reference processor implies; ``head_key``: the module name of its
+    multi-vector projection (None: a dense model without one); ``dim_field``: the config field the projection's
+    output size must equal (None: :data:`DEFAULT_DIM`, fixed in the reference class); ``nested_config``: the config field holding the VLM's config (transformers' -hf repos).
+    """
+
+    name: str
+    library: str
+    backbone: str
+    architectures: tuple[str, ...]
+    settings: Mapping[str, Any]
+    renames: tuple[tuple[str, str], ...] = ()
+    head_key: str | None = None
+    dim_field: str | None = None
+    nested_config: str | None = None
+    model_types: tuple[str, ...] = ()
+
+
+FORMATS: tuple[PublishedFormat, ...] = (
+    PublishedFormat("ColQwen2", "colpali-engine", "qwen2_vl", ("ColQwen2",),
+                    {**COLPALI_QUERY, "query_augmentation_token": "<|endoftext|>", "padding_side": "left"},
+                    COLQWEN_ENGINE_RENAMES, "custom_text_proj"),
+    PublishedFormat("ColQwen2.5", "colpali-engine", "qwen2_5_vl", ("ColQwen2_5",),
+                    {**COLPALI_QUERY, "query_augmentation_token": "<|endoftext|>", "padding_side": "left"},
+                    COLQWEN_ENGINE_RENAMES, "custom_text_proj"),
+    PublishedFormat("ColPali", "colpali-engine", "paligemma", ("ColPali",), COLPALI_QUERY,
+                    COLPALI_ENGINE_RENAMES, "custom_text_proj"),
+    PublishedFormat("ColIdefics3 / ColSmol", "colpali-engine", "idefics3", ("ColIdefics3",),
+                    {**COLPALI_QUERY, "query_augmentation_token": "<end_of_utterance>", "padding_side": "left"},
+                    (), "linear"),
+    PublishedFormat("ColQwen2ForRetrieval", "transformers", "qwen2_vl", ("ColQwen2ForRetrieval",),
+                    {**COLPALI_QUERY, "query_prefix": "Query: ", "input_format": "transformers"},
+                    TRANSFORMERS_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config", ("colqwen2",)),
+    PublishedFormat("ColPaliForRetrieval", "transformers", "paligemma", ("ColPaliForRetrieval",),
+                    {**COLPALI_QUERY, "query_prefix": "Question: ", "input_format": "transformers"},
+                    TRANSFORMERS_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config", ("colpali",)),
+    PublishedFormat("DSE", "Tevatron", "qwen2_vl", ("Qwen2VLForConditionalGeneration",),
+                    {"head": "dense", "pooling": "last", "normalize": True, "query_prefix": "Query: ",
+                     "page_prompt": "What is shown in this image?", "padding_side": "left", "input_format": "dse"},
+                    COLQWEN_ENGINE_RENAMES),
+)
+DSE_CARD = re.compile(r"\bDSE\b|Tevatron|[Dd]ocument [Ss]creenshot [Ee]mbedding")
+RETRIEVAL_ARCHITECTURE = re.compile(r"^(Col|Bi)[A-Z]|ForRetrieval$")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A detected published checkpoint: ``weights_dir`` holds config and weights (the base for an adapter)."""
+
+    format: PublishedFormat
+    path: Path
+    weights_dir: Path
+    config: dict = field(repr=False)
+    adapter: Path | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """EncoderConfig fields: the format's, with the prompts a transformers processor config overrides."""
+        settings = {"backbone": self.format.backbone, **self.format.settings}
+        if self.format.head_key is not None:
+            settings["multi_dim"] = self.multi_dim
+        processor = _read_json(self.path / "processor_config.json") if self.format.nested_config else {}
+        for ours, theirs in (("query_prefix", "query_prefix"), ("page_prompt", "visual_prompt_prefix")):
+            if processor.get(theirs):
+                settings[ours] = processor[theirs]
+        return settings
+
+    @property
+    def multi_dim(self) -> int:
+        """The projection size the config (or the reference class) declares."""
+        return int(self.config.get(self.format.dim_field, DEFAULT_DIM)) if self.format.dim_field else DEFAULT_DIM
+
+    @property
+    def files_dir(self) -> Path:
+        """Where the tokenizer and image processor are: the checkpoint, else (adapter repos) its base."""
+        return self.path if (self.path / "tokenizer_config.json").exists() else self.weights_dir
+
+
+def supported_formats() -> str:
+    """The published formats, for error messages."""
+    return ", ".join(f"{f.library} {f.name}" for f in FORMATS)
+
+
+def detect_published(path: Path, resolve: Any) -> Published | None:
+    """The published format of the checkpoint at ``path`` (None: a plain VLM checkpoint).
+
+    ``resolve`` turns an adapter's base name into a local directory (raising FileNotFoundError naming it).
+    """
+    adapter = path if (path / ADAPTER_CONFIG).exists() else None
+    weights_dir = path
+    if adapter is not None:
+        adapter_config = _read_json(path / ADAPTER_CONFIG)
+        base = adapter_config.get("base_model_name_or_path")
+        if not base:
+            raise ValueError(f"{path / ADAPTER_CONFIG}: base_model_name_or_path is empty; set it to the base model")
+        try:
+            weights_dir = resolve(base)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{path / ADAPTER_CONFIG}: base model {base!r} (base_model_name_or_path) "
+                                    f"cannot be found: {err}") from err
+    config = _read_json(weights_dir / "config.json")
+    fmt = _match(config, weights_dir, path)
+    if fmt is None and adapter is not None:
+        base_class = (_read_json(path / ADAPTER_CONFIG).get("auto_mapping") or {}).get("base_model_class")
+        fmt = _match({"architectures": [base_class]}, weights_dir, path) if base_class else None
+    return Published(fmt, path, weights_dir, config, adapter) if fmt is not None else None
+
+
+def _match(config: Mapping[str, Any], weights_dir: Path, path: Path) -> PublishedFormat | None:
+    architectures = config.get("architectures") or []
+    for fmt in FORMATS:
+        named = set(architectures) & set(fmt.architectures) or config.get("model_type") in fmt.model_types
+        if named and (fmt.name != "DSE" or _is_dse_card(path) or _is_dse_card(weights_dir)):
+            return fmt
+    unknown = [a for a in architectures if RETRIEVAL_ARCHITECTURE.search(a)]
+    if unknown:
+        raise ValueError(f"{weights_dir / 'config.json'}: architecture {unknown[0]!r} is not a supported "
+                         f"retriever format; supported: {supported_formats()}, or a plain VLM checkpoint")
+    return None
+
+
+def _is_dse_card(path: Path) -> bool:
+    card = path / "README.md"
+    return card.exists() and bool(DSE_CARD.search(card.read_text(encoding="utf-8", errors="replace")))
+
+
+def load_published_model(published: Published, **load_kwargs: Any) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The backbone's ``*ForConditionalGeneration`` with the checkpoint's (adapter-merged) weights, and the
+    head's state dict (``projection.weight`` / ``.bias``; empty for a dense format)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.initialization import no_init_weights
+
+    fmt = published.format
+    config = AutoConfig.from_pretrained(published.weights_dir)
+    if fmt.nested_config:
+        config = getattr(config, fmt.nested_config)
+    state = _renamed(_read_weights(published.weights_dir), fmt.renames)
+    if published.adapter is not None:
+        _merge_adapter(state, published.adapter, fmt.renames)
+    head = _take_head(state, published, config.get_text_config().hidden_size)
+    kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
+    with no_init_weights():
+        model = AutoModelForImageTextToText.from_config(config, **kwargs)
+    _load_body(model, state, published.weights_dir)
+    model.config._name_or_path = str(published.path)  # what a peft adapter trained on top records as its base
+    return model.eval(), head
+
+
+def _take_head(state: dict[str, torch.Tensor], published: Published, hidden: int) -> dict[str, torch.Tensor]:
+    """Removes the projection's weights from ``state`` and checks their shape against the config."""
+    fmt = published.format
+    if fmt.head_key is None:
+        return {}
+    prefix = fmt.head_key + "."
+    head = {"projection." + k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+    where = published.weights_dir / "model.safetensors"
+    if "projection.weight" not in head:
+        raise ValueError(f"{where}: no {prefix}weight (the {fmt.name} projection); is this a {fmt.name} checkpoint?")
+    rows, cols = head["projection.weight"].shape
+    if cols != hidden:
+        raise ValueError(f"{where}: {prefix}weight has input size {cols}, but the config's text hidden_size is "
+                         f"{hidden}; the checkpoint and its config.json disagree")
+    if rows != published.multi_dim:
+        declared = f"config.json {fmt.dim_field}" if fmt.dim_field else f"{fmt.library}'s {fmt.name} class"
+        raise ValueError(f"{where}: {prefix}weight has {rows} outputs, but {declared} says {published.multi_dim}; "
+                         "the checkpoint and its config disagree")
+    return head
+
+
+def _load_body(model: nn.Module, state: dict[str, torch.Tensor], weights_dir: Path) -> None:
+    """Loads ``state`` into ``model``; only a tied or unused LM head may be missing (it is zeroed)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{weights_dir}: weights the model does not have: {sorted(unexpected)[:5]} "
+                         f"({len(unexpected)} in all); the checkpoint does not match its format")
+    missing = [k for k in missing if not k.startswith("lm_head.")]
+    if missing:
+        raise ValueError(f"{weights_dir}: weights missing from the checkpoint: {sorted(missing)[:5]} "
+                         f"({len(missing)} in all)")
+    tied = model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    if "lm_head.weight" not in state and not tied:
+        with torch.no_grad():
+            model.lm_head.weight.zero_()  # not in the checkpoint; retrieval never runs the LM head
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a (possibly sharded) safetensors checkpoint."""
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(str(directory / shard)))
+        return state
+    if not (directory / "model.safetensors").exists():
+        raise FileNotFoundError(f"{directory}: missing model.safetensors or model.safetensors.index.json "
+                                "(published checkpoints are read from safetensors only)")
+    return load_file(str(directory / "model.safetensors"))
+
+
+def _renamed(state: dict[str, torch.Tensor], renames: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+    return {_rename(k, renames): v for k, v in state.items()}
+
+
+def _rename(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """``key`` after the first rename whose pattern matches."""
+    for pattern, replacement in renames:
+        new, count = re.subn(pattern, replacement, key, count=1)
+        if count:
+            return new
+    return key
+
+
+def _merge_adapter(state: dict[str, torch.Tensor], adapter: Path, renames: tuple[tuple[str, str], ...]) -> None:
+    """Adds a peft LoRA adapter's ``B @ A * scaling`` to ``state``'s weights and copies its ``modules_to_save``."""
+    config_path = adapter / ADAPTER_CONFIG
+    config = _read_json(config_path)
+    if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora") or config.get("rank_pattern") \
+            or config.get("alpha_pattern"):
+        raise ValueError(f"{config_path}: only plain LoRA adapters are supported (no DoRA, rank or alpha patterns)")
+    rank = config["r"]
+    scaling = config["lora_alpha"] / (rank ** 0.5 if config.get("use_rslora") else rank)
+    if not (adapter / ADAPTER_WEIGHTS).exists():
+        raise FileNotFoundError(f"{adapter / ADAPTER_WEIGHTS} is missing (adapters are read from safetensors only)")
+    weights = load_file(str(adapter / ADAPTER_WEIGHTS))
+    for key, tensor in weights.items():
+        name = key.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
+        if ".lora_B." in name:
+            continue
+        if ".lora_A." in name:
+            module = name.split(".lora_A.")[0]
+            target = _rename(module + ".weight", renames)
+            if target not in state:
+                raise ValueError(f"{adapter / ADAPTER_WEIGHTS}: {key} adapts {target!r}, which the base lacks")
+            lora_b = weights[key.replace(".lora_A.", ".lora_B.")]
+            delta = (lora_b.double() @ tensor.double()) * scaling
+            state[target] = (state[target].double() + delta).to(state[target].dtype)
+        elif "lora_" in name:
+            raise ValueError(f"{adapter / ADAPTER_WEIGHTS}: unsupported adapter weight {key!r}")
+        else:
+            state[_rename(name, renames)] = tensor
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON: {err}") from err

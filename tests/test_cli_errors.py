@@ -1,0 +1,193 @@
+"""The error convention of every CLI: a user error is one line ``error: <message>`` and exit status 2; a bug keeps
+its traceback; ``VLMRET_DEBUG=1`` / ``--debug`` show the traceback of user errors too; torchrun ranks all report."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from data_prep.errors import DEBUG_ENV, InputError, cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bad_pages(tmp: Path) -> Path:
+    (tmp / "pages.jsonl").write_text('{"doc_id": "a", "page": 1, "text": "A sentence of more than five words."}\n')
+    return tmp / "pages.jsonl"
+
+
+def _bad_json(tmp: Path) -> Path:
+    (tmp / "pairs.jsonl").write_text('{"query": "q", "pos": ["a/1"]}\n{"query": "q2", "pos": [\n')
+    return tmp / "pairs.jsonl"
+
+
+def _unknown_page(tmp: Path) -> list[str]:
+    """retriever.train arguments whose pairs name a page that no source holds (the issue's first example)."""
+    (tmp / "images").mkdir()
+    (tmp / "pairs.jsonl").write_text('{"query": "q", "pos": ["nope/1"]}\n')
+    return ["--model_name_or_path", str(tmp / "model"), "--output_dir", str(tmp / "out"), "--train_data",
+            str(tmp / "pairs.jsonl"), "--image_root", str(tmp / "images"), "--max_steps", "1"]
+
+
+def _prompt_without_image(tmp: Path) -> list[str]:
+    """query_generation.generate arguments whose prompt file has no {image} slot."""
+    (tmp / "prompt.txt").write_text("Write {num_queries} queries about this page.\n")
+    return ["--store", str(tmp / "store"), "--out", str(tmp / "q.jsonl"), "--backend", "transformers", "--model",
+            str(tmp / "model"), "--prompt", str(tmp / "prompt.txt")]
+
+
+def _incomplete_checkpoint(tmp: Path) -> Path:
+    ckpt = tmp / "run" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / "backend.pt").write_bytes(b"half")
+    return ckpt
+
+
+def _not_a_lora_run(tmp: Path) -> Path:
+    (tmp / "full_run").mkdir()
+    return tmp / "full_run"
+
+
+# module, arguments (built in a temporary folder), what the one line must contain
+CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
+    "split_pdfs": ("data_prep.split_pdfs", lambda t: ["--pdfs", str(t / "nowhere"), "--out", str(t / "p.jsonl")],
+                   "input not found: {t}/nowhere (a folder of PDFs, a .pdf file or a list of PDF paths)"),
+    "render": ("data_prep.render", lambda t: ["--pages", str(t / "missing.jsonl"), "--out", str(t / "store")],
+               "JSONL file {t}/missing.jsonl does not exist"),
+    "inspect": ("data_prep.inspect", lambda t: [str(t / "store")], "page store not found: {t}/store"),
+    "sample_pdfs": ("data_prep.sample_pdfs", lambda t: ["--out", str(t), "--docs", "0"],
+                    "--docs and --pages must be at least 1, got 0 and 4"),
+    "build_splits": ("data_prep.build_splits",
+                     lambda t: ["--pairs", str(_bad_json(t)), "--train", str(t / "a"), "--test", str(t / "b")],
+                     "{t}/pairs.jsonl: line 2: invalid JSON"),
+    "academic": ("data_prep.academic", lambda t: ["--set", "chartqa", "--input", str(t / "x"), "--store",
+                                                  str(t / "s"), "--pairs", str(t / "p.jsonl")],
+                 "chartqa input not found: {t}/x"),
+    "from_text": ("query_generation.from_text", lambda t: ["--pages", str(_bad_pages(t)), "--out", str(t / "o")],
+                  "{t}/pages.jsonl: line 1: no 'id' field"),
+    "generate": ("query_generation.generate", _prompt_without_image,
+                 "prompt file {t}/prompt.txt: missing slot(s) {{image}} (required: {{image}}, {{num_queries}}); add "
+                 "them to the text"),
+    "filter": ("query_generation.filter", lambda t: ["--queries", str(_bad_pages(t)), "--out", str(t / "p.jsonl"),
+                                                     "--rejected", str(t / "r.jsonl")],
+               "{t}/pages.jsonl: line 1: no 'query' string (--queries takes the output of query_generation.generate, "
+               "or pairs)"),
+    "train": ("retriever.train", _unknown_page,
+              "{t}/pairs.jsonl: line 1: unknown page id 'nope/1' (looked in: "),
+    "mine": ("retriever.mine", lambda t: ["--model", str(t), "--train_data", str(t / "missing.jsonl"),
+                                          "--image_root", str(t), "--out", str(t / "o.jsonl")],
+             "training data {t}/missing.jsonl does not exist"),
+    "merge": ("retriever.merge", lambda t: ["--model", str(_not_a_lora_run(t)), "--out", str(t / "m")],
+              "{t}/full_run/adapter_config.json is missing: {t}/full_run is not a LoRA run to merge"),
+    "tiny": ("retriever.tiny", lambda t: ["--arch", "qwen2_vl", "--out", str(_bad_json(t))],
+             "--out {t}/pairs.jsonl is a file; give a directory"),
+    "score_run": ("eval.score_run", lambda t: ["--run", str(t / "run.trec"), "--qrels", str(t / "q.tsv")],
+                  "run file {t}/run.trec does not exist"),
+    "retrieval": ("eval.retrieval", lambda t: ["--model", str(_incomplete_checkpoint(t)), "--tasks", str(t),
+                                               "--out", str(t / "eval")],
+                  "{t}/run/checkpoint-3 is an incomplete training checkpoint (no COMPLETE marker"),
+    "image_text": ("eval.image_text", lambda t: ["--model", str(t), "--karpathy_json", str(_bad_json(t)),
+                                                 "--image_root", str(t)],
+                   "{t}/pairs.jsonl: line 2: invalid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_one_line_and_status_2(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    module, make_args, expected = CASES[name]
+    main = __import__(module, fromlist=["main"]).main
+    args = make_args(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert expected.format(t=tmp_path) in lines[0]
+
+
+def test_debug_flag_and_environment_show_the_traceback(tmp_path, monkeypatch):
+    from eval.score_run import main
+
+    args = ["--run", str(tmp_path / "run.trec"), "--qrels", str(tmp_path / "q.tsv")]
+    with pytest.raises(FileNotFoundError, match="run file .* does not exist"):
+        main([*args, "--debug"])
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(FileNotFoundError, match="run file .* does not exist"):
+        main(args)
+
+
+def test_bugs_keep_their_traceback_and_a_full_disk_is_a_user_error(capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+    @cli
+    def buggy(argv: list[str]) -> None:
+        {}["no such key"]  # a KeyError from a bug is not an unknown-id user error
+
+    with pytest.raises(KeyError):
+        buggy([])
+
+    @cli
+    def writes(argv: list[str]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(SystemExit) as exit_info:
+        writes([])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "error: [Errno 28] No space left on device\n"
+
+
+def test_dataloader_worker_errors_and_ranks_are_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+
+    @cli
+    def in_worker(argv: list[str]) -> None:  # how torch re-raises an error of a DataLoader worker process
+        raise InputError("Caught InputError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                         "last):\n  File \"x.py\", line 1\ndata_prep.errors.InputError: page 'a/1': bad")
+
+    with pytest.raises(SystemExit):
+        in_worker([])
+    assert capsys.readouterr().err == "error: rank 1/2: page 'a/1': bad\n"
+
+
+@pytest.mark.distributed
+def test_every_torchrun_rank_reports_and_the_script_exits_2(tmp_path):
+    ckpt = _incomplete_checkpoint(tmp_path)
+    env = {**os.environ, "PYTHON": sys.executable, "NPROC_PER_NODE": "2", "PYTHONPATH": str(REPO),
+           "MASTER_PORT": str(29700 + os.getpid() % 200)}
+    proc = subprocess.run(["bash", "shell/eval_dist.sh", "--model", str(ckpt), "--tasks", str(tmp_path), "--out",
+                           str(tmp_path / "eval")], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"error: rank {rank}/2: {ckpt} is an incomplete training checkpoint" in proc.stderr
+
+
+def test_argparse_errors_keep_status_2(capsys):
+    from data_prep.inspect import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["store", "--no-such-flag"])
+    assert exit_info.value.code == 2 and "error: unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_sound_json_report_when_nothing_is_wrong(tmp_path, capsys):
+    from data_prep.inspect import main
+    from data_prep.store import PageStoreWriter
+
+    with PageStoreWriter(tmp_path / "s") as writer:
+        from PIL import Image
+        import io
+
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "PNG")
+        writer.add("a/1", buf.getvalue())
+    assert main([str(tmp_path / "s"), "--verify", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"path": str(tmp_path / "s"), "shards": 1, "pages": 1,
+                                                   "problems": [], "ok": True}
