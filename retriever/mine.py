@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--range_min", "--skip_top", dest="range_min", type=int, default=0,
                        help="skip this many best non-positive candidates (likeliest false negatives)")
     rules.add_argument("--range_max", type=int, default=100,
-                       help="consider only the first RANGE_MAX non-positive candidates (positions range_min..range_max-1)")
+                       help="consider only the first RANGE_MAX non-positive candidates "
+                       "(positions range_min..range_max-1)")
     rules.add_argument("--relative_margin", type=float, default=None,
                        help="drop candidates scoring above (1 - margin) x the positive's score (e.g. 0.05)")
     rules.add_argument("--absolute_margin", type=float, default=None,
