@@ -10,7 +10,8 @@ What it does
 2. For every total batch in ``--batches`` and seed in ``--seeds``, the tiny random-weight Qwen2-VL
    (``retriever.tiny``) is trained (dense head, full fine-tuning, GradCache chunks of ``--chunk``, constant lr)
    on the same number of pairs: ``--epochs`` x E pairs, where E (the "epoch", ``--epoch_pairs``) is a multiple of
-   the largest batch (by default 512 pairs, about half of the default corpus's train pairs, for the CPU budget). So batch 8 takes 64x more optimizer steps than batch 512; only the
+   the largest batch (by default 512 pairs, about half of the default corpus's train pairs, for the CPU
+   budget). So batch 8 takes 64x more optimizer steps than batch 512; only the
    batch (the number of in-batch negatives) and the step count differ. The held-out nDCG@10 and recall@10 are
    measured with the trainer's own ``--eval_data`` after every E pairs (and before training, at 0 pairs).
 3. Writes ``OUT/results.json``, ``OUT/results.md`` (mean +- std over seeds per batch and epoch) and
@@ -139,7 +140,8 @@ def summarise(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[s
 
 
 def markdown(table: dict, untrained: dict[str, float]) -> str:
-    lines = ["| total batch | pairs seen | optimizer steps | " + " | ".join(f"{m} (mean +- std)" for m in METRICS) + " |",
+    header = " | ".join(f"{m} (mean +- std)" for m in METRICS)
+    lines = [f"| total batch | pairs seen | optimizer steps | {header} |",
              "|---" * (3 + len(METRICS)) + "|",
              "| (untrained) | 0 | 0 | " + " | ".join(f"{untrained[m]:.4f}" for m in METRICS) + " |"]
     for batch in sorted(table, key=int):

@@ -225,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rules = MiningRules(args.num_negatives, args.range_min, args.range_max, args.relative_margin,
                         args.absolute_margin, args.max_score, args.sampling, args.seed)
     env = join_process_group(timedelta(minutes=30))
-    sources = [StorePages(path) for path in args.page_store] + ([ImageFolder(args.image_root)] if args.image_root else [])
+    sources = [StorePages(path) for path in args.page_store]
+    sources += [ImageFolder(args.image_root)] if args.image_root else []
     resolver = PageResolver(sources)
     pairs = read_jsonl_pairs(args.train_data)
     validate_pairs(pairs, resolver, args.train_data)
@@ -255,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         merge_parts(Path(args.out), env.world, rules.num_negatives)
 
 
-def load_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, args, env: RankInfo) -> list[torch.Tensor]:
+def load_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, args,
+                env: RankInfo) -> list[torch.Tensor]:
     """All page embeddings: the ranks encode the missing cache shards between them, then each reads the cache."""
     vectors = encode_corpus(encoder, resolver, ids, cache, args.batch_size, args.shard_size, env.rank, env.world)
     if env.world == 1:

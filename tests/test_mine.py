@@ -69,7 +69,8 @@ def test_window_and_margin_rules_on_planted_scores():
 
 
 def test_lowest_positive_score_bounds_the_margin():
-    selection = select_negatives(PLANTED, ["p", "a"], [10.0, 9.9], MiningRules(num_negatives=2, absolute_margin=1.95), 0)
+    rules = MiningRules(num_negatives=2, absolute_margin=1.95)
+    selection = select_negatives(PLANTED, ["p", "a"], [10.0, 9.9], rules, 0)
     assert selection.pos_score == 9.9  # with the higher positive (10) as bound, c (8.0 < 8.05) would survive
     assert [c.page for c in selection.negatives] == ["d", "e"]
 

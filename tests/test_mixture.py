@@ -26,7 +26,8 @@ def _data(sizes: dict[str, int], weights: dict[str, float] | None = None) -> Tra
 
 
 def test_source_specs_and_mixture_files(tmp_path):
-    assert parse_sources(["a.jsonl", "dir/b.jsonl:0.5"]) == [Source("a.jsonl", "a", 1.0), Source("dir/b.jsonl", "b", 0.5)]
+    assert parse_sources(["a.jsonl", "dir/b.jsonl:0.5"]) == [Source("a.jsonl", "a", 1.0),
+                                                             Source("dir/b.jsonl", "b", 0.5)]
     assert [s.name for s in parse_sources(["x/a.jsonl", "y/a.jsonl:2"])] == ["a", "a_2"]
     (tmp_path / "mix.yaml").write_text("sources:\n  - {path: a.jsonl, weight: 3, name: docs}\n  - path: /abs/b.jsonl\n")
     assert parse_sources([str(tmp_path / "mix.yaml")]) == [Source(str(tmp_path / "a.jsonl"), "docs", 3.0),

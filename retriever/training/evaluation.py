@@ -6,7 +6,8 @@ Every ``--eval_steps`` optimizer steps (and after the last one) every rank evalu
 task name). Ranks encode their shards of the queries and the corpus and merge their top-k with collectives, so
 all ranks take part and return the same numbers; under DeepSpeed ZeRO-3 the parameters are gathered and the
 partitioning hooks are off while it runs (``Backend.inference_parameters``), so uneven shards cannot desynchronise
-the ranks (the encoder's own ``encode_*`` switch it to eval mode and back). The metrics (nDCG@5/10, recall@5/10, MRR@10) go to the training log as ``eval_<metric>``.
+the ranks (the encoder's own ``encode_*`` switch it to eval mode and back). The metrics (nDCG@5/10,
+recall@5/10, MRR@10) go to the training log as ``eval_<metric>``.
 
 ``--save_best`` keeps the encoder with the best ``--metric_for_best`` so far in ``OUTPUT_DIR/best`` (in the same
 directory format as ``final``), with ``best.json`` (step and metrics) beside it; a resumed run reads ``best.json``

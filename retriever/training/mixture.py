@@ -95,7 +95,8 @@ def _named(sources: list[Source]) -> list[Source]:
     unique = []
     for source in sources:
         seen[source.name] = seen.get(source.name, 0) + 1
-        unique.append(replace(source, name=source.name if seen[source.name] == 1 else f"{source.name}_{seen[source.name]}"))
+        count = seen[source.name]
+        unique.append(replace(source, name=source.name if count == 1 else f"{source.name}_{count}"))
     return unique
 
 

@@ -33,7 +33,8 @@ _BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"
 
 
 def check_optimizer(name: str, deepspeed_config: dict[str, Any] | None, cuda: bool) -> None:
-    """Raise ``InputError`` (a user error) when ``--optim name`` cannot run here (missing package, device or DeepSpeed support)."""
+    """Raise ``InputError`` (a user error) when ``--optim name`` cannot run here (missing package or device, or
+    no DeepSpeed support)."""
     if name not in OPTIMIZERS:
         raise InputError(f"--optim {name}: unknown optimizer (choose from {', '.join(OPTIMIZERS)})")
     if deepspeed_config and "optimizer" in deepspeed_config and name != "adamw":
@@ -50,7 +51,8 @@ def check_optimizer(name: str, deepspeed_config: dict[str, Any] | None, cuda: bo
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise InputError(f"--optim {name} needs bitsandbytes, which is not installed (pip install bitsandbytes)") from None
+        raise InputError(f"--optim {name} needs bitsandbytes, which is not installed "
+                         "(pip install bitsandbytes)") from None
     if name == "paged_adamw_8bit" and not cuda:
         raise InputError("--optim paged_adamw_8bit pages optimizer states through CUDA unified memory; it needs a GPU")
 
