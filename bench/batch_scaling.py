@@ -17,8 +17,9 @@ What it does
 3. Writes ``OUT/results.json``, ``OUT/results.md`` (mean +- std over seeds per batch and epoch) and
    ``OUT/batch_scaling.png`` (mean with a min-max band over seeds).
 
-Usage: ``python bench/batch_scaling.py --out bench_out/batch_scaling`` (the configuration of docs/BENCHMARKS.md;
-about 20 minutes on 2 CPU cores); ``--batches 8,16 --seeds 0 --epochs 1 --synthetic_docs 4`` for a smoke run.
+Usage: ``OMP_NUM_THREADS=1 python bench/batch_scaling.py --out bench_out/batch_scaling`` (the configuration of
+docs/BENCHMARKS.md: 3 runs at a time, one thread each); ``--batches 8,16 --seeds 0 --epochs 1 --synthetic_docs 4
+--pdfs`` for a smoke run. Finished runs (``OUT/b<batch>_s<seed>/final``) are not rerun.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,12 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test_fraction", type=float, default=0.2, help="held-out share of pairs (by document)")
     parser.add_argument("--batches", default="8,64,512", help="total batches to compare")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of E pairs each (see the module docstring)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of E pairs each (see the module docstring)")
     parser.add_argument("--epoch_pairs", type=int, default=512,
                         help="E, pairs per epoch (a multiple of the largest batch; 0: all train pairs, rounded down)")
     parser.add_argument("--chunk", type=int, default=8, help="GradCache chunk size")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--parallel", type=int, default=3,
+                        help="training runs at once (each with OMP_NUM_THREADS threads); on a shared box, N runs of "
+                        "one thread get more of it than one run of N threads")
     return parser.parse_args(argv)
 
 
@@ -115,6 +120,14 @@ def train_run(args: argparse.Namespace, paths: dict[str, Path], out: Path, batch
                 log=out.with_suffix(".log"))
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return {str(r["step"] * batch): {m: r[f"eval_{m}"] for m in METRICS} for r in records if f"eval_{METRICS[0]}" in r}
+
+
+def timed_run(args: argparse.Namespace, paths: dict[str, Path], work: Path, batch: int, seed: int,
+              epoch_pairs: int) -> dict:
+    started = time.perf_counter()
+    metrics = train_run(args, paths, work / f"b{batch}_s{seed}", batch, seed, epoch_pairs)
+    print(f"batch {batch} seed {seed}: {metrics} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return metrics
 
 
 def baseline(paths: dict[str, Path], work: Path) -> dict[str, float]:
@@ -192,14 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"corpus ready: {train_pairs} train pairs, {len(paths['test'].read_text().splitlines())} held out; "
           f"epoch = {epoch_pairs} pairs ({time.perf_counter() - started:.0f} s)", flush=True)
     untrained = baseline(paths, work)
-    results: dict[str, dict[str, dict]] = {}
-    for batch in batches:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            run_start = time.perf_counter()
-            results.setdefault(str(batch), {})[str(seed)] = train_run(args, paths, work / f"b{batch}_s{seed}", batch,
-                                                                      seed, epoch_pairs)
-            print(f"batch {batch} seed {seed}: {results[str(batch)][str(seed)]} "
-                  f"({time.perf_counter() - run_start:.0f} s)", flush=True)
+    jobs = [(batch, int(seed)) for batch in batches for seed in args.seeds.split(",")]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        done = pool.map(lambda job: timed_run(args, paths, work, *job, epoch_pairs), jobs)
+        results: dict[str, dict[str, dict]] = {}
+        for (batch, seed), metrics in zip(jobs, done):
+            results.setdefault(str(batch), {})[str(seed)] = metrics
     table = summarise(results)
     (work / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                    "train_pairs": train_pairs, "epoch_pairs": epoch_pairs,
