@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from published_refs import (REFERENCES, build_reference, colpali_engine_available, load_reference,
-                            reference_embeddings, sample_images)
+from published_refs import (REFERENCES, build_reference, colpali_engine_available, lenient_processor_init,
+                            load_reference, reference_embeddings, sample_images)
 from retriever.export import main, push_to_hub
 from retriever.model.saved import TRAINING_ARGS_FILE, load_encoder, save_encoder
 
@@ -36,16 +36,26 @@ def _fine_tuned(published: Path, out: Path) -> Path:
 @pytest.mark.parametrize("name", [pytest.param(n, marks=needs_engine) if n.startswith("engine_") else n
                                   for n in REFERENCES])
 def test_export_loads_in_reference_class(name, tiny_model_dir, tmp_path):
-    _, processor = build_reference(name, tiny_model_dir(REFERENCES[name].arch), tmp_path / "published")
+    from transformers import AutoConfig, AutoTokenizer
+
+    from retriever.model.saved import load_image_processor
+
+    tiny = tiny_model_dir(REFERENCES[name].arch)
+    _, published_processor = build_reference(name, tiny, tmp_path / "published")
     ours = _fine_tuned(tmp_path / "published", tmp_path / "final")
     fmt = "colpali" if name.startswith("engine_") else "transformers"
     assert main(["--model", str(ours), "--format", fmt, "--out", str(tmp_path / "export")]) == 0
     exported = load_reference(name, tmp_path / "export")
+    with lenient_processor_init():  # the reference processor on the export's own tokenizer / image processor files
+        processor = REFERENCES[name].processor(load_image_processor(tmp_path / "export"),
+                                               AutoTokenizer.from_pretrained(tmp_path / "export"),
+                                               AutoConfig.from_pretrained(tiny))
     ref_q, ref_p = reference_embeddings(exported, processor, QUERIES, sample_images())
     encoder = load_encoder(ours, dtype="float32")
     _assert_same(encoder.encode_queries(QUERIES), ref_q)
     _assert_same(encoder.encode_pages(sample_images()), ref_p)
-    published_q, _ = reference_embeddings(load_reference(name, tmp_path / "published"), processor, QUERIES, [])
+    published_q, _ = reference_embeddings(load_reference(name, tmp_path / "published"), published_processor,
+                                          QUERIES, [])
     assert (published_q[0] - ref_q[0]).abs().max() > 1e-3  # the export holds the fine-tuned weights
     from safetensors import safe_open
     with safe_open(str(tmp_path / "export" / "model.safetensors"), "pt") as f, \
