@@ -13,7 +13,6 @@ score as MTEB aggregates it (the mean over subsets and splits); :func:`save_task
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,6 @@ from eval.datasets import RetrievalData
 from eval.trec import Qrels
 
 __all__ = ["get_task", "load_subsets", "save_task_result", "subset_average", "task_result"]
-
-logger = logging.getLogger(__name__)
 
 
 def get_task(name: str, local_path: str | None = None) -> AbsTask:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from data_prep.errors import cli
+from data_prep.errors import InputError, cli
 from data_prep.outputs import write_text_atomic
 from eval.datasets import RetrievalData, TaskSource, load_retrieval_data, resolve_tasks
 from eval.engine import Encoder, encode_sharded_queries, init_distributed, score_shard
@@ -136,6 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _load_task(spec: TaskSource, args: argparse.Namespace) -> tuple[Any, dict[str, RetrievalData]]:
     """The mteb task (a local one for BEIR folders / pairs files) and its ``{subset: data}``."""
     if spec.mteb:
+        if args.page_store:
+            raise InputError(f"--page_store replaces the corpus of a BEIR folder or pairs file, not of the MTEB task "
+                             f"{spec.name}")
         task = get_task(spec.name, spec.source)
         return task, load_subsets(task, args.split)
     data = load_retrieval_data(spec.source, args.split, spec.name, args.page_store)

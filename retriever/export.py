@@ -34,13 +34,12 @@ from data_prep.errors import InputError, MissingInputError, cli
 from data_prep.outputs import write_text_atomic
 from retriever.model.dtype import add_dtype_argument
 from retriever.model.encoder import EncoderConfig, RetrieverEncoder
-from retriever.model_card import model_card, read_metrics
 from retriever.model.published import FORMATS, PublishedFormat, published_key
 from retriever.model.saved import CONFIG_FILE, TRAINING_ARGS_FILE, load_encoder, resolve_checkpoint
+from retriever.model_card import model_card, read_metrics
 
 __all__ = ["export", "main", "target_format"]
 
-logger = logging.getLogger(__name__)
 LIBRARIES = {"colpali": "colpali-engine", "transformers": "transformers"}
 
 

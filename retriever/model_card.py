@@ -68,7 +68,7 @@ def _training(state: Mapping[str, Any] | None, args: Mapping[str, Any] | None) -
         lines.append("Not trained by vlmret (no retriever_config.json): the weights are the loaded checkpoint's.")
         return lines
     lines.append(f"- training mode: {state.get('training_mode', 'full')}"
-                 + (f", LoRA {state['lora']}" if state.get("lora") else "")
+                 + (f", LoRA {json.dumps(state['lora'], sort_keys=True)}" if state.get("lora") else "")
                  + (", vision tower frozen" if state.get("freeze_vision") else ""))
     if args is None:
         lines.append(f"- training data and flags: unknown (the run did not save {TRAINING_ARGS_FILE})")

@@ -97,3 +97,42 @@ def test_cli_writes_subsets_and_mteb_results(vidore_dir: Path, tmp_path: Path) -
     loaded = mteb.TaskResult.from_disk(path)
     assert loaded.get_score() == pytest.approx(written["aggregate"]["main_score"], abs=1e-6)
     assert json.loads((path.parent / "model_meta.json").read_text())["model_type"] == ["late-interaction"]
+
+
+QUERIES_V3 = {**QUERIES, "italian": [(3, 3)], "portuguese": [(1, 0), (2, 2)]}
+
+
+def make_vidore_v3(root: Path) -> Path:
+    """The hub layout of a ViDoRe v3 (mteb format) dataset: ``<subset>-corpus`` / ``-queries`` / ``-qrels`` configs."""
+    configs = []
+    for lang, rows in QUERIES_V3.items():
+        tables = {"corpus": Dataset.from_dict({"id": [str(i) for i in range(N_PAGES)],
+                                               "image": [page_image(i) for i in range(N_PAGES)]},
+                                              features=Features({"id": Value("string"), "image": ImageFeature()})),
+                  "queries": Dataset.from_dict({"id": [f"{lang}{i}" for i in range(len(rows))],
+                                                "text": [f"page {n}?" for n, _ in rows]}),
+                  "qrels": Dataset.from_dict({"query-id": [f"{lang}{i}" for i in range(len(rows))],
+                                              "corpus-id": [str(p) for _, p in rows], "score": [1] * len(rows)})}
+        for part, table in tables.items():
+            (root / lang / part).mkdir(parents=True)
+            table.to_parquet(str(root / lang / part / "test-00000-of-00001.parquet"))
+            configs.append(f"- config_name: {lang}-{part}\n  data_files:\n  - split: test\n"
+                           f"    path: {lang}/{part}/test-*.parquet\n")
+    (root / "README.md").write_text("---\nconfigs:\n" + "".join(configs) + "---\n")
+    return root
+
+
+def test_v3_layout_equals_mteb(tmp_path: Path) -> None:
+    """ViDoRe v3's per-subset configs (mteb's default loader), main score ndcg_at_10."""
+    task_name = "Vidore3FinanceEnRetrieval"
+    root = make_vidore_v3(tmp_path / "v3")
+    task = get_task(task_name, str(root))
+    encoder = ToyEncoder(True)
+    _, native = evaluate_subsets(encoder, load_subsets(task), init_distributed(60), k_values=[1, 5, 10])
+    ours = task_result(task, "test", {s: m["aggregate"] for s, m in native.items()}, 0.0)
+    theirs = _mteb_result(MtebRetriever(encoder), get_task(task_name, str(root)))
+    assert task.metadata.main_score == "ndcg_at_10"
+    assert sorted(s["hf_subset"] for s in theirs.scores["test"]) == sorted(native) == sorted(QUERIES_V3)
+    for subset in theirs.scores["test"]:
+        assert native[subset["hf_subset"]]["aggregate"]["ndcg_at_10"] == pytest.approx(subset["main_score"], abs=1e-5)
+    assert ours.get_score() == pytest.approx(theirs.get_score(), abs=1e-5)
