@@ -1,9 +1,10 @@
 """Failures log: an append-only JSONL of what could not be processed, one record per page (or per document).
 
 Each record is ``{"id": page id or null, "doc": doc id, "source": path, "page": 1-based page or null,
-"stage": "split" | "render" | ..., "reason": str}``. Records are flushed and fsynced as they are written, so a
-killed job keeps every failure it reported; a line torn by ``kill -9`` is dropped (and truncated away) when the
-log is reopened. Resuming jobs read the log to skip pages that already failed.
+"stage": "split" | "render" | ..., "reason": str}``. Records are written through
+:class:`data_prep.outputs.JsonlAppender` with an fsync per line, so a killed job keeps every failure it reported,
+a line torn by ``kill -9`` is dropped (and truncated away) when the log is reopened, and a full disk stops the job
+with one line naming the log. Resuming jobs read the log to skip pages that already failed.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from data_prep.outputs import JsonlAppender
 
 
 def read_failures(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -27,42 +30,27 @@ def read_failures(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def truncate_torn_line(path: str | os.PathLike) -> None:
-    """Cut a JSONL file back to its last complete line (a writer killed mid-line leaves a torn tail)."""
-    p = Path(path)
-    if not p.exists() or p.stat().st_size == 0:
-        return
-    with open(p, "rb+") as fh:
-        data = fh.read()
-        if not data.endswith(b"\n"):
-            fh.truncate(data.rfind(b"\n") + 1)
-
-
 class FailureLog:
     """Appends failure records durably; ``failed_ids`` holds the page ids already in the log."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        truncate_torn_line(self.path)
+        self._out = JsonlAppender(self.path, fsync=True)  # drops a torn last line first
         self.records = read_failures(self.path)
         self.failed_ids = {r["id"] for r in self.records if r.get("id")}
-        self._fh = open(self.path, "a", encoding="utf-8")
 
     def add(self, reason: str, *, stage: str, doc: str, source: str, page: int | None = None,
             page_id: str | None = None, extra: dict[str, Any] | None = None) -> None:
         """Append one record; ``extra`` adds fields (the raw model answer of a page that failed to parse, say)."""
         rec = {"id": page_id, "doc": doc, "source": source, "page": page, "stage": stage, "reason": reason,
                **(extra or {})}
-        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._out.write(rec)
         self.records.append(rec)
         if page_id:
             self.failed_ids.add(page_id)
 
     def close(self) -> None:
-        self._fh.close()
+        self._out.close()
 
     def __enter__(self) -> "FailureLog":
         return self

@@ -8,8 +8,9 @@ A source is one of
   parquet files (a hub snapshot), or a ``<name>.parquet`` file;
 * a hub dataset name with configs ``corpus`` / ``queries`` / ``qrels`` (needs a reachable hub);
 * an MTEB task name (``VidoreDocVQARetrieval``) or group (``vidore_v1``, ``vidore_v2``, ``vidore_v3``), resolved
-  to hub names through the installed mteb's own task metadata (``mteb.get_task(name).metadata.dataset["path"]``
-  and the benchmarks ``ViDoRe(v1)``/``ViDoRe(v2)``/``ViDoRe(v3)``), so names never drift from MTEB's.
+  through the installed mteb (its benchmarks ``ViDoRe(v1)``/``ViDoRe(v2)``/``ViDoRe(v3)``) and loaded per
+  language subset by mteb's own task class (:mod:`eval.mteb_tasks`), so names, subsets and language filtering never
+  drift from MTEB's; ``NAME=PATH`` reads the task's dataset from a local copy of its hub repository.
 
 A page store (:class:`data_prep.store.PageStore`) can replace the corpus table: its page ids are the corpus ids.
 Images are decoded lazily, one batch at a time.
@@ -28,7 +29,7 @@ from PIL import Image
 from data_prep.errors import InputError, MissingInputError
 from eval.trec import Qrels
 
-__all__ = ["RetrievalData", "load_retrieval_data", "resolve_tasks", "GROUPS"]
+__all__ = ["RetrievalData", "TaskSource", "load_retrieval_data", "resolve_tasks", "GROUPS"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,17 +165,30 @@ def _store_loader(store, ids: list[str]) -> Callable[[Sequence[int]], list[Image
     return load
 
 
-def resolve_tasks(names: Sequence[str]) -> list[tuple[str, str]]:
-    """``[(task name, source)]`` for local folders, hub names, MTEB task names and ``vidore_v*`` groups."""
-    resolved: list[tuple[str, str]] = []
+@dataclass(frozen=True)
+class TaskSource:
+    """One ``--tasks`` entry: ``mteb`` tasks are loaded per language subset by the installed mteb's own task class
+    (:mod:`eval.mteb_tasks`), reading ``source`` (a local copy of its dataset) instead of the hub when set."""
+
+    name: str
+    source: str | None
+    mteb: bool = False
+
+
+def resolve_tasks(names: Sequence[str]) -> list[TaskSource]:
+    """Local folders, hub names, MTEB task names (``NAME=PATH``: its data from a local copy) and ``vidore_v*``."""
+    resolved: list[TaskSource] = []
     for name in names:
+        task, _, local = name.partition("=")
+        if local and not Path(local).exists():
+            raise MissingInputError(f"--tasks {name}: {local} does not exist (a local copy of {task}'s dataset)")
         if Path(name).exists():
-            resolved.append((Path(name).stem if name.endswith(".jsonl") else Path(name).name, name))
-        elif name in GROUPS or name.startswith("Vidore"):
+            resolved.append(TaskSource(Path(name).stem if name.endswith(".jsonl") else Path(name).name, name))
+        elif task in GROUPS or task.startswith("Vidore"):
             import mteb
 
-            tasks = mteb.get_benchmark(GROUPS[name]).tasks if name in GROUPS else [mteb.get_task(name)]
-            resolved.extend((t.metadata.name, t.metadata.dataset["path"]) for t in tasks)
+            tasks = mteb.get_benchmark(GROUPS[task]).tasks if task in GROUPS else [mteb.get_task(task)]
+            resolved.extend(TaskSource(t.metadata.name, local or None, mteb=True) for t in tasks)
         else:
-            resolved.append((name.split("/")[-1], name))
+            resolved.append(TaskSource(name.split("/")[-1], name))
     return resolved

@@ -9,6 +9,10 @@ L2-normalised, never zero). With it ``mteb.evaluate(MtebRetriever.from_pretraine
 
 :func:`local_task` wraps a :class:`eval.datasets.RetrievalData` as an ``AbsTaskRetrieval`` (main score
 ``ndcg_at_5``, as ViDoRe), which is how the tests check that MTEB and the native evaluator agree.
+
+:func:`model_meta` is an mteb ``ModelMeta`` for a checkpoint path (ours or a published format ``load_encoder``
+reads), whose ``loader`` is :func:`load_mteb_model`: ``model_meta("runs/x/final").load_model()`` gives the
+:class:`MtebRetriever`, and results are saved under the meta's name (``vlmret/<folder name>``).
 """
 from __future__ import annotations
 
@@ -20,35 +24,57 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.models.abs_encoder import AbsEncoder
-from mteb.models.model_meta import ModelMeta
+from mteb.models.model_meta import ModelMeta, ScoringFunction
 from torch import Tensor
 
 from eval.datasets import RetrievalData
 from eval.engine import Encoder
-from retriever.model.saved import load_encoder
+from retriever.model.saved import load_encoder, saved_encoder_config
 from retriever.model.scoring import dense_scores, maxsim_blocked
 
-__all__ = ["MtebRetriever", "local_task"]
+__all__ = ["MtebRetriever", "load_mteb_model", "local_task", "model_meta"]
+
+
+def model_meta(path: str, revision: str = "local", multi_vector: bool | None = None) -> ModelMeta:
+    """mteb's metadata of the checkpoint at ``path``; ``multi_vector`` defaults to the checkpoint's saved head."""
+    if multi_vector is None:
+        config = saved_encoder_config(path)
+        multi_vector = config is not None and config.head == "multi"
+    return ModelMeta.create_empty(overwrites={
+        "name": f"vlmret/{str(path).rstrip('/').split('/')[-1]}", "revision": revision,
+        "loader": load_mteb_model, "loader_kwargs": {"path": str(path)}, "modalities": ["image", "text"],
+        "framework": ["PyTorch"], "model_type": ["late-interaction" if multi_vector else "dense"],
+        "similarity_fn_name": ScoringFunction.MAX_SIM if multi_vector else ScoringFunction.DOT_PRODUCT})
+
+
+def load_mteb_model(name: str, revision: str | None = None, *, path: str, device: str | None = None,
+                    dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
+                    batch_size: int = 8) -> MtebRetriever:
+    """``ModelMeta.loader``: the checkpoint at ``path`` (``name``/``revision`` only label the results)."""
+    device = device or ("cuda" if torch.cuda.is_available() else None)
+    encoder = load_encoder(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return MtebRetriever(encoder, name=name, revision=revision or "local", batch_size=batch_size, path=path)
 
 
 class MtebRetriever(AbsEncoder):
     """An :class:`eval.engine.Encoder` (e.g. ``RetrieverEncoder``) exposed to mteb."""
 
     def __init__(self, encoder: Encoder, name: str = "vlmret/model", revision: str = "local",
-                 batch_size: int = 8) -> None:
+                 batch_size: int = 8, path: str | None = None) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
         self.multi_vector = encoder.multi_vector
-        self.mteb_model_meta = ModelMeta.create_empty(
-            overwrites={"name": name, "revision": revision, "modalities": ["image", "text"]})
+        meta = model_meta(path or name, revision, self.multi_vector)
+        unloadable = {} if path else {"loader": None, "loader_kwargs": {}}  # an in-memory encoder has no path
+        self.mteb_model_meta = meta.model_copy(update={"name": name, **unloadable})
 
     @classmethod
     def from_pretrained(cls, path: str, trust_remote_code: bool = False, dtype: torch.dtype | str | None = None,
                         **kwargs: Any) -> MtebRetriever:
         """Load a checkpoint with :func:`retriever.model.saved.load_encoder` (on the GPU when there is one)."""
-        device = "cuda" if torch.cuda.is_available() else None
-        encoder = load_encoder(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        return cls(encoder, name=f"vlmret/{path.rstrip('/').split('/')[-1]}", **kwargs)
+        meta = model_meta(path)
+        return load_mteb_model(meta.name, meta.revision, path=path, dtype=dtype,
+                               trust_remote_code=trust_remote_code, **kwargs)
 
     def encode(self, inputs, *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,
                prompt_type=None, **kwargs: Any) -> Tensor:

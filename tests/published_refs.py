@@ -133,6 +133,26 @@ REFERENCES: dict[str, Reference] = {
 }
 
 
+REFERENCE_CLASSES = {
+    "engine_colqwen2": ("qwen2.colqwen2.modeling_colqwen2", "ColQwen2"),
+    "engine_colqwen2_5": ("qwen2_5.colqwen2_5.modeling_colqwen2_5", "ColQwen2_5"),
+    "engine_colpali": ("paligemma.colpali.modeling_colpali", "ColPali"),
+    "engine_colidefics3": ("idefics3.colidefics3.modeling_colidefics3", "ColIdefics3"),
+}
+
+
+def load_reference(name: str, path: Path) -> torch.nn.Module:
+    """The reference class of ``name`` loading ``path`` with its own ``from_pretrained`` (fp32, eval)."""
+    if name in REFERENCE_CLASSES:
+        module, cls = REFERENCE_CLASSES[name]
+        model_cls = getattr(import_engine(f"{ENGINE}.{module}"), cls)
+    else:
+        import transformers
+
+        model_cls = getattr(transformers, {"tf_colqwen2": "ColQwen2ForRetrieval", "tf_colpali": "ColPaliForRetrieval"}[name])
+    return model_cls.from_pretrained(path, dtype=torch.float32).eval()
+
+
 def build_reference(name: str, tiny_dir: Path, out: Path, seed: int = 0) -> tuple[torch.nn.Module, Any]:
     """Writes the reference model ``name`` (random weights on the tiny backbone config) with ``save_pretrained``
     plus the tiny tokenizer / image-processor files to ``out``; returns the model (fp32, eval) and its processor."""

@@ -92,6 +92,13 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "retrieval": ("eval.retrieval", lambda t: ["--model", str(_incomplete_checkpoint(t)), "--tasks", str(t),
                                                "--out", str(t / "eval")],
                   "{t}/run/checkpoint-3 is an incomplete training checkpoint (no COMPLETE marker"),
+    "retrieval_mteb_copy": ("eval.retrieval", lambda t: ["--model", str(t), "--tasks",
+                                                         f"Vidore2ESGReportsRetrieval={t}/esg", "--out", str(t / "e")],
+                            "--tasks Vidore2ESGReportsRetrieval={t}/esg: {t}/esg does not exist (a local copy of "
+                            "Vidore2ESGReportsRetrieval's dataset)"),
+    "export": ("retriever.export", lambda t: ["--model", str(t), "--format", "colpali", "--out", str(t / "x"),
+                                              "--metrics", str(t / "metrics.json")],
+               "--metrics {t}/metrics.json does not exist (the metrics.json eval.retrieval wrote)"),
     "image_text": ("eval.image_text", lambda t: ["--model", str(t), "--karpathy_json", str(_bad_json(t)),
                                                  "--image_root", str(t)],
                    "{t}/pairs.jsonl: line 2: invalid JSON"),

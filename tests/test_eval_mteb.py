@@ -64,3 +64,21 @@ def test_mteb_equals_native_tiny_model(toy_data, tiny_model_dir, tmp_path: Path,
     scores = _mteb_scores(MtebRetriever(encoder, batch_size=4), toy_data)
     assert scores["main_score"] == pytest.approx(native["ndcg_at_5"], abs=1e-5)
     assert scores["mrr_at_10"] == pytest.approx(native["mrr_at_10"], abs=1e-5)
+
+
+def test_model_meta_loads_our_checkpoint_by_path(tiny_model_dir, tmp_path: Path) -> None:
+    """The meta's loader, called as ModelMeta.load_model calls it, gives the MtebRetriever of a saved retriever; its
+    head sets the model type. (load_model itself first requires mteb's ``image`` extra, torchvision, absent here.)"""
+    import json
+
+    from eval.mteb_wrapper import model_meta
+    from retriever.model.saved import load_encoder, save_encoder
+
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl"), override={"head": "multi"}), tmp_path / "final")
+    meta = model_meta(str(tmp_path / "final"))
+    assert meta.model_type == ["late-interaction"] and meta.name == "vlmret/final"
+    model = meta.loader(meta.name, revision=meta.revision, **meta.loader_kwargs)
+    assert isinstance(model, MtebRetriever) and model.multi_vector
+    assert model.mteb_model_meta.loader_kwargs["path"] == str(tmp_path / "final")
+    assert model.mteb_model_meta.name == meta.name
+    assert json.loads(json.dumps(meta.to_dict(), default=str))["loader"] == "load_mteb_model"  # as mteb saves it

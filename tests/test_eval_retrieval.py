@@ -161,14 +161,18 @@ def test_bad_folders_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_task_registry_comes_from_mteb(beir_dir: Path) -> None:
-    from eval.datasets import resolve_tasks
+    from eval.datasets import TaskSource, resolve_tasks
 
-    v1 = dict(resolve_tasks(["vidore_v1"]))
-    assert len(v1) == 10 and v1["VidoreDocVQARetrieval"] == "mteb/docvqa_test_subsampled_beir"
+    v1 = resolve_tasks(["vidore_v1"])
+    assert len(v1) == 10 and TaskSource("VidoreDocVQARetrieval", None, mteb=True) in v1
     assert len(resolve_tasks(["vidore_v2"])) >= 4 and len(resolve_tasks(["vidore_v3"])) >= 8
-    assert resolve_tasks(["VidoreArxivQARetrieval", str(beir_dir), "org/some_beir"]) == [
-        ("VidoreArxivQARetrieval", "mteb/arxivqa_test_subsampled_beir"), (beir_dir.name, str(beir_dir)),
-        ("some_beir", "org/some_beir")]
+    assert resolve_tasks(["VidoreArxivQARetrieval", f"Vidore2ESGReportsRetrieval={beir_dir}", str(beir_dir),
+                          "org/some_beir"]) == [
+        TaskSource("VidoreArxivQARetrieval", None, mteb=True),
+        TaskSource("Vidore2ESGReportsRetrieval", str(beir_dir), mteb=True), TaskSource(beir_dir.name, str(beir_dir)),
+        TaskSource("some_beir", "org/some_beir")]
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        resolve_tasks([f"Vidore2ESGReportsRetrieval={beir_dir}/nowhere"])
 
 
 def test_page_store_as_corpus(beir_dir: Path, tmp_path: Path) -> None:

@@ -28,37 +28,59 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-__all__ = ["FORMATS", "Published", "PublishedFormat", "detect_published", "load_published_model",
-           "supported_formats"]
+__all__ = ["DEFAULT_DIM", "FORMATS", "KeyRename", "Published", "PublishedFormat", "detect_published",
+           "load_published_model", "published_key", "supported_formats"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class KeyRename(NamedTuple):
+    """A weight-name prefix in a published layout and in ours (``*ForConditionalGeneration``'s). A format's table
+    is read both ways: loading renames a key by its longest matching ``published`` prefix (any row), export by its
+    longest matching ``ours`` prefix among the current rows (``legacy`` rows are older layouts, read only)."""
+
+    published: str
+    ours: str
+    legacy: bool = False
+
+
+def _legacy(*pairs: tuple[str, str]) -> tuple[KeyRename, ...]:
+    return tuple(KeyRename(a, b, True) for a, b in pairs)
+
+
 # colpali-engine's ColQwen2 / ColQwen2.5 (a ``*VLModel`` subclass; older saves used the text model's bare names),
-# and Qwen2-VL's own original layout (``model.layers``, ``visual``), which transformers still writes.
+# and Qwen2-VL's own original layout (``model.layers``, ``visual``), which DSE checkpoints hold.
 COLQWEN_ENGINE_RENAMES = (
-    (r"^base_model\.model\.custom_text_proj\.", "custom_text_proj."),
-    (r"^model\.(layers|embed_tokens|norm)\b", r"model.language_model.\1"),
-    (r"^(visual|language_model)\.", r"model.\1."),
+    KeyRename("visual.", "model.visual."), KeyRename("language_model.", "model.language_model."),
+    *_legacy(("base_model.model.custom_text_proj.", "custom_text_proj."),
+             ("model.layers.", "model.language_model.layers."),
+             ("model.embed_tokens.", "model.language_model.embed_tokens."),
+             ("model.norm.", "model.language_model.norm.")),
 )
 # colpali-engine's ColPali (a PaliGemmaForConditionalGeneration under ``model``; older saves nest the LM further).
 COLPALI_ENGINE_RENAMES = (
-    (r"^base_model\.model\.custom_text_proj\.", "custom_text_proj."),
-    (r"^model\.language_model\.model\.", "model.language_model."),
-    (r"^model\.(language_model\.)?lm_head\.", "lm_head."),
-    (r"^model\.model\.", "model."),
+    KeyRename("model.language_model.model.", "model.language_model."),
+    *_legacy(("base_model.model.custom_text_proj.", "custom_text_proj."),
+             ("model.language_model.lm_head.", "lm_head."), ("model.lm_head.", "lm_head."), ("model.model.", "model.")),
 )
-# transformers' Col*ForRetrieval (``vlm`` is the *Model; older saves hold a *ForConditionalGeneration).
-TRANSFORMERS_RENAMES = (
-    (r"^vlm\.language_model\.model\.", "model.language_model."),
-    (r"^vlm\.(language_model\.)?lm_head\.", "lm_head."),
-    (r"^vlm\.model\.", "model."),
-    (r"^vlm\.", "model."),
+# transformers' Col*ForRetrieval (``vlm`` is the *Model; older saves hold a *ForConditionalGeneration); the
+# PaliGemma one keeps Gemma's ``language_model.model`` nesting on disk.
+_TRANSFORMERS_LEGACY = _legacy(("vlm.language_model.lm_head.", "lm_head."), ("vlm.lm_head.", "lm_head."),
+                               ("vlm.model.", "model."))
+TRANSFORMERS_COLQWEN2_RENAMES = (
+    KeyRename("vlm.", "model."),
+    *_legacy(("vlm.language_model.model.", "model.language_model.")), *_TRANSFORMERS_LEGACY,
+)
+TRANSFORMERS_COLPALI_RENAMES = (
+    KeyRename("vlm.language_model.model.", "model.language_model."), KeyRename("vlm.", "model."),
+    *_TRANSFORMERS_LEGACY,
 )
 # colpali-engine's Col* classes fix their projection size in code; transformers' read ``embedding_dim`` (default).
 DEFAULT_DIM = 128
@@ -80,7 +102,7 @@ class PublishedFormat:
     backbone: str
     architectures: tuple[str, ...]
     settings: Mapping[str, Any]
-    renames: tuple[tuple[str, str], ...] = ()
+    renames: tuple[KeyRename, ...] = ()
     head_key: str | None = None
     dim_field: str | None = None
     nested_config: str | None = None
@@ -101,10 +123,12 @@ FORMATS: tuple[PublishedFormat, ...] = (
                     (), "linear"),
     PublishedFormat("ColQwen2ForRetrieval", "transformers", "qwen2_vl", ("ColQwen2ForRetrieval",),
                     {**COLPALI_QUERY, "query_prefix": "Query: ", "input_format": "transformers"},
-                    TRANSFORMERS_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config", ("colqwen2",)),
+                    TRANSFORMERS_COLQWEN2_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config",
+                    ("colqwen2",)),
     PublishedFormat("ColPaliForRetrieval", "transformers", "paligemma", ("ColPaliForRetrieval",),
                     {**COLPALI_QUERY, "query_prefix": "Question: ", "input_format": "transformers"},
-                    TRANSFORMERS_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config", ("colpali",)),
+                    TRANSFORMERS_COLPALI_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config",
+                    ("colpali",)),
     PublishedFormat("DSE", "Tevatron", "qwen2_vl", ("Qwen2VLForConditionalGeneration",),
                     {"head": "dense", "pooling": "last", "normalize": True, "query_prefix": "Query: ",
                      "page_prompt": "What is shown in this image?", "padding_side": "left", "input_format": "dse"},
@@ -269,20 +293,25 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 
 
-def _renamed(state: dict[str, torch.Tensor], renames: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+def _renamed(state: dict[str, torch.Tensor], renames: tuple[KeyRename, ...]) -> dict[str, torch.Tensor]:
     return {_rename(k, renames): v for k, v in state.items()}
 
 
-def _rename(key: str, renames: tuple[tuple[str, str], ...]) -> str:
-    """``key`` after the first rename whose pattern matches."""
-    for pattern, replacement in renames:
-        new, count = re.subn(pattern, replacement, key, count=1)
-        if count:
-            return new
-    return key
+def _rename(key: str, renames: tuple[KeyRename, ...]) -> str:
+    """``key`` (published layout) in ours: its longest matching ``published`` prefix replaced."""
+    matches = [r for r in renames if key.startswith(r.published)]
+    best = max(matches, key=lambda r: len(r.published), default=None)
+    return best.ours + key[len(best.published):] if best else key
 
 
-def _merge_adapter(state: dict[str, torch.Tensor], adapter: Path, renames: tuple[tuple[str, str], ...]) -> None:
+def published_key(key: str, renames: tuple[KeyRename, ...]) -> str:
+    """``key`` (our layout) in the published one: its longest matching ``ours`` prefix of a current row replaced."""
+    matches = [r for r in renames if not r.legacy and key.startswith(r.ours)]
+    best = max(matches, key=lambda r: len(r.ours), default=None)
+    return best.published + key[len(best.ours):] if best else key
+
+
+def _merge_adapter(state: dict[str, torch.Tensor], adapter: Path, renames: tuple[KeyRename, ...]) -> None:
     """Adds a peft LoRA adapter's ``B @ A * scaling`` to ``state``'s weights and copies its ``modules_to_save``."""
     config_path = adapter / ADAPTER_CONFIG
     config = _read_json(config_path)

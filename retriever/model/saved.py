@@ -43,12 +43,14 @@ from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_si
 from .published import detect_published, load_published_model, supported_formats
 from .training_modes import LoraSettings, apply_training_mode, unwrap
 
-__all__ = ["ADAPTER_FILE", "CONFIG_FILE", "HEADS_FILE", "SavedState", "add_model_arguments",
+__all__ = ["ADAPTER_FILE", "CONFIG_FILE", "HEADS_FILE", "SavedState", "TRAINING_ARGS_FILE", "add_model_arguments",
            "check_checkpoint_files", "encoder_config", "infer_backbone", "is_saved_retriever", "load_encoder",
-           "load_encoder_from_args", "load_image_processor", "read_saved_state", "resolve_checkpoint", "save_encoder", "save_merged"]
+           "load_encoder_from_args", "load_image_processor", "read_saved_state", "resolve_checkpoint", "save_encoder", "save_merged",
+           "saved_encoder_config"]
 
 logger = logging.getLogger(__name__)
 CONFIG_FILE = "retriever_config.json"
+TRAINING_ARGS_FILE = "training_args.json"  # retriever.train's flags, written into OUTPUT_DIR/final
 HEADS_FILE = "heads.safetensors"
 ADAPTER_FILE = "adapter_config.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
@@ -125,6 +127,16 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
         logger.warning("%s: head settings differ from the checkpoint's; starting with fresh heads", path)
     encoder = RetrieverEncoder(config, backbone, model, head, training_mode, freeze_vision, lora)
     return (encoder.to(device) if device is not None else encoder).eval()
+
+
+def saved_encoder_config(path_or_id: str | Path) -> EncoderConfig | None:
+    """The encoder settings a retriever directory or published checkpoint carries (no weights are read); None for
+    a plain VLM checkpoint, whose heads are chosen when it is loaded."""
+    path = resolve_checkpoint(path_or_id)
+    if is_saved_retriever(path):
+        return read_saved_state(path).encoder
+    published = detect_published(path, resolve_checkpoint)
+    return EncoderConfig.from_dict(published.settings) if published is not None else None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

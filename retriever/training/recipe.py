@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import time
@@ -30,8 +31,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data_prep.errors import InputError, cli, stop_on_full_disk
+from data_prep.outputs import write_text_atomic
 from retriever.model.encoder import RetrieverEncoder, text_hidden_size
-from retriever.model.saved import load_encoder, save_encoder
+from retriever.model.saved import TRAINING_ARGS_FILE, load_encoder, save_encoder
 from retriever.model.training_modes import LoraSettings
 from retriever.pages import ImageFolder, PageResolver, StorePages
 from retriever.pairs import is_hf_dataset, load_hf_pairs, read_jsonl_pairs, validate_pairs
@@ -288,6 +290,8 @@ def save_final(args, env: RankInfo, encoder: RetrieverEncoder, backend: Backend)
         if env.rank == 0:
             with stop_on_full_disk(final, kept):
                 save_encoder(encoder, final)
+                write_text_atomic(final / TRAINING_ARGS_FILE,
+                                  json.dumps(vars(args), indent=2, sort_keys=True, default=str) + "\n")
     if dist.is_initialized():
         dist.barrier()
     _info(env, f"saved the trained encoder to {final}")

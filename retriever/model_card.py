@@ -1,0 +1,97 @@
+"""The README.md model card of an exported checkpoint (:mod:`retriever.export`).
+
+It states the base model and how the model was trained, from what the run saved next to its weights
+(``retriever_config.json``: encoder settings, training mode, LoRA; ``training_args.json``: the training flags,
+written by ``retriever.train`` into ``final/``), the metrics of an ``eval.retrieval`` metrics.json when given, and a
+usage snippet for the library whose classes load the export. What the run did not record is said to be unknown.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from data_prep.errors import InputError
+from retriever.model.encoder import EncoderConfig
+from retriever.model.published import PublishedFormat
+from retriever.model.saved import TRAINING_ARGS_FILE
+
+__all__ = ["model_card", "read_metrics"]
+
+DATA_FLAGS = ("train_data", "image_root", "page_store", "eval_data")
+PROCESSORS = {"ColQwen2": "ColQwen2Processor", "ColQwen2_5": "ColQwen2_5_Processor", "ColPali": "ColPaliProcessor",
+              "ColIdefics3": "ColIdefics3Processor", "ColQwen2ForRetrieval": "ColQwen2Processor",
+              "ColPaliForRetrieval": "ColPaliProcessor"}
+
+
+def read_metrics(path: Path) -> str:
+    """The markdown table of an ``eval.retrieval`` metrics.json (the run's, or one task's)."""
+    from eval.retrieval import markdown_table
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"--metrics {path}: cannot read it as JSON ({err}); pass the metrics.json that "
+                         "python -m eval.retrieval wrote") from err
+    if "tasks" in data and "average" in data:
+        return markdown_table({**data["tasks"], "average": data["average"]})
+    if "aggregate" in data:
+        return markdown_table({path.parent.name: data["aggregate"]})
+    raise InputError(f"--metrics {path}: neither an eval.retrieval metrics.json ('tasks' and 'average') nor a "
+                     "task's ('aggregate')")
+
+
+def _usage(fmt: PublishedFormat, repo: str) -> str:
+    architecture = fmt.architectures[0]
+    if fmt.head_key is None:
+        return (f'```python\nfrom retriever.model.saved import load_encoder\n\nencoder = load_encoder("{repo}")\n'
+                'pages = encoder.encode_pages(images)        # [N, D], unit norm\n'
+                'queries = encoder.encode_queries(["..."])   # "Query: " and a blank image, as DSE\n'
+                'scores = queries @ pages.T\n```\n')
+    engine = fmt.library == "colpali-engine"
+    module, out = ("colpali_engine.models", "") if engine else ("transformers", ".embeddings")
+    score = "score_multi_vector" if engine else "score_retrieval"
+    processor = PROCESSORS[architecture]
+    return (f"```python\nfrom {module} import {architecture}, {processor}\n\n"
+            f'model = {architecture}.from_pretrained("{repo}").eval()\n'
+            f'processor = {processor}.from_pretrained("{repo}")\n'
+            f'queries = model(**processor.process_queries(["..."])){out}\n'
+            f"pages = model(**processor.process_images(images)){out}\n"
+            f"scores = processor.{score}(queries, pages)  # MaxSim\n```\n")
+
+
+def _training(state: Mapping[str, Any] | None, args: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## Training", ""]
+    if state is None:
+        lines.append("Not trained by vlmret (no retriever_config.json): the weights are the loaded checkpoint's.")
+        return lines
+    lines.append(f"- training mode: {state.get('training_mode', 'full')}"
+                 + (f", LoRA {json.dumps(state['lora'], sort_keys=True)}" if state.get("lora") else "")
+                 + (", vision tower frozen" if state.get("freeze_vision") else ""))
+    if args is None:
+        lines.append(f"- training data and flags: unknown (the run did not save {TRAINING_ARGS_FILE})")
+        return lines
+    data = {k: args[k] for k in DATA_FLAGS if args.get(k)}
+    lines.append(f"- training data: {json.dumps(data) if data else 'not recorded'}")
+    flags = {k: v for k, v in args.items() if k not in DATA_FLAGS and v not in (None, False, "", [])}
+    lines += ["- flags:", "", "```json", json.dumps(flags, indent=2, sort_keys=True, default=str), "```"]
+    return lines
+
+
+def model_card(fmt: PublishedFormat, config: EncoderConfig, source: Path, repo: str,
+               state: Mapping[str, Any] | None, args: Mapping[str, Any] | None, metrics: str | None) -> str:
+    """README.md of an export in ``fmt`` of the retriever at ``source``."""
+    base = (args or {}).get("model_name_or_path") or "unknown (not recorded by the run)"
+    front = ["---", f"base_model: {base}" if args and args.get("model_name_or_path") else "", "library_name: "
+             + ("colpali-engine" if fmt.library == "colpali-engine" else "transformers"),
+             "pipeline_tag: visual-document-retrieval", "tags: [vlmret, " + fmt.name.split(" ")[0] + "]", "---"]
+    kind = "a DSE-style dense retriever (Document Screenshot Embedding, Tevatron's Qwen2-VL format)" \
+        if fmt.head_key is None else f"a multi-vector retriever in {fmt.library}'s {fmt.architectures[0]} format"
+    lines = [line for line in front if line] + [
+        "", f"# {repo}", "", f"Exported by vlmret (`python -m retriever.export`) from `{source}`: {kind}.", "",
+        f"- base model: {base}", f"- backbone: {config.backbone}",
+        f"- encoder settings: `{json.dumps(asdict(config), sort_keys=True)}`", "", *_training(state, args), "",
+        "## Metrics", "", metrics or "No metrics were given (`--metrics`).", "", "## Usage", "", _usage(fmt, repo)]
+    return "\n".join(lines)
