@@ -1,13 +1,14 @@
-"""Evaluation during training: the native sharded evaluator (``eval.retrieval.evaluate_task``) inside the job.
+"""Evaluation during training: the native sharded evaluator (``eval.retrieval.evaluate_subsets``) inside the job.
 
 Every ``--eval_steps`` optimizer steps (and after the last one) every rank evaluates the encoder on
 ``--eval_data``: a held-out pairs JSONL (its queries and positives are the task, ``--eval_page_store`` or the first
 ``--page_store`` the corpus) or any task ``python -m eval.retrieval`` accepts (BEIR/ViDoRe folder, hub name, MTEB
-task name). Ranks encode their shards of the queries and the corpus and merge their top-k with collectives, so
-all ranks take part and return the same numbers; under DeepSpeed ZeRO-3 the parameters are gathered and the
-partitioning hooks are off while it runs (``Backend.inference_parameters``), so uneven shards cannot desynchronise
-the ranks (the encoder's own ``encode_*`` switch it to eval mode and back). The metrics (nDCG@5/10,
-recall@5/10, MRR@10) go to the training log as ``eval_<metric>``.
+task name; the metrics of an MTEB task's language subsets are averaged). Ranks encode their shards of the queries
+and the corpus and merge their top-k with collectives, so all ranks take part and return the same numbers; under
+DeepSpeed ZeRO-3 the parameters are gathered and the partitioning hooks are off while it runs
+(``Backend.inference_parameters``), so uneven shards cannot desynchronise the ranks (the encoder's own
+``encode_*`` switch it to eval mode and back). The metrics (nDCG@5/10, recall@5/10, MRR@10) go to the training
+log as ``eval_<metric>``.
 
 ``--save_best`` keeps the encoder with the best ``--metric_for_best`` so far in ``OUTPUT_DIR/best`` (in the same
 directory format as ``final``), with ``best.json`` (step and metrics) beside it; a resumed run reads ``best.json``
@@ -26,7 +27,7 @@ import torch.distributed as dist
 
 from data_prep.errors import InputError, stop_on_full_disk
 from eval.datasets import RetrievalData, load_retrieval_data, resolve_tasks
-from eval.retrieval import evaluate_task
+from eval.retrieval import evaluate_subsets
 from retriever.model.encoder import RetrieverEncoder
 from retriever.model.saved import save_encoder
 from retriever.process_group import RankInfo, is_distributed
@@ -39,20 +40,28 @@ LOGGED = ("ndcg_at_5", "ndcg_at_10", "recall_at_5", "recall_at_10", "mrr_at_10")
 BEST_FILE = "best.json"
 
 
-def load_eval_data(eval_data: str, split: str, page_store: str | None) -> RetrievalData:
-    """The evaluation task named by ``--eval_data`` (one task; a group such as vidore_v1 is refused)."""
+def load_eval_data(eval_data: str, split: str, page_store: str | None) -> dict[str, RetrievalData]:
+    """The evaluation task named by ``--eval_data`` as ``{subset: data}`` (several for an MTEB task with language
+    subsets; one task only: a group such as vidore_v1 is refused)."""
     tasks = resolve_tasks([eval_data])
     if len(tasks) != 1:
         raise InputError(f"--eval_data {eval_data} names {len(tasks)} tasks; evaluation during training takes one")
-    name, source = tasks[0]
-    return load_retrieval_data(source, split, name, page_store)
+    spec = tasks[0]
+    if spec.mteb:
+        if page_store:
+            raise InputError(f"--eval_page_store replaces the corpus of a BEIR folder or pairs file, not of the MTEB "
+                             f"task {spec.name}")
+        from eval.mteb_tasks import get_task, load_subsets
+
+        return load_subsets(get_task(spec.name, spec.source), split)
+    return {"default": load_retrieval_data(spec.source, split, spec.name, page_store)}
 
 
 class TrainingEvaluation:
     """Runs the evaluator on schedule, logs its metrics and keeps the best encoder (module docstring)."""
 
-    def __init__(self, data: RetrievalData, env: RankInfo, output_dir: str | Path, every: int, batch_size: int,
-                 metric: str, save_best: bool):
+    def __init__(self, data: dict[str, RetrievalData], env: RankInfo, output_dir: str | Path, every: int,
+                 batch_size: int, metric: str, save_best: bool):
         if metric not in METRICS:
             raise InputError(f"--metric_for_best {metric}: choose one of {', '.join(METRICS)}")
         self.data, self.env, self.every, self.batch_size = data, env, every, batch_size
@@ -67,9 +76,9 @@ class TrainingEvaluation:
     def run(self, step: int, encoder: RetrieverEncoder, backend: Backend) -> dict[str, float]:
         """Evaluate on every rank (collective); save the best encoder when asked. Returns ``eval_*`` metrics."""
         with backend.inference_parameters(), torch.no_grad():
-            _, metrics = evaluate_task(encoder, self.data, self.env, k_values=K_VALUES, batch_size=self.batch_size,
-                                       score_device=self.env.device)
-            aggregate = metrics["aggregate"]
+            _, metrics = evaluate_subsets(encoder, self.data, self.env, k_values=K_VALUES,
+                                          batch_size=self.batch_size, score_device=self.env.device)
+            aggregate = {name: sum(m["aggregate"][name] for m in metrics.values()) / len(metrics) for name in METRICS}
             improved = self.best is None or aggregate[self.metric] > self.best
             if self.save_best and improved:
                 self._save(step, encoder, aggregate)
