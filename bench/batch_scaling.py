@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test_fraction", type=float, default=0.2, help="held-out share of pairs (by document)")
     parser.add_argument("--batches", default="8,64,512", help="total batches to compare")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of E pairs each (see the module docstring)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of E pairs each (see the module docstring)")
     parser.add_argument("--epoch_pairs", type=int, default=512,
                         help="E, pairs per epoch (a multiple of the largest batch; 0: all train pairs, rounded down)")
     parser.add_argument("--chunk", type=int, default=8, help="GradCache chunk size")
