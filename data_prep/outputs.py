@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from data_prep.errors import DiskFullError, is_disk_full, stop_on_full_disk
 
@@ -111,17 +111,10 @@ class JsonlAppender:
         except OSError as err:
             if not is_disk_full(err):
                 raise
-            self._truncate(start)
+            self._fh = reopen_truncated(self._fh, self.path, start)
             raise DiskFullError(f"{self.path}: no space left to write it ({os.strerror(err.errno or 28)}); every "
                                 f"line written before is intact; {RESUME_HINT}") from err
         self.lines_written += 1
-
-    def _truncate(self, size: int) -> None:
-        """Drop a partial line: reopen (the buffered handle may still hold its unwritten part) and truncate."""
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        os.truncate(self.path, size)
-        self._fh = open(self.path, "ab")
 
     def close(self) -> None:
         self._fh.close()
@@ -131,3 +124,12 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def reopen_truncated(handle: IO[bytes], path: Path, size: int) -> IO[bytes]:
+    """Drop a partial write: close ``handle`` (its buffer may still hold unwritten bytes), cut ``path`` back to
+    ``size`` bytes and return a new append handle."""
+    with contextlib.suppress(OSError):
+        handle.close()
+    os.truncate(path, size)
+    return open(path, "ab")

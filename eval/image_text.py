@@ -40,6 +40,7 @@ from torch import Tensor
 
 from data_prep.errors import InputError, MissingInputError, cli, open_input
 from data_prep.images import ImageDecodeError
+from data_prep.outputs import write_text_atomic
 from eval.engine import Encoder, encode_sharded_queries, init_distributed, score_shard
 from eval.score_run import parse_k
 from eval.topk import select_topk
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                            **metrics}, indent=2)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text + "\n")
+            write_text_atomic(args.out, text + "\n")
         print(text)
     if dist.is_initialized():
         dist.destroy_process_group()

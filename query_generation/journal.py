@@ -12,13 +12,13 @@ is cut from it.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from data_prep.errors import InputError, stop_on_full_disk
+from data_prep.outputs import reopen_truncated
 
 KEPT = "every complete page is kept; free space and run the same command again to resume"
 
@@ -69,17 +69,10 @@ class QueryJournal:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
             except OSError:
-                self._reopen_at(start)
+                self._fh = reopen_truncated(self._fh, self.path, start)  # only whole pages stay in the file
                 raise
         self.done.update(r["page_id"] for r in records)
         self.records += len(records)
-
-    def _reopen_at(self, size: int) -> None:
-        """Drop a partial batch: close (its buffer may still hold unwritten bytes), truncate, reopen."""
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        os.truncate(self.path, size)
-        self._fh = open(self.path, "ab")
 
     def close(self) -> None:
         self._fh.close()
