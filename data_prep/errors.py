@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
 import re
 import sys
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
 
 __all__ = ["DEBUG_ENV", "DiskFullError", "InputError", "MissingInputError", "UserError", "cli", "is_disk_full",
-           "open_input", "stop_on_full_disk"]
+           "open_input", "read_json_input", "stop_on_full_disk"]
 
 DEBUG_ENV = "VLMRET_DEBUG"
 EXIT_USER_ERROR = 2
@@ -113,6 +114,17 @@ def open_input(path: str | os.PathLike, what: str, mode: str = "r") -> IO[Any]:
         raise MissingInputError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise InputError(f"{what} {path} is a directory, expected a file") from None
+
+
+def read_json_input(path: str | os.PathLike, what: str) -> Any:
+    """The JSON value of an input file: missing -> :class:`MissingInputError`, malformed -> :class:`InputError`
+    naming the file, the line and ``what`` it is."""
+    with open_input(path, what) as fh:
+        text = fh.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: line {err.lineno}: invalid JSON in {what}: {err.msg}") from None
 
 
 def is_user_error(err: BaseException) -> bool:

@@ -7,13 +7,12 @@ recorded in failure logs (``encrypted: ...``, ``empty file``, ``cannot open: ...
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import pymupdf
 
-from data_prep.errors import InputError, open_input
+from data_prep.errors import InputError, read_json_input
 
 
 class PdfError(RuntimeError):
@@ -32,12 +31,7 @@ def load_passwords(path: str | os.PathLike | None) -> dict[str, str]:
     """Read a password map file (``None`` -> empty map); clear error for a malformed file."""
     if path is None:
         return {}
-    with open_input(path, "password map") as fh:
-        text = fh.read()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {e.lineno}: invalid JSON in password map: {e.msg}") from None
+    data = read_json_input(path, "password map")
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise InputError(f"{path}: password map must be a JSON object of strings {{path_or_sha256: password}}")
     return data

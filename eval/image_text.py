@@ -38,7 +38,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch import Tensor
 
-from data_prep.errors import InputError, MissingInputError, cli, open_input
+from data_prep.errors import InputError, MissingInputError, cli, read_json_input
 from data_prep.images import ImageDecodeError
 from data_prep.outputs import write_text_atomic
 from eval.engine import Encoder, encode_sharded_queries, init_distributed, score_shard
@@ -77,12 +77,7 @@ class KarpathySplit:
 
 def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "test") -> KarpathySplit:
     """Read one split of a Karpathy JSON; errors name the file and the image entry."""
-    with open_input(json_path, "Karpathy split JSON") as fh:
-        text = fh.read()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{json_path}: line {err.lineno}: invalid JSON: {err.msg}") from None
+    data = read_json_input(json_path, "Karpathy split JSON")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InputError(f"{json_path}: expected an object with an 'images' list (Karpathy split format)")
     paths, captions, owner = [], [], []
@@ -181,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     info = init_distributed(args.timeout)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = info.device
     data = load_karpathy(args.karpathy_json, args.image_root, args.split)
     encoder = load_encoder_from_args(args, device)
     metrics = evaluate_image_text(encoder, len(data.image_paths), data.load_images, data.captions, data.caption_image,

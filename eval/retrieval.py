@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     info = init_distributed(args.timeout)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = info.device
     try:
         specs = resolve_tasks(args.tasks)
         encoder = load_encoder_from_args(args, device)

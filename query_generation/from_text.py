@@ -12,12 +12,13 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 from tqdm import tqdm
 
-from data_prep.errors import InputError, cli, stop_on_full_disk
+from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
+from data_prep.outputs import atomic_output
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -53,32 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    try:
-        with stop_on_full_disk(out, f"{out} was not replaced; free space and run the same command again"):
-            written, skipped = write_pairs(args, tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(out, f"{out} was not replaced; free space and run the same command again") as handle:
+        written, skipped = write_pairs(args, handle)
     print(f"{written} pairs written to {out}; {skipped} pages had no sentence of {args.min_words}-{args.max_words} "
           "words")
 
 
-def write_pairs(args: argparse.Namespace, path: Path) -> tuple[int, int]:
-    """One pair per page with a usable sentence, written to ``path``; returns (written, skipped)."""
+def write_pairs(args: argparse.Namespace, handle: IO[bytes]) -> tuple[int, int]:
+    """One pair per page with a usable sentence, written to the binary ``handle``; returns (written, skipped)."""
     rng = random.Random(args.seed)
     written = skipped = 0
-    with path.open("w", encoding="utf-8") as handle:
-        for number, record in tqdm(iter_jsonl(args.pages), desc="queries from text", unit="page"):
-            if "id" not in record:
-                raise InputError(f"{args.pages}: line {number}: no 'id' field (write pages.jsonl with "
-                                 "data_prep.split_pdfs)")
-            pair = pair_for_page(record, rng, args.min_words, args.max_words)
-            if pair is None:
-                skipped += 1
-                continue
-            handle.write(json.dumps(pair, ensure_ascii=False) + "\n")
-            written += 1
+    for number, record in tqdm(iter_jsonl(args.pages), desc="queries from text", unit="page"):
+        if "id" not in record:
+            raise InputError(f"{args.pages}: line {number}: no 'id' field (write pages.jsonl with "
+                             "data_prep.split_pdfs)")
+        pair = pair_for_page(record, rng, args.min_words, args.max_words)
+        if pair is None:
+            skipped += 1
+            continue
+        handle.write((json.dumps(pair, ensure_ascii=False) + "\n").encode("utf-8"))
+        written += 1
     return written, skipped
 
 if __name__ == "__main__":

@@ -29,10 +29,12 @@ from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
-from data_prep.errors import InputError, cli, stop_on_full_disk
+from data_prep.errors import InputError, cli
+from data_prep.outputs import atomic_output
 from eval.engine import shard_range
 from retriever.mining.candidates import pooled_vectors, rank_candidates
 from retriever.mining.duplicates import NearDuplicates, pdf_page_keys
@@ -121,14 +123,9 @@ def encode_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, 
 
 def _save_shard(encoded: list[torch.Tensor], path: Path) -> None:
     """One cache shard, all or nothing (a shard cut by a kill or a full disk is never reloaded as embeddings)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with stop_on_full_disk(path, "the cache shards written before are intact; free space and run the same "
-                               "command again to resume"):
-            save_file({str(i): v.contiguous() for i, v in enumerate(encoded)}, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path, "the cache shards written before are intact; free space and run the same command "
+                       "again to resume") as handle:
+        handle.write(safetensors_bytes({str(i): v.contiguous() for i, v in enumerate(encoded)}))
 
 
 def _check_cache_ids(cache: Path, ids: list[str], rank: int) -> None:
@@ -286,17 +283,16 @@ def write_part(out: Path, env: RankInfo, part: range, fields: list[dict], stats:
 
 
 def merge_parts(out: Path, world: int, num_negatives: int) -> None:
-    """Rank 0: the parts in rank order become OUT (atomically), their statistics OUT.stats.json."""
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    raw = []
-    with tmp.open("w", encoding="utf-8") as handle:
-        for rank in range(world):
-            path = _part_path(out, rank, world)
-            handle.write(path.read_text(encoding="utf-8"))
-            raw.append(json.loads(_stats_path(path).read_text()))
-            path.unlink()
-            _stats_path(path).unlink()
-    tmp.replace(out)
+    """Rank 0: the parts in rank order become OUT (atomically), their statistics OUT.stats.json; the parts are
+    removed only once OUT is complete."""
+    parts = [_part_path(out, rank, world) for rank in range(world)]
+    with atomic_output(out, "the per-rank parts are intact; free space and run the same command again") as handle:
+        for path in parts:
+            handle.write(path.read_bytes())
+    raw = [json.loads(_stats_path(path).read_text()) for path in parts]
+    for path in parts:
+        path.unlink()
+        _stats_path(path).unlink()
     stats = MiningStats.from_json_parts(num_negatives, raw)
     out.with_name(out.name + ".stats.json").write_text(json.dumps(stats.to_json(), indent=2) + "\n")
     print(stats.report())

@@ -3,10 +3,6 @@ after kill -9 with per-source losses in the log."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 
 import pytest
@@ -15,7 +11,7 @@ from PIL import Image, ImageDraw
 from retriever.pairs import Pair
 from retriever.training.logs import read_log
 from retriever.training.mixture import Source, TrainingData, parse_sources
-from test_train import REPO, _env, _train
+from test_train import _train, kill_at_checkpoint
 
 
 def _data(sizes: dict[str, int], weights: dict[str, float] | None = None) -> TrainingData:
@@ -83,15 +79,7 @@ def test_two_sources_resume_after_kill_replays_the_same_batches(tiny_model_dir, 
     reference = _train(args(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr[-4000:]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "retriever.train", *args(out)], env=_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not (out / "checkpoint-2" / "COMPLETE").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(args(out), out)
     resumed = _train(args(out) + ["--resume_from_checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     expected, got = read_log(tmp_path / "reference" / "log.jsonl"), read_log(out / "log.jsonl")

@@ -50,6 +50,19 @@ def _train(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def kill_at_checkpoint(args: list[str], out: Path, step: int = 2) -> None:
+    """Start ``retriever.train`` with ``args`` and kill -9 it as soon as ``out/checkpoint-<step>`` is complete."""
+    proc = subprocess.Popen([sys.executable, "-m", "retriever.train", *args], env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (out / f"checkpoint-{step}" / "COMPLETE").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_train_smoke_saves_final_model(tiny_model_dir, train_data, tmp_path):
     out = tmp_path / "run"
     result = _train(_args(tiny_model_dir("qwen2_vl"), train_data, out, "--max_steps", "2", "--head", "multi",
@@ -77,15 +90,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, train_data, t
     assert reference.returncode == 0, reference.stderr[-4000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "retriever.train", *_args(model, train_data, out, *steps)],
-                            env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not (out / "checkpoint-2" / "COMPLETE").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(_args(model, train_data, out, *steps), out)
     resumed = _train(_args(model, train_data, out, *steps, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr

@@ -60,13 +60,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = join_process_group(timedelta(minutes=30), args.deepspeed is not None)
     torch.manual_seed(args.seed)
-    check_optimizer(args.optim, load_deepspeed_config(args.deepspeed) if args.deepspeed else None,
-                    env.device.type == "cuda")
+    ds_config = load_deepspeed_config(args.deepspeed) if args.deepspeed else None
+    check_optimizer(args.optim, ds_config, env.device.type == "cuda")
     data, resolver = load_training_data(args)
     steps = total_steps(args, env, data)
     encoder = build_encoder(args)
     loss = build_loss(args)
-    backend = build_training_backend(args, env, encoder, loss, steps)
+    backend = build_training_backend(args, env, encoder, loss, steps, ds_config)
     gradcache = build_gradcache(args, encoder, loss, backend, env)
     state = TrainerState()
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
@@ -160,21 +160,21 @@ def total_steps(args, env: RankInfo, data: TrainingData) -> int:
 
 
 def build_training_backend(args, env: RankInfo, encoder: RetrieverEncoder, loss: ContrastiveLoss,
-                           steps: int) -> Backend:
-    """Optimizer groups, schedule over ``steps`` optimizer steps and the backend (plain / DDP / DeepSpeed)."""
+                           steps: int, ds_config: dict | None = None) -> Backend:
+    """Optimizer groups, schedule over ``steps`` optimizer steps and the backend (plain / DDP / DeepSpeed, with
+    ``ds_config`` as read from ``--deepspeed``, its "auto" fields resolved here)."""
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * steps)
 
     def scheduler_factory(optimizer):
         return build_scheduler(optimizer, args.lr_scheduler_type, warmup, steps)
 
-    ds_config = None
-    if args.deepspeed:
+    if ds_config is not None:
         shape = TrainingShape(
             micro_batch_size=args.per_device_train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
             world_size=env.world, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
             hidden_size=text_hidden_size(encoder.model),
         )
-        ds_config = resolve_deepspeed_config(load_deepspeed_config(args.deepspeed), shape, args.deepspeed)
+        ds_config = resolve_deepspeed_config(ds_config, shape, args.deepspeed)
     named = list(encoder.named_parameters()) + [(f"loss.{n}", p) for n, p in loss.named_parameters()]
     groups = parameter_groups(named, args.learning_rate, args.weight_decay, args.layer_decay)
     if not ds_config:
