@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# GPU checks of the fused MaxSim, about 4 minutes on one H100 (each step has its own time limit):
+# GPU checks of the fused MaxSim, about 4 to 5 minutes on one H100 (each step has its own time limit):
 #   1. the scoring / loss / fused-kernel tests on CUDA,
 #   2. bench.maxsim on the shape, float32 and bf16, against colpali-engine when it is importable
 #      (pip install --no-deps colpali-engine),
-#   3. bench.maxsim_fused: tile-size sweep of the scoring kernel, fused loss forward+backward at B = 4096 pairs,
-#      and fused vs chunked loss at B = 512.
+#   3. bench.maxsim_fused: tile-size sweep of the scoring kernel (bf16, and float32 as three fp16 products or
+#      tf32x3), fused loss forward+backward at B = 4096 pairs (page-gradient block 32/64/128; 4 pages per forward program), and fused vs
+#      chunked loss at B = 512.
 # Reports are written to $OUT (default bench/results/gpu): env.txt, pytest.txt, maxsim_fp32.json,
 # maxsim_bf16.json, maxsim_fused.json, stderr.txt. Usage: bash bench/gpu_check.sh
 set -u
@@ -34,7 +35,7 @@ tail -n 3 "$OUT/pytest.txt"
 step maxsim_fp32 75 $PY -m bench.maxsim --device cuda "${SHAPE[@]}" > "$OUT/maxsim_fp32.json" 2>> "$OUT/stderr.txt"
 step maxsim_bf16 75 $PY -m bench.maxsim --device cuda --bf16 "${SHAPE[@]}" > "$OUT/maxsim_bf16.json" \
     2>> "$OUT/stderr.txt"
-step maxsim_fused 200 $PY -m bench.maxsim_fused --loss-configs 128x64x8x4,128x64x8x3x64,128x32x8x3 \
+step maxsim_fused 240 $PY -m bench.maxsim_fused --loss-configs 128x64x8x3x32,128x64x8x3x128,128x64x8x3@4 \
     --json "$OUT/maxsim_fused.json" > /dev/null 2>> "$OUT/stderr.txt"
 cat "$OUT/stderr.txt"
 
@@ -55,7 +56,8 @@ for name in ("maxsim_fp32.json", "maxsim_bf16.json", "maxsim_fused.json"):
     print(name, "gemm TFLOP/s", round(report.get("bf16_matmul_tflops", 0), 1))
     for row in report.get("results", []):
         print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    rows = report.get("sweep", []) + [report.get("loss", {})] + report.get("loss_backward_parts", [])
+    rows = report.get("sweep", []) + report.get("sweep_fp32", []) + [report.get("loss", {})]
+    rows += report.get("loss_backward_parts", [])
     for row in rows + report.get("loss_configs", []) + report.get("loss_baseline", []):
         print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 EOF

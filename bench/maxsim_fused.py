@@ -1,8 +1,11 @@
 """Fused MaxSim on a GPU: tile-size sweep of the scoring kernel, and the differentiable loss at large batches.
 
-1. Sweep: the evaluation kernel (``retriever.model.maxsim_triton.maxsim_packed``, bf16) on ``bench.maxsim``'s input
-   shape with each ``--configs`` entry (``BLOCK_Q x BLOCK_P x warps x stages``); every result must equal the
-   default configuration's to 1e-3. Reports TFLOP/s (2*D flops per real token pair).
+1. Sweep: the evaluation kernel (``retriever.model.maxsim_triton.maxsim_packed``) on ``bench.maxsim``'s input
+   shape (fixed-length and dynamic pages, packed once) with each ``--configs`` entry (``BLOCK_Q x BLOCK_P x
+   warps x stages``, optionally ``@pages per program``) in bf16, and each ``--fp32-configs`` entry in float32 (``:split`` = three fp16 products over the inputs'
+   halves, ``:tf32x3`` / ``:ieee`` = that ``tl.dot`` precision). Reports TFLOP/s (2*D flops per real token
+   pair) and the largest difference from the default configuration of the same dtype (fp32: also from float64
+   scores computed by the same kernel).
 2. Loss: forward + backward of ``fused_maxsim`` over ``B`` query/page pairs with in-batch negatives (a ``B x B``
    score matrix, each score a MaxSim over ``--q-tokens x --page-tokens``), bf16 leaves, as in training. Reports
    the time of each pass, the forward-equivalent rate (``2*D*B^2*Lq*Ld`` flops over forward+backward time: the
@@ -21,6 +24,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -50,31 +54,55 @@ def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> f
 
 def parse_config(text: str) -> BlockConfig:
     """``"128x64x8x3"`` -> BlockConfig(block_q=128, block_p=64, num_warps=8, num_stages=3); an optional fifth
-    number is the page-gradient kernel's block (``block_p_grad``)."""
-    return BlockConfig(*(int(x) for x in text.split("x")))
+    number is the page-gradient kernel's block (``block_p_grad``), an optional ``@N`` the pages per forward
+    program, an optional ``:split`` / ``:tf32x3`` / ``:ieee`` suffix how fp32 inputs are multiplied
+    (``"128x64x8x3@2:split"``)."""
+    sizes, _, mode = text.partition(":")
+    sizes, _, pages = sizes.partition("@")
+    cfg = replace(BlockConfig(*(int(x) for x in sizes.split("x"))), pages_per_program=int(pages or 1))
+    if mode == "split":
+        return replace(cfg, split_fp32=True)
+    return replace(cfg, fp32_precision=mode) if mode else cfg
 
 
-def sweep(args: argparse.Namespace, peak: float, device: torch.device) -> list[dict]:
-    """Evaluation-kernel time of every configuration on the ``bench.maxsim`` shape (fixed-length pages)."""
+def sweep(args: argparse.Namespace, configs: str, dtype: torch.dtype, peak: float,
+          device: torch.device) -> list[dict]:
+    """Evaluation-kernel time of every configuration on the ``bench.maxsim`` shape, both page layouts."""
+    return [row for dynamic in (False, True) for row in sweep_layout(args, configs, dtype, peak, device, dynamic)]
+
+
+def sweep_layout(args: argparse.Namespace, configs: str, dtype: torch.dtype, peak: float, device: torch.device,
+                 dynamic: bool) -> list[dict]:
+    """Evaluation-kernel time of every configuration on fixed-length or dynamic (``bench.maxsim``'s) pages."""
     shape = argparse.Namespace(queries=args.queries, pages=args.pages, q_tokens=args.q_tokens,
-                               page_tokens=args.page_tokens, min_page_tokens=args.page_tokens, dim=args.dim)
-    queries, pages = make_inputs(shape, False, str(device))
-    packed = PackedPages.pack(pages, torch.bfloat16)
+                               page_tokens=args.page_tokens, min_page_tokens=args.min_page_tokens, dim=args.dim)
+    queries, pages = make_inputs(shape, dynamic, str(device))
+    layout = "dynamic" if dynamic else "fixed"
+    packed = PackedPages.pack(pages, dtype)
     flops = 2 * args.dim * sum(len(q) for q in queries) * sum(len(p) for p in pages)
-    reference = maxsim_packed(queries, packed, torch.bfloat16, device)
+    reference = maxsim_packed(queries, packed, dtype, device)
+    exact = None
+    if dtype == torch.float32:
+        try:  # float64 through the same kernel (fp64 tensor cores or FMA): the precision reference
+            exact = maxsim_packed([q.double() for q in queries], PackedPages.pack(pages, torch.float64),
+                                  torch.float64, device).double()
+        except Exception as error:
+            print(f"float64 reference failed: {error!r}"[:300], file=sys.stderr)
     results = []
-    for text in args.configs.split(","):
+    for text in configs.split(","):
         cfg = parse_config(text)
         try:
-            got = maxsim_packed(queries, packed, torch.bfloat16, device, cfg=cfg)
-            seconds = best_time(lambda: maxsim_packed(queries, packed, torch.bfloat16, device, cfg=cfg), args.repeats,
-                                device)
+            got = maxsim_packed(queries, packed, dtype, device, cfg=cfg)
+            seconds = best_time(lambda: maxsim_packed(queries, packed, dtype, device, cfg=cfg), args.repeats, device)
         except Exception as error:  # a configuration the device cannot compile (e.g. out of shared memory)
-            results.append({"config": text, "error": repr(error)[:300]})
+            results.append({"config": text, "layout": layout, "dtype": str(dtype), "error": repr(error)[:300]})
             continue
-        results.append({"config": text, "seconds": seconds, "tflops": flops / seconds / 1e12,
-                        "fraction_of_bf16_matmul": flops / seconds / peak,
-                        "max_abs_diff_vs_default": (got - reference).abs().max().item()})
+        row = {"config": text, "layout": layout, "dtype": str(dtype), "seconds": seconds,
+               "tflops": flops / seconds / 1e12, "fraction_of_bf16_matmul": flops / seconds / peak,
+               "max_abs_diff_vs_default": (got - reference).abs().max().item()}
+        if exact is not None:
+            row["max_abs_diff_vs_float64"] = (got.double() - exact).abs().max().item()
+        results.append(row)
     return results
 
 
@@ -128,10 +156,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pages", type=int, default=4096)
     p.add_argument("--q-tokens", type=int, default=32)
     p.add_argument("--page-tokens", type=int, default=768)
+    p.add_argument("--min-page-tokens", type=int, default=256, help="shortest page of the dynamic layout")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--configs", default="256x64x8x3,128x64x8x3,256x64x8x4,256x32x8x3,256x128x8x3,256x64x4x3",
-                   help="comma-separated BLOCK_QxBLOCK_PxWARPSxSTAGES ('' skips)")
+    p.add_argument("--configs", default="256x64x8x3,256x64x8x3@2,256x64x8x3@4,256x64x4x3,256x128x8x3,256x64x8x4",
+                   help="bf16 sweep: comma-separated BLOCK_QxBLOCK_PxWARPSxSTAGES[@PAGES] ('' skips)")
+    p.add_argument("--fp32-configs",
+                   default="128x64x8x3:split,128x64x8x3@4:split,64x64x4x3:split,128x64x8x4:split,64x64x4x3:tf32x3",
+                   help="float32 sweep: as --configs, with :split, :tf32x3 or :ieee ('' skips)")
     p.add_argument("--loss-batch", type=int, default=4096, help="pairs of the loss benchmark (0 skips)")
     p.add_argument("--loss-configs", default="", help="extra tile configurations for the loss at --loss-batch")
     p.add_argument("--baseline-batch", type=int, default=512, help="batch of the chunked-vs-fused comparison (0 skips)")
@@ -147,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {"command": "python -m bench.maxsim_fused " + shlex.join(sys.argv[1:] if argv is None else argv),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (Triton interpreter)",
               "bf16_matmul_tflops": peak / 1e12, "default_config_bf16": vars(block_config(device, torch.bfloat16)),
-              "sweep": sweep(args, peak, device) if args.configs else []}
+              "sweep": sweep(args, args.configs, torch.bfloat16, peak, device) if args.configs else [],
+              "sweep_fp32": sweep(args, args.fp32_configs, torch.float32, peak, device) if args.fp32_configs else []}
     if args.loss_batch:
         report["loss"] = time_loss("fused_maxsim", fused_maxsim, args.loss_batch, args, torch.bfloat16, peak)
         report["loss_backward_parts"] = [time_loss("fused_maxsim", fused_maxsim, args.loss_batch, args,

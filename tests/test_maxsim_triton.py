@@ -6,6 +6,7 @@ continuous, so no maximum is tied.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -54,12 +55,14 @@ def _padded(n: int, length: int, dim: int, gen: torch.Generator) -> tuple[torch.
     return emb, mask
 
 
-def test_scores_match_reference_on_ragged_inputs() -> None:
+@pytest.mark.parametrize("pages_per_program", [1, 3])  # 3: the last program has one live page of three
+def test_scores_match_reference_on_ragged_inputs(pages_per_program: int) -> None:
     gen = torch.Generator().manual_seed(0)
     queries = _vectors([3, 16, 1, 40, 7, 0, 17], 24, gen)  # 40 and 17 tokens: split over 16-row tiles
     pages = _vectors([1, 50, 9, 16, 33, 1, 20], 24, gen)  # single-token pages, partial and full blocks
     packed = PackedPages.pack([p.to(DEVICE, DTYPE) for p in pages])
-    got = maxsim_packed([q.to(DEVICE) for q in queries], packed, DTYPE, DEVICE, chunk_tokens=60, cfg=SMALL)
+    cfg = dataclasses.replace(SMALL, pages_per_program=pages_per_program)
+    got = maxsim_packed([q.to(DEVICE) for q in queries], packed, DTYPE, DEVICE, chunk_tokens=60, cfg=cfg)
     expected = _reference(queries, pages)
     assert got.shape == (7, 7) and (got[5] == 0).all()
     torch.testing.assert_close(got.cpu().double(), expected, **EVAL_TOL)
@@ -127,6 +130,32 @@ def test_loss_gradients_equal_naive_maxsim(lq: int) -> None:
     assert d_ref.grad.abs().sum() > 0 and q_ref.grad.abs().sum() > 0
 
 
+def test_page_gradient_with_concentrated_argmax_and_page_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most rows pick one dominant page token (one block's row list spans many ``BLOCK_Q`` steps, the others are
+    short or empty); the page-gradient pass runs one page per chunk and sorts 16 rows per step, and forward
+    programs take three pages each (the second program one live page): gradients stay exact."""
+    import retriever.model.maxsim_triton as fused
+
+    monkeypatch.setattr(fused, "SORTED_ENTRIES", 1)
+    monkeypatch.setattr(fused, "SORT_STEP", 1)
+    gen = torch.Generator().manual_seed(9)
+    q, qm = _padded(6, 23, 16, gen)
+    q = q.abs() + 0.1  # positive queries: a large positive page token wins their rows
+    d, dm = _padded(4, 70, 16, gen)
+    d[:, 37] = 5.0 + torch.rand(4, 16, generator=gen, dtype=torch.float64)
+    dm[:, 37] = True
+    grad_out = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    q_ref, d_ref = q.clone().requires_grad_(True), d.clone().requires_grad_(True)
+    maxsim(q_ref, qm, d_ref, dm).backward(grad_out)
+    q_dev = q.to(DEVICE, DTYPE).requires_grad_(True)
+    d_dev = d.to(DEVICE, DTYPE).requires_grad_(True)
+    cfg = dataclasses.replace(SMALL, pages_per_program=3)
+    fused_maxsim(q_dev, qm.to(DEVICE), d_dev, dm.to(DEVICE), cfg).backward(grad_out.to(DEVICE, DTYPE))
+    assert (d_ref.grad[:, 37].abs().sum(-1) > 0).all()
+    torch.testing.assert_close(d_dev.grad.cpu().double(), d_ref.grad, **TOL)
+    torch.testing.assert_close(q_dev.grad.cpu().double(), q_ref.grad, **TOL)
+
+
 def test_half_precision_scores_and_gradients() -> None:
     """16-bit inputs (fp16: the interpreter has no bf16) multiply exactly and accumulate in float32; only ``g * q``
     is rounded to fp16 for the page gradient."""
@@ -146,6 +175,24 @@ def test_half_precision_scores_and_gradients() -> None:
     torch.testing.assert_close(got.detach().cpu().double(), expected.detach(), rtol=1e-5, atol=1e-4)
     for mine, ref in ((q_dev.grad, q_ref.grad), (d_dev.grad, d_ref.grad)):
         assert (mine.cpu().double() - ref).abs().max() <= 3e-3 * ref.abs().max()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e-3])
+def test_fp32_scored_as_three_fp16_products(scale: float) -> None:
+    """``split_fp32``: fp32 inputs scored as three fp16 products over their halves stay within 2e-7 relative of the
+    float64 scores (fp32's precision: a score of 40 has an fp32 spacing of 3.8e-6), far closer than fp16 alone (so
+    the low halves count). Inputs at several scales check the power-of-two rescaling into fp16's range."""
+    gen = torch.Generator().manual_seed(10)
+    unit = [torch.nn.functional.normalize(x, dim=-1) * scale for x in _vectors([5, 40, 12, 1, 33], 64, gen)]
+    queries, pages = unit[:2] + unit[3:4], unit[1:]
+    cfg = dataclasses.replace(SMALL, split_fp32=True)
+    got = maxsim_packed([q.to(DEVICE, torch.float32) for q in queries],
+                        PackedPages.pack([p.to(DEVICE, torch.float32) for p in pages]), torch.float32, DEVICE, cfg=cfg)
+    exact = _reference(queries, pages)
+    fp16_error = (_reference([q.half().double() for q in queries], [p.half().double() for p in pages])
+                  - exact).abs().max()
+    error = (got.cpu().double() - exact).abs().max()
+    assert error <= 2e-7 * exact.abs().max() and error * 30 < fp16_error, (error, fp16_error)
 
 
 def test_empty_inputs_and_pages_without_tokens() -> None:
@@ -205,3 +252,20 @@ def test_cuda_contrastive_loss_matches_chunked_path(dtype: torch.dtype) -> None:
     for cpu_value, cuda_value in zip(grads[0], grads[1]):
         torch.testing.assert_close(torch.as_tensor(cuda_value).double(), torch.as_tensor(cpu_value).double(), **tol)
     assert torch.allclose(chunked_maxsim(q.double(), qm, d.double(), dm), maxsim(q.double(), qm, d.double(), dm))
+
+
+@needs_cuda
+def test_cuda_float64_loss_is_exact() -> None:
+    """float64 on CUDA (GradCache's exactness checks) compiles with the device's float64 tiles and stays exact."""
+    gen = torch.Generator().manual_seed(11)
+    q, qm = _padded(6, 30, 128, gen)
+    d, dm = _padded(7, 200, 128, gen)
+    grad_out = torch.randn(6, 7, generator=gen, dtype=torch.float64)
+    q_ref, d_ref = q.clone().requires_grad_(True), d.clone().requires_grad_(True)
+    expected = maxsim(q_ref, qm, d_ref, dm)
+    expected.backward(grad_out)
+    q_dev, d_dev = q.cuda().requires_grad_(True), d.cuda().requires_grad_(True)
+    got = fused_maxsim(q_dev, qm.cuda(), d_dev, dm.cuda())
+    got.backward(grad_out.cuda())
+    for mine, ref in ((got, expected), (q_dev.grad, q_ref.grad), (d_dev.grad, d_ref.grad)):
+        torch.testing.assert_close(mine.detach().cpu(), ref.detach(), rtol=1e-10, atol=1e-10)

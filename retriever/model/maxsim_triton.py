@@ -9,12 +9,13 @@ Algorithm
   zero and belong to no query, so short and long queries share tiles instead of all being padded to the longest.
 * **Forward.** One program scores one query tile against one page: it loads the tile once, streams the page's
   tokens in blocks of ``BLOCK_P``, computes the ``[BLOCK_Q, BLOCK_P]`` dot products with one ``tl.dot`` (fp32
-  accumulation; bf16/fp16 products are exact, fp32 inputs take three TF32 passes for fp32-level accuracy, fp64
-  stays fp64), folds them into a running
-  maximum per query-token row kept in registers (page tokens past the page's end are ``-inf``), and finally sums
-  the rows of each query of the tile (a segmented sum) and writes one score per (query, page). The
-  ``[Nq*Lq, Nd*Ld]`` similarity block is never written: memory is the inputs, the ``[Nq, Nd]`` scores and, for
-  the loss, the argmax indices below.
+  accumulation; bf16/fp16 products are exact; fp32 inputs are scored as three fp16 products over their high
+  and low halves in evaluation, or three TF32 passes in the loss, both fp32-level accurate; fp64 stays fp64),
+  folds them into a running maximum per query-token row kept in registers (page tokens past the page's end are
+  ``-inf``), and finally sums the rows of each query of the tile (a segmented sum) and writes one score per
+  (query, page). A program may score several consecutive pages with its tile (``pages_per_program``), loading
+  the tile once. The ``[Nq*Lq, Nd*Ld]`` similarity block is never written: memory is the inputs, the
+  ``[Nq, Nd]`` scores and, for the loss, the argmax indices below.
 * **Scheduling.** The grid is flat, query tile fastest, so consecutive programs read the same page (from L2);
   pages run longest first (length-sorted order), so ragged pages do not leave a tail of long pages at the end.
 * **Loss.** :class:`FusedMaxSim` stores, per (page, query-token row), the index of the winning page token
@@ -23,16 +24,20 @@ Algorithm
   go to the first maximal page token (lowest index). The gradient of a max flows only to its argmax, so
   backward is exact without recomputation:
   ``grad_q[i,t] = sum_j g[i,j] * d[j, a(i,t,j)]`` is a gather (one program per query tile, looping over pages),
-  and ``grad_d[j,s] = sum_{i,t: a(i,t,j)=s} g[i,j] * q[i,t]`` a scatter-add written as a product
-  ``W [BLOCK_P, BLOCK_Q] @ q [BLOCK_Q, D]`` on tensor cores, where ``W[s, r] = g[query(r), j]`` if row ``r``'s
-  argmax is ``s`` and 0 otherwise (built in registers, like attention's probabilities, while ``q`` streams like
-  a GEMM operand). One program per page-token block loops over the query tiles: no atomics, a deterministic
-  result. For bf16/fp16 inputs ``g`` is rounded to the input dtype in ``W`` (with fp16's range, tiny gradients
-  lose precision); fp32/fp64 inputs stay exact to their precision. Besides inputs and gradients, memory is the
-  argmax indices and one packed copy of the pages; no similarity block larger than a tile exists.
+  and ``grad_d[j,s] = sum_{i,t: a(i,t,j)=s} g[i,j] * q[i,t]`` a scatter-add, computed as a gather too: a
+  counting sort per page groups the rows by the block of ``block_p_grad`` page tokens that holds their argmax
+  (stable, so rows keep their order), then one program per (page, token block) walks only its own rows,
+  ``BLOCK_Q`` at a time, as a product ``W [BLOCK_P, BLOCK_Q] @ q[rows] [BLOCK_Q, D]`` on tensor cores, where
+  ``W[s, r] = g[query(r), j]`` if row ``r``'s argmax is ``s`` and 0 otherwise (built in registers). Each
+  (row, page) pair is visited once, instead of once per token block of the page (a dense one-hot product over
+  all rows costs as much as the forward). No atomics: a deterministic result. For bf16/fp16 inputs ``g`` is
+  rounded to the input dtype in ``W`` (with fp16's range, tiny gradients lose precision); fp32/fp64 inputs stay
+  exact to their precision. Besides inputs and gradients, memory is the argmax indices, one packed copy of the
+  pages and the sorted row lists of a bounded chunk of pages; no similarity block larger than a tile exists.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,15 +50,26 @@ __all__ = ["FusedMaxSim", "PackedPages", "QueryTiles", "fused_maxsim", "maxsim_p
 
 
 @triton.jit
-def _fold_block(q, d_ptr, p0, start, end, best, arg, DIM: tl.constexpr, BLOCK_P: tl.constexpr,
-                BLOCK_D: tl.constexpr, MASKED: tl.constexpr, WITH_ARGMAX: tl.constexpr, PRECISION: tl.constexpr,
-                ACC: tl.constexpr):
-    """Fold page tokens ``p0 .. p0 + BLOCK_P`` into the running max (and argmax) of every query-tile row."""
+def _fold_block(q, q_lo, d_ptr, d_lo_ptr, p0, start, end, best, arg, DIM: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_D: tl.constexpr, MASKED: tl.constexpr, WITH_ARGMAX: tl.constexpr, SPLIT: tl.constexpr,
+                PRECISION: tl.constexpr, ACC: tl.constexpr, LO_SCALE: tl.constexpr):
+    """Fold page tokens ``p0 .. p0 + BLOCK_P`` into the running max (and argmax) of every query-tile row.
+
+    ``SPLIT``: inputs are fp16 halves of fp32 values, ``x = hi + lo / LO_SCALE``; three products, small ones first.
+    """
     toks = p0 + tl.arange(0, BLOCK_P)
     dims = tl.arange(0, BLOCK_D)
     valid = toks < end
-    d = tl.load(d_ptr + toks[:, None] * DIM + dims[None, :], mask=valid[:, None] & (dims[None, :] < DIM), other=0.0)
-    sim = tl.dot(q, tl.trans(d), input_precision=PRECISION, out_dtype=ACC)
+    at = toks[:, None] * DIM + dims[None, :]
+    inside = valid[:, None] & (dims[None, :] < DIM)
+    d = tl.load(d_ptr + at, mask=inside, other=0.0)
+    if SPLIT:
+        d_lo = tl.load(d_lo_ptr + at, mask=inside, other=0.0)
+        sim = tl.dot(q_lo, tl.trans(d), input_precision=PRECISION, out_dtype=ACC)
+        sim = tl.dot(q, tl.trans(d_lo), sim, input_precision=PRECISION, out_dtype=ACC)
+        sim = tl.dot(q, tl.trans(d), sim * (1.0 / LO_SCALE), input_precision=PRECISION, out_dtype=ACC)
+    else:
+        sim = tl.dot(q, tl.trans(d), input_precision=PRECISION, out_dtype=ACC)
     if MASKED:  # only the page's last, partial block pays for the -inf fill
         sim = tl.where(valid[None, :], sim, float("-inf"))
     if WITH_ARGMAX:
@@ -66,35 +82,45 @@ def _fold_block(q, d_ptr, p0, start, end, best, arg, DIM: tl.constexpr, BLOCK_P:
 
 
 @triton.jit
-def _forward_kernel(q_ptr, seg_ptr, tile_part_ptr, d_ptr, d_off_ptr, order_ptr, out_ptr, idx_ptr, n_tiles, n_rows,
-                    stride_out, DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BLOCK_D: tl.constexpr, NSEG: tl.constexpr, WITH_ARGMAX: tl.constexpr,
-                    PRECISION: tl.constexpr, ACC: tl.constexpr):
-    """Scores of one query tile against one page; optionally the argmax page token of every row."""
+def _forward_kernel(q_ptr, q_lo_ptr, seg_ptr, tile_part_ptr, d_ptr, d_lo_ptr, d_off_ptr, order_ptr, out_ptr, idx_ptr,
+                    n_tiles, n_rows, n_pages, stride_out, DIM: tl.constexpr, BLOCK_Q: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, NSEG: tl.constexpr, PAGES: tl.constexpr,
+                    WITH_ARGMAX: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                    LO_SCALE: tl.constexpr):
+    """Scores of one query tile against ``PAGES`` consecutive pages (of the length order), loading the tile once;
+    optionally the argmax page token of every row.
+
+    ``SPLIT``: ``q``/``d`` hold the high fp16 halves of (scaled) fp32 inputs and ``q_lo``/``d_lo`` the low ones.
+    """
     pid = tl.program_id(0)
     tile = pid % n_tiles
-    page = tl.load(order_ptr + pid // n_tiles).to(tl.int64)
-    start = tl.load(d_off_ptr + page)
-    end = tl.load(d_off_ptr + page + 1)
     rows = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dims = tl.arange(0, BLOCK_D)
-    q = tl.load(q_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :], mask=dims[None, :] < DIM, other=0.0)
-    best = tl.full([BLOCK_Q], float("-inf"), ACC)
-    arg = tl.zeros([BLOCK_Q], tl.int32)
-    full_end = start + (end - start) // BLOCK_P * BLOCK_P
-    for p0 in range(start, full_end, BLOCK_P):
-        best, arg = _fold_block(q, d_ptr, p0, start, end, best, arg, DIM, BLOCK_P, BLOCK_D, False, WITH_ARGMAX,
-                                PRECISION, ACC)
-    if full_end < end:
-        best, arg = _fold_block(q, d_ptr, full_end, start, end, best, arg, DIM, BLOCK_P, BLOCK_D, True,
-                                WITH_ARGMAX, PRECISION, ACC)
+    at = rows[:, None].to(tl.int64) * DIM + dims[None, :]
+    q = tl.load(q_ptr + at, mask=dims[None, :] < DIM, other=0.0)
+    q_lo = tl.load(q_lo_ptr + at, mask=dims[None, :] < DIM, other=0.0) if SPLIT else q
     seg = tl.load(seg_ptr + rows)
     slots = tl.arange(0, NSEG)
-    per_part = tl.sum(tl.where(seg[None, :] == slots[:, None], best[None, :], 0.0), axis=1)
     part = tl.load(tile_part_ptr + tile * NSEG + slots)
-    tl.store(out_ptr + part.to(tl.int64) * stride_out + page, per_part.to(ACC), mask=part >= 0)
-    if WITH_ARGMAX:
-        tl.store(idx_ptr + page * n_rows + rows, arg)
+    for k in range(0, PAGES):
+        position = (pid // n_tiles) * PAGES + k
+        page = tl.load(order_ptr + tl.minimum(position, n_pages - 1)).to(tl.int64)
+        start = tl.load(d_off_ptr + page)
+        end = tl.where(position < n_pages, tl.load(d_off_ptr + page + 1), start)  # past the last page: nothing
+        best = tl.full([BLOCK_Q], float("-inf"), ACC)
+        arg = tl.zeros([BLOCK_Q], tl.int32)
+        full_end = start + (end - start) // BLOCK_P * BLOCK_P
+        for p0 in range(start, full_end, BLOCK_P):
+            best, arg = _fold_block(q, q_lo, d_ptr, d_lo_ptr, p0, start, end, best, arg, DIM, BLOCK_P, BLOCK_D,
+                                    False, WITH_ARGMAX, SPLIT, PRECISION, ACC, LO_SCALE)
+        if full_end < end:
+            best, arg = _fold_block(q, q_lo, d_ptr, d_lo_ptr, full_end, start, end, best, arg, DIM, BLOCK_P,
+                                    BLOCK_D, True, WITH_ARGMAX, SPLIT, PRECISION, ACC, LO_SCALE)
+        per_part = tl.sum(tl.where(seg[None, :] == slots[:, None], best[None, :], 0.0), axis=1)
+        live = tl.full([NSEG], position, tl.int32) < n_pages  # a tensor: the interpreter's masks cannot be scalars
+        tl.store(out_ptr + part.to(tl.int64) * stride_out + page, per_part.to(ACC), mask=(part >= 0) & live)
+        if WITH_ARGMAX:
+            tl.store(idx_ptr + page * n_rows + rows, arg, mask=tl.full([BLOCK_Q], position, tl.int32) < n_pages)
 
 
 @triton.jit
@@ -121,27 +147,68 @@ def _grad_q_kernel(d_ptr, d_off_ptr, idx_ptr, gt_ptr, row_query_ptr, out_ptr, n_
 
 
 @triton.jit
-def _grad_d_kernel(q_ptr, d_off_ptr, idx_ptr, gt_ptr, row_query_ptr, out_ptr, n_rows, n_queries,
-                   DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-                   PRECISION: tl.constexpr, ACC: tl.constexpr):
-    """``grad_d[s] = sum_{r: argmax(j, r) = s} g[query(r), j] * q[r]`` for one block of page ``j``'s tokens."""
+def _bucket_kernel(idx_ptr, sorted_ptr, bucket_ptr, n_rows, BLOCK_P: tl.constexpr, NB: tl.constexpr,
+                   CHUNK: tl.constexpr):
+    """Stable counting sort of one page's rows by argmax block (``argmax // BLOCK_P``).
+
+    Writes ``sorted[e] = row * BLOCK_P + argmax % BLOCK_P`` grouped by block, rows ascending within a block,
+    and ``bucket[b] = (first entry, count)`` of every block ``b``.
+    """
     page = tl.program_id(0).to(tl.int64)
+    idx_at = idx_ptr + page * n_rows
+    bins = tl.arange(0, NB)
+    counts = tl.zeros([NB], tl.int32)
+    for r0 in range(0, n_rows, CHUNK):  # pass 1: how many rows fall in each block
+        rows = r0 + tl.arange(0, CHUNK)
+        block = tl.load(idx_at + rows, mask=rows < n_rows, other=0) // BLOCK_P
+        hit = (block[:, None] == bins[None, :]) & (rows < n_rows)[:, None]
+        counts += tl.sum(hit.to(tl.int32), axis=0)
+    first = tl.cumsum(counts, axis=0) - counts
+    tl.store(bucket_ptr + page * 2 * NB + bins * 2, first)
+    tl.store(bucket_ptr + page * 2 * NB + bins * 2 + 1, counts)
+    for r0 in range(0, n_rows, CHUNK):  # pass 2: each row's place, in row order within its block
+        rows = r0 + tl.arange(0, CHUNK)
+        arg = tl.load(idx_at + rows, mask=rows < n_rows, other=0)
+        hit = ((arg // BLOCK_P)[:, None] == bins[None, :]) & (rows < n_rows)[:, None]
+        ones = hit.to(tl.int32)
+        place = tl.sum(tl.where(hit, tl.cumsum(ones, axis=0) - 1 + first[None, :], 0), axis=1)
+        value = rows.to(tl.int64) * BLOCK_P + arg % BLOCK_P
+        tl.store(sorted_ptr + page * n_rows + place, value, mask=rows < n_rows)
+        first += tl.sum(ones, axis=0)
+
+
+@triton.jit
+def _grad_d_kernel(q_ptr, d_off_ptr, sorted_ptr, bucket_ptr, gt_ptr, row_query_ptr, out_ptr, n_rows, n_queries,
+                   page0, DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+                   NB: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """``grad_d[s] = sum_{r: argmax(j, r) = s} g[query(r), j] * q[r]`` for one block of page ``j``'s tokens.
+
+    Only the rows whose argmax lies in the block are visited (``_bucket_kernel``'s list), ``BLOCK_Q`` at a time,
+    as a one-hot product ``W [BLOCK_P, BLOCK_Q] @ q[rows] [BLOCK_Q, D]``.
+    """
+    local = tl.program_id(0).to(tl.int64)  # page within this launch's chunk of pages
+    page = page0 + local
+    block = tl.program_id(1)
     start = tl.load(d_off_ptr + page)
     end = tl.load(d_off_ptr + page + 1)
-    toks = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # page-local token indices
-    valid = start + toks < end
+    toks = block * BLOCK_P + tl.arange(0, BLOCK_P)  # page-local token indices
     dims = tl.arange(0, BLOCK_D)
-    stop = tl.where(start + tl.program_id(1) * BLOCK_P < end, n_rows, 0)  # blocks past the page's end do nothing
+    first = tl.load(bucket_ptr + local * 2 * NB + block * 2)
+    stop = first + tl.load(bucket_ptr + local * 2 * NB + block * 2 + 1)
     acc = tl.zeros([BLOCK_P, BLOCK_D], ACC)
-    for r0 in range(0, stop, BLOCK_Q):
-        rows = r0 + tl.arange(0, BLOCK_Q)
-        arg = tl.load(idx_ptr + page * n_rows + rows)
-        g = tl.load(gt_ptr + page * n_queries + tl.load(row_query_ptr + rows))
-        q = tl.load(q_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :], mask=dims[None, :] < DIM, other=0.0)
-        weights = tl.where(toks[:, None] == arg[None, :], g[None, :], 0.0).to(q.dtype)  # g at each row's argmax
+    for e0 in range(first, stop, BLOCK_Q):
+        entries = e0 + tl.arange(0, BLOCK_Q)
+        valid = entries < stop
+        value = tl.load(sorted_ptr + local * n_rows + entries, mask=valid, other=0).to(tl.int64)
+        rows = value // BLOCK_P
+        g = tl.load(gt_ptr + page * n_queries + tl.load(row_query_ptr + rows), mask=valid, other=0.0)
+        q = tl.load(q_ptr + rows[:, None] * DIM + dims[None, :], mask=valid[:, None] & (dims[None, :] < DIM),
+                    other=0.0)
+        hit = (tl.arange(0, BLOCK_P)[:, None] == (value % BLOCK_P)[None, :]) & valid[None, :]
+        weights = tl.where(hit, g[None, :], 0.0).to(q.dtype)  # g at each row's argmax
         acc = tl.dot(weights, q, acc, input_precision=PRECISION, out_dtype=ACC)
     out = out_ptr + (start + toks)[:, None] * DIM + dims[None, :]
-    tl.store(out, acc, mask=valid[:, None] & (dims[None, :] < DIM))
+    tl.store(out, acc, mask=(start + toks < end)[:, None] & (dims[None, :] < DIM))
 
 
 @dataclass
@@ -264,18 +331,23 @@ def _slot_in_tile(first_rows: Tensor, block_q: int) -> Tensor:
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """Tile sizes and launch parameters (``block_p_grad``: page-token block of the page-gradient kernel).
+    """Tile sizes and launch parameters (``block_p_grad``: page-token block of the page-gradient kernel;
+    ``pages_per_program``: pages each forward program scores with its query tile, loaded once).
 
     ``fp32_precision`` is how fp32 inputs are multiplied: ``"tf32x3"`` (three tensor-core passes, fp32-level
-    accuracy) or ``"ieee"`` (exact products on the FMA units).
+    accuracy) or ``"ieee"`` (exact products on the FMA units). ``split_fp32`` scores fp32 inputs instead as three
+    fp16 products over their halves (see :func:`_split_fp16`): fp32-level accuracy at twice TF32's tensor-core
+    rate. It applies to the forward kernel (evaluation) only.
     """
 
     block_q: int
     block_p: int
     num_warps: int
     num_stages: int
-    block_p_grad: int = 128
+    block_p_grad: int = 64
     fp32_precision: str = "tf32x3"
+    split_fp32: bool = False
+    pages_per_program: int = 1
 
     def precision(self, dtype: torch.dtype) -> str:
         """``tl.dot`` input precision for ``dtype`` (Triton's default for 16-bit inputs: exact products)."""
@@ -283,19 +355,28 @@ class BlockConfig:
 
 
 def block_config(device: torch.device, dtype: torch.dtype, loss: bool = False) -> BlockConfig:
-    """Tile sizes from the device: large tensor-core tiles where shared memory allows them.
-
-    Evaluation takes 256-row query tiles (fastest in ``bench/maxsim_fused.py``'s sweep on an H200); the loss keeps
-    128 rows, since its argmax and row-gradient kernels hold more per row in registers, and 64-token blocks in the
-    page-gradient kernel (0.41 s instead of 0.48 s for the backward at B = 4096 on an H200).
-    """
+    """Tile sizes for ``device`` (see :func:`block_config_for`); Triton's interpreter off CUDA."""
     if device.type != "cuda":  # Triton's interpreter: block sizes only set the number of programs
         return BlockConfig(32, 32, 1, 1, 32, "ieee")
     props = torch.cuda.get_device_properties(device)
-    if getattr(props, "shared_memory_per_block_optin", 0) >= 160 * 1024:  # A100, H100, H200, B200
+    return block_config_for(getattr(props, "shared_memory_per_block_optin", 0), dtype, loss)
+
+
+def block_config_for(shared_memory: int, dtype: torch.dtype, loss: bool = False) -> BlockConfig:
+    """Tile sizes for a CUDA device with ``shared_memory`` bytes per block (opt-in): large tensor-core tiles
+    where shared memory allows them.
+
+    Evaluation takes 256-row query tiles (fastest in ``bench/maxsim_fused.py``'s sweep on an H200); the loss keeps
+    128 rows, since its argmax and row-gradient kernels hold more per row in registers. fp32 evaluation is scored
+    as three fp16 products (``split_fp32``) in 128-row tiles, whose two fp16 halves hold as many registers as
+    bf16's 256-row tile.
+    """
+    if dtype == torch.float64:  # exactness checks: small tiles keep 8-byte operands in registers and shared memory
+        return BlockConfig(32, 32, 4, 2, 32)
+    if shared_memory >= 160 * 1024:  # A100, H100, H200, B200
         if dtype.itemsize <= 2:
             return BlockConfig(128, 64, 8, 3, 64) if loss else BlockConfig(256, 64, 8, 3)
-        return BlockConfig(64, 64, 4, 3)
+        return BlockConfig(64, 64, 4, 3) if loss else BlockConfig(128, 64, 8, 3, split_fp32=True)
     return BlockConfig(64, 64, 4, 2, 64)
 
 
@@ -315,13 +396,39 @@ def _launch_forward(tiles: QueryTiles, pages: PackedPages, with_argmax: bool,
     if out.numel() == 0:
         return out, (idx if with_argmax else None)
     order = torch.argsort(pages.lengths(), descending=True, stable=True).to(torch.int32)
-    grid = (tiles.n_tiles * len(pages),)
-    _forward_kernel[grid](tiles.rows, tiles.seg, tiles.tile_part, pages.tokens, pages.offsets, order, out, idx,
-                          tiles.n_tiles, n_rows, out.stride(0), DIM=dim, BLOCK_Q=tiles.block_q, BLOCK_P=cfg.block_p,
-                          BLOCK_D=max(16, triton.next_power_of_2(dim)), NSEG=tiles.nseg, WITH_ARGMAX=with_argmax,
-                          PRECISION=cfg.precision(tiles.rows.dtype), ACC=tl_acc, num_warps=cfg.num_warps,
+    split = cfg.split_fp32 and tiles.rows.dtype == torch.float32
+    (q, q_lo, q_scale), (d, d_lo, d_scale) = (_split_fp16(x) if split else (x, x, 1.0)
+                                              for x in (tiles.rows, pages.tokens))
+    grid = (tiles.n_tiles * triton.cdiv(len(pages), cfg.pages_per_program),)
+    _forward_kernel[grid](q, q_lo, tiles.seg, tiles.tile_part, d, d_lo, pages.offsets, order, out, idx,
+                          tiles.n_tiles, n_rows, len(pages), out.stride(0), DIM=dim, BLOCK_Q=tiles.block_q,
+                          BLOCK_P=cfg.block_p, BLOCK_D=max(16, triton.next_power_of_2(dim)), NSEG=tiles.nseg,
+                          PAGES=cfg.pages_per_program, WITH_ARGMAX=with_argmax, SPLIT=split,
+                          PRECISION=cfg.precision(q.dtype), ACC=tl_acc, LO_SCALE=LO_SCALE, num_warps=cfg.num_warps,
                           num_stages=cfg.num_stages)
+    if split:  # undo the power-of-two scaling: exact
+        out.mul_(1.0 / (q_scale * d_scale))
     return out, (idx if with_argmax else None)
+
+
+LO_SCALE = 2048.0  # 2**11: the low fp16 half is stored scaled up, clear of fp16's subnormal range
+
+
+def _split_fp16(x: Tensor) -> tuple[Tensor, Tensor, float]:
+    """fp16 halves ``(hi, lo, scale)`` of fp32 ``x``: ``x * scale = hi + lo / LO_SCALE``.
+
+    ``scale`` is the power of two that brings ``max |x|`` into ``(1/2, 1]`` (fp16's range). ``hi`` holds 11 bits
+    and ``lo`` the next 11 (scaled by ``LO_SCALE``), so ``hi*hi + (hi*lo + lo*hi) / LO_SCALE`` (the dropped
+    ``lo*lo`` term is about 2**-24 relative) matches an fp32 product, with fp16 products exact on tensor cores
+    and fp32 accumulation. Entries below 2**-14 of the maximum lose relative (not absolute) precision to fp16's
+    subnormals.
+    """
+    peak = float(x.abs().max()) if x.numel() else 0.0
+    scale = 2.0 ** -math.ceil(math.log2(peak)) if peak > 0 else 1.0
+    scaled = x * scale
+    hi = scaled.to(torch.float16)
+    lo = ((scaled - hi.to(x.dtype)) * LO_SCALE).to(torch.float16)
+    return hi, lo, scale
 
 
 def _sum_parts(part_scores: Tensor, tiles: QueryTiles, n_queries: int) -> Tensor:
@@ -421,16 +528,37 @@ def _grad_rows(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor, c
     return out
 
 
+SORTED_ENTRIES = 1 << 27  # row-list entries per chunk of pages in the page-gradient pass (512 MiB as int32)
+SORT_STEP = 1 << 13  # rows x blocks compared per step of the counting sort (its registers)
+
+
 def _grad_tokens(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor, cfg: BlockConfig) -> Tensor:
-    """Gradient of every packed page token ``[T, D]`` (accumulation dtype)."""
+    """Gradient of every packed page token ``[T, D]`` (accumulation dtype).
+
+    Pages go in chunks whose sorted row lists (one entry per query row and page; int32 unless ``rows x
+    block_p_grad`` needs 64 bits) stay within ``SORTED_ENTRIES``, so the backward's extra memory is bounded
+    whatever the batch.
+    """
     dim = tiles.rows.shape[1]
     torch_acc, tl_acc = _acc(tiles.rows.dtype)
-    out = torch.empty(pages.tokens.shape, dtype=torch_acc, device=pages.tokens.device)
-    grid = (len(pages), triton.cdiv(int(pages.lengths().max()), cfg.block_p_grad))
-    _grad_d_kernel[grid](tiles.rows, pages.offsets, idx, gt, tiles.row_query, out, tiles.rows.shape[0], gt.shape[1],
-                         DIM=dim, BLOCK_Q=tiles.block_q, BLOCK_P=cfg.block_p_grad,
-                         BLOCK_D=max(16, triton.next_power_of_2(dim)), PRECISION=cfg.precision(tiles.rows.dtype),
-                         ACC=tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    device = pages.tokens.device
+    out = torch.empty(pages.tokens.shape, dtype=torch_acc, device=device)
+    n_rows, block_p = tiles.rows.shape[0], cfg.block_p_grad
+    blocks = triton.cdiv(int(pages.lengths().max()), block_p)
+    nb = triton.next_power_of_2(blocks)
+    chunk = max(1, SORTED_ENTRIES // n_rows)
+    entry = torch.int32 if n_rows * block_p < 2**31 else torch.int64
+    sorted_rows = torch.empty(min(chunk, len(pages)), n_rows, dtype=entry, device=device)
+    buckets = torch.empty(min(chunk, len(pages)), nb, 2, dtype=torch.int32, device=device)
+    for page0 in range(0, len(pages), chunk):
+        n = min(chunk, len(pages) - page0)
+        _bucket_kernel[(n,)](idx[page0:page0 + n], sorted_rows, buckets, n_rows, BLOCK_P=block_p, NB=nb,
+                             CHUNK=max(16, SORT_STEP // nb), num_warps=cfg.num_warps)
+        _grad_d_kernel[(n, blocks)](tiles.rows, pages.offsets, sorted_rows, buckets, gt, tiles.row_query, out,
+                                    n_rows, gt.shape[1], page0, DIM=dim, BLOCK_Q=tiles.block_q, BLOCK_P=block_p,
+                                    BLOCK_D=max(16, triton.next_power_of_2(dim)), NB=nb,
+                                    PRECISION=cfg.precision(tiles.rows.dtype), ACC=tl_acc,
+                                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
 
