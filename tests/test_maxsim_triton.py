@@ -132,12 +132,13 @@ def test_loss_gradients_equal_naive_maxsim(lq: int) -> None:
 
 def test_page_gradient_with_concentrated_argmax_and_page_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Most rows pick one dominant page token (one block's row list spans many ``BLOCK_Q`` steps, the others are
-    short or empty); the page-gradient pass runs one page per chunk and sorts 16 rows per step, and forward
-    programs take three pages each (the second program one live page): gradients stay exact."""
+    short or empty); the page-gradient pass runs one page per chunk, sorts 16 rows per step into 64-bit row lists,
+    and forward programs take three pages each (the second program one live page): gradients stay exact."""
     import retriever.model.maxsim_triton as fused
 
     monkeypatch.setattr(fused, "SORTED_ENTRIES", 1)
     monkeypatch.setattr(fused, "SORT_STEP", 1)
+    monkeypatch.setattr(fused, "INT32_ENTRIES", 0)  # the 64-bit row lists of very large batches
     gen = torch.Generator().manual_seed(9)
     q, qm = _padded(6, 23, 16, gen)
     q = q.abs() + 0.1  # positive queries: a large positive page token wins their rows

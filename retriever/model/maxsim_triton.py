@@ -530,6 +530,7 @@ def _grad_rows(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor, c
 
 SORTED_ENTRIES = 1 << 27  # row-list entries per chunk of pages in the page-gradient pass (512 MiB as int32)
 SORT_STEP = 1 << 13  # rows x blocks compared per step of the counting sort (its registers)
+INT32_ENTRIES = 1 << 31  # row-list entries (row * block_p_grad + token) below this are stored as int32
 
 
 def _grad_tokens(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor, cfg: BlockConfig) -> Tensor:
@@ -547,7 +548,7 @@ def _grad_tokens(tiles: QueryTiles, pages: PackedPages, idx: Tensor, gt: Tensor,
     blocks = triton.cdiv(int(pages.lengths().max()), block_p)
     nb = triton.next_power_of_2(blocks)
     chunk = max(1, SORTED_ENTRIES // n_rows)
-    entry = torch.int32 if n_rows * block_p < 2**31 else torch.int64
+    entry = torch.int32 if n_rows * block_p < INT32_ENTRIES else torch.int64
     sorted_rows = torch.empty(min(chunk, len(pages)), n_rows, dtype=entry, device=device)
     buckets = torch.empty(min(chunk, len(pages)), nb, 2, dtype=torch.int32, device=device)
     for page0 in range(0, len(pages), chunk):
