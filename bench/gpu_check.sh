@@ -3,9 +3,9 @@
 #   1. the scoring / loss / fused-kernel tests on CUDA,
 #   2. bench.maxsim on the shape, float32 and bf16, against colpali-engine when it is importable
 #      (pip install --no-deps colpali-engine),
-#   3. bench.maxsim_fused: tile-size sweep of the scoring kernel (bf16, and float32 as three fp16 products or
-#      tf32x3), fused loss forward+backward at B = 4096 pairs (page-gradient block 32/64/128; 4 pages per forward program), and fused vs
-#      chunked loss at B = 512.
+#   3. bench.maxsim_fused: tile-size sweep of the scoring kernel on fixed and dynamic pages (bf16, and float32
+#      as three fp16 products or tf32x3), fused loss forward+backward at B = 4096 pairs (page-gradient blocks
+#      32/64/128, 4 pages per forward program), and fused vs chunked loss at B = 512.
 # Reports are written to $OUT (default bench/results/gpu): env.txt, pytest.txt, maxsim_fp32.json,
 # maxsim_bf16.json, maxsim_fused.json, stderr.txt. Usage: bash bench/gpu_check.sh
 set -u

@@ -2,10 +2,10 @@
 
 1. Sweep: the evaluation kernel (``retriever.model.maxsim_triton.maxsim_packed``) on ``bench.maxsim``'s input
    shape (fixed-length and dynamic pages, packed once) with each ``--configs`` entry (``BLOCK_Q x BLOCK_P x
-   warps x stages``, optionally ``@pages per program``) in bf16, and each ``--fp32-configs`` entry in float32 (``:split`` = three fp16 products over the inputs'
-   halves, ``:tf32x3`` / ``:ieee`` = that ``tl.dot`` precision). Reports TFLOP/s (2*D flops per real token
-   pair) and the largest difference from the default configuration of the same dtype (fp32: also from float64
-   scores computed by the same kernel).
+   warps x stages``, optionally ``@pages per program``) in bf16, and each ``--fp32-configs`` entry in float32
+   (``:split`` = three fp16 products over the inputs' halves, ``:tf32x3`` / ``:ieee`` = that ``tl.dot``
+   precision). Reports TFLOP/s (2*D flops per real token pair) and the largest difference from the default
+   configuration of the same dtype (fp32: also from float64 scores computed by the same kernel).
 2. Loss: forward + backward of ``fused_maxsim`` over ``B`` query/page pairs with in-batch negatives (a ``B x B``
    score matrix, each score a MaxSim over ``--q-tokens x --page-tokens``), bf16 leaves, as in training. Reports
    the time of each pass, the forward-equivalent rate (``2*D*B^2*Lq*Ld`` flops over forward+backward time: the
