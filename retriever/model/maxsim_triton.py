@@ -102,7 +102,7 @@ def _forward_kernel(q_ptr, q_lo_ptr, seg_ptr, tile_part_ptr, d_ptr, d_lo_ptr, d_
     seg = tl.load(seg_ptr + rows)
     slots = tl.arange(0, NSEG)
     part = tl.load(tile_part_ptr + tile * NSEG + slots)
-    for k in range(0, PAGES):
+    for k in tl.static_range(PAGES):  # unrolled: one page gives the same code as no loop
         position = (pid // n_tiles) * PAGES + k
         page = tl.load(order_ptr + tl.minimum(position, n_pages - 1)).to(tl.int64)
         start = tl.load(d_off_ptr + page)
