@@ -46,13 +46,14 @@ import sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
+reports = {}
 for name in ("maxsim_fp32.json", "maxsim_bf16.json", "maxsim_fused.json"):
     text = (out / name).read_text() if (out / name).exists() else ""
     start = text.find("{")
     if start < 0:
         print(name, "missing or empty")
         continue
-    report = json.loads(text[start:])
+    report = reports[name] = json.loads(text[start:])
     print(name, "gemm TFLOP/s", round(report.get("bf16_matmul_tflops", 0), 1))
     for row in report.get("results", []):
         print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
@@ -60,4 +61,26 @@ for name in ("maxsim_fp32.json", "maxsim_bf16.json", "maxsim_fused.json"):
     rows += report.get("loss_backward_parts", [])
     for row in rows + report.get("loss_configs", []) + report.get("loss_baseline", []):
         print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def verdict(what, value, ok):
+    print(f"  {'met   ' if ok else 'MISSED'} {what}: {value}")
+
+
+print("targets (the MaxSim issue; default configurations, end to end):")
+for name, tol in (("maxsim_bf16.json", 1e-2), ("maxsim_fp32.json", 1e-5)):
+    for row in reports.get(name, {}).get("results", []):
+        tag = f"{name.split('_')[1].removesuffix('.json')} {row['layout']}"
+        if "speedup" in row:
+            verdict(f"{tag} >= 3x colpali-engine, scores within {tol:g}",
+                    f"{row['speedup']:.2f}x, {row['max_abs_diff']:.2g}",
+                    row["speedup"] >= 3 and row["max_abs_diff"] <= tol)
+        if name == "maxsim_bf16.json":
+            verdict(f"{tag} >= 40 % of the bf16 GEMM rate", f"{row['fraction_of_bf16_matmul']:.1%}",
+                    row["fraction_of_bf16_matmul"] >= 0.40)
+loss = reports.get("maxsim_fused.json", {}).get("loss")
+if loss:
+    verdict("loss forward+backward at B = 4096 >= 25 % of the bf16 GEMM rate",
+            f"{loss['fraction_of_bf16_matmul']:.1%} ({loss['forward_s']:.3f} + {loss['backward_s']:.3f} s)",
+            loss["fraction_of_bf16_matmul"] >= 0.25)
 EOF
