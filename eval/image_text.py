@@ -45,6 +45,7 @@ from eval.engine import Encoder, encode_sharded_queries, init_distributed, score
 from eval.score_run import parse_k
 from eval.topk import select_topk
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
+from retriever.model.scoring import add_score_dtype_argument, score_dtype
 from retriever.process_group import RankInfo
 
 __all__ = ["KarpathySplit", "evaluate_image_text", "load_karpathy", "main", "unique_texts"]
@@ -167,6 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here (default: stdout only)")
     p.add_argument("--batch_size", type=int, default=8, help="encoder batch size")
     p.add_argument("--chunk_images", type=int, default=256, help="images encoded and scored per chunk")
+    add_score_dtype_argument(p)
     p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
     return p.parse_args(argv)
 
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     encoder = load_encoder_from_args(args, device)
     metrics = evaluate_image_text(encoder, len(data.image_paths), data.load_images, data.captions, data.caption_image,
                                   info, args.k, args.batch_size, args.chunk_images, device,
-                                  torch.bfloat16 if device.type == "cuda" else None)
+                                  score_dtype(args.score_dtype, device))
     if info.is_main:
         text = json.dumps({"split": args.split, "images": len(data.image_paths), "captions": len(data.captions),
                            **metrics}, indent=2)

@@ -37,6 +37,7 @@ from eval.mteb_wrapper import local_task, model_meta
 from eval.score_run import parse_k
 from eval.trec import Run, write_run
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
+from retriever.model.scoring import add_score_dtype_argument, score_dtype
 from retriever.process_group import RankInfo
 
 __all__ = ["evaluate_subsets", "evaluate_task", "main", "markdown_table", "rank_task"]
@@ -123,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=None, help="pages kept per query in the run (default: max k)")
     p.add_argument("--batch_size", type=int, default=8, help="encoder batch size")
     p.add_argument("--chunk_pages", type=int, default=256, help="pages encoded and scored per chunk")
+    add_score_dtype_argument(p)
     p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
     p.add_argument("--mteb_results", type=Path, default=None,
                    help="also write each evaluated task as mteb's result JSON (TaskResult), in mteb's results layout "
@@ -157,9 +159,8 @@ def evaluate_spec(encoder: Encoder, spec: TaskSource, args: argparse.Namespace, 
     """Evaluate one task; rank 0 writes its run, metrics.json and (``--mteb_results``) mteb's result JSON."""
     start = time.time()
     task, subsets = _load_task(spec, args)
-    compute_dtype = torch.bfloat16 if device.type == "cuda" else None
     run, metrics = evaluate_subsets(encoder, subsets, info, args.k, args.depth, args.batch_size, args.chunk_pages,
-                                    device, compute_dtype, args.out / ".state" / spec.name)
+                                    device, score_dtype(args.score_dtype, device), args.out / ".state" / spec.name)
     result = task_result(task, args.split, {s: m["aggregate"] for s, m in metrics.items()}, time.time() - start)
     summary = {"aggregate": subset_average(result), "main_score": task.metadata.main_score,
                "subsets": {s: m["aggregate"] for s, m in metrics.items()}, "per_query": _per_query(metrics)}

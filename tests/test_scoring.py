@@ -89,3 +89,21 @@ def test_dense_scores_and_errors() -> None:
                torch.zeros(1, 2, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
         maxsim(torch.randn(1, 2, 4), torch.ones(1, 2), torch.randn(1, 2, 4), torch.ones(1, 2))
+
+
+def test_score_dtype_flag_applies_on_cuda_only() -> None:
+    """``--score_dtype`` of the evaluation CLIs: bf16 by default, float32 on request, on CUDA; CPU keeps the input
+    dtype (None); anything else is refused by argparse."""
+    import argparse
+
+    from retriever.model.scoring import add_score_dtype_argument, score_dtype
+
+    parser = argparse.ArgumentParser()
+    add_score_dtype_argument(parser)
+    assert parser.parse_args([]).score_dtype == "bfloat16"
+    assert score_dtype(parser.parse_args([]).score_dtype, torch.device("cuda")) == torch.bfloat16
+    assert score_dtype(parser.parse_args(["--score_dtype", "float32"]).score_dtype, torch.device("cuda", 1)) \
+        == torch.float32
+    assert score_dtype("bfloat16", torch.device("cpu")) is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--score_dtype", "float16"])
