@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from data_prep.errors import InputError, MissingInputError, cli
 from data_prep.jsonl import iter_jsonl
+from data_prep.outputs import atomic_output
 from data_prep.store import PageStoreWriter
 
 SETS = ("arxivqa", "chartqa", "docvqa", "infographicvqa", "plotqa", "slidevqa")
@@ -316,9 +317,8 @@ def convert(set_name: str, input_path: str | os.PathLike, store: str | os.PathLi
         raise MissingInputError(f"{set_name} input not found: {path}")
     pairs = Path(pairs)
     pairs.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pairs.with_name(pairs.name + ".tmp")
     n_pairs, page_ids = 0, set()
-    with PageStoreWriter(store) as writer, open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_output(pairs) as fh, PageStoreWriter(store) as writer:  # pairs appear once the store is complete
         for ex in tqdm(READERS[set_name](path, split), desc=f"{set_name}", unit="q"):
             if limit is not None and n_pairs >= limit:
                 break
@@ -328,12 +328,11 @@ def convert(set_name: str, input_path: str | os.PathLike, store: str | os.PathLi
                 if not writer.has(pid):
                     data = load()
                     writer.add(pid, data, _image_meta(data, set_name, key))
-            fh.write(json.dumps({"query": ex.query, "answer": ex.answer, "pos": [f"{set_name}/{k}" for k in ex.pos],
-                                 "neg": [], "source": set_name, "doc_id": f"{set_name}/{ex.doc}", "qid": ex.qid},
-                                ensure_ascii=False) + "\n")
+            record = {"query": ex.query, "answer": ex.answer, "pos": [f"{set_name}/{k}" for k in ex.pos], "neg": [],
+                      "source": set_name, "doc_id": f"{set_name}/{ex.doc}", "qid": ex.qid}
+            fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
             n_pairs += 1
     pages_written = writer.pages_written
-    os.replace(tmp, pairs)
     print(f"academic: {set_name}: {n_pairs} pairs -> {pairs}; {len(page_ids)} pages referenced, "
           f"{pages_written} newly written to {store}")
     return {"pairs": n_pairs, "pages": len(page_ids), "pages_written": pages_written}

@@ -19,6 +19,7 @@ from typing import Any
 
 from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
+from data_prep.outputs import atomic_output, write_text_atomic
 
 
 class _UnionFind:
@@ -90,11 +91,9 @@ def split_pairs(pairs: list[dict[str, Any]], test_fraction: float = 0.1, test_pe
 
 def _write(path: str | os.PathLike, pairs: list[dict[str, Any]], idx: list[int]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_output(path) as fh:
         for i in idx:
-            fh.write(json.dumps(pairs[i], ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+            fh.write((json.dumps(pairs[i], ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def build_splits(paths: list[str | os.PathLike], train_out: str | os.PathLike, test_out: str | os.PathLike,
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     counts = build_splits(args.pairs, args.train, args.test, args.test_fraction, args.test_per_source, args.seed)
     if args.report:
-        Path(args.report).write_text(json.dumps(counts, indent=1) + "\n")
+        write_text_atomic(args.report, json.dumps(counts, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from data_prep.errors import cli
 from data_prep.failures import FailureLog
+from data_prep.outputs import atomic_output
 from data_prep.pages import find_pdfs, make_doc_id, page_id
 from data_prep.pdf import PdfError, load_passwords, open_pdf, password_for, sha256_file
 from data_prep.supervisor import Supervisor
@@ -90,10 +91,9 @@ def split_pdfs(inputs: list[str], out: str | os.PathLike, failures: str | os.Pat
     failures = Path(failures) if failures else out.with_name(out.stem + ".failures.jsonl")
     if failures.exists():
         failures.unlink()  # the page list is rewritten from scratch, so is its failures log
-    tmp = out.with_name(out.name + ".tmp")
     done: dict[int, list[dict]] = {}
     counts = {"documents": len(pdfs), "pages": 0, "failed_documents": 0}
-    with FailureLog(failures) as flog, open(tmp, "w", encoding="utf-8") as fh, \
+    with atomic_output(out) as fh, FailureLog(failures) as flog, \
             tqdm(total=len(pdfs), desc="split", unit="pdf") as bar:
         next_i = 0
 
@@ -101,7 +101,7 @@ def split_pdfs(inputs: list[str], out: str | os.PathLike, failures: str | os.Pat
             nonlocal next_i
             while next_i in done:
                 for rec in done.pop(next_i):
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
                 next_i += 1
 
         def on_result(item: tuple[Path, str], result: tuple[list[dict], str | None]) -> None:
@@ -124,7 +124,6 @@ def split_pdfs(inputs: list[str], out: str | os.PathLike, failures: str | os.Pat
         tasks = deque([[pdf] for pdf in pdfs])
         Supervisor(document_lister, (passwords or {}, id_scheme, with_text), min(workers, max(1, len(pdfs))),
                    doc_timeout, on_result, on_fail).run(tasks)
-    os.replace(tmp, out)
     print(f"split_pdfs: {len(pdfs)} PDFs -> {counts['pages']} pages listed in {out}; "
           f"{counts['failed_documents']} documents failed (see {failures})")
     return counts

@@ -308,3 +308,30 @@ def test_generate_stops_on_full_disk_keeping_whole_pages_and_resumes_to_identica
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(2 were done before this run)" in resumed.stdout  # the journal's last page is always regenerated
     assert out.read_bytes() == reference.read_bytes()
+
+
+# -- whole-file outputs of the data tools ------------------------------------------------------------------------
+def test_build_splits_on_full_disk_keeps_the_previous_splits(tmp_path):
+    """``build_splits`` writes each split through ``atomic_output``: a full disk names the split, leaves the previous
+    version (here: of an earlier, smaller run) untouched and no ``.tmp`` file behind."""
+    pairs = tmp_path / "pairs.jsonl"
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    command = [sys.executable, "-m", "data_prep.build_splits", "--pairs", str(pairs), "--train", str(train),
+               "--test", str(test), "--test_fraction", "0.5"]
+
+    def write_pairs(n: int) -> None:
+        pairs.write_text("".join(f'{{"query": "q{i} {"x" * 200}", "pos": ["d{i}/p0"], "source": "s", '
+                                 f'"doc_id": "d{i}"}}\n' for i in range(n)))
+
+    write_pairs(4)
+    subprocess.run(command, env=_env(), cwd=REPO, check=True, capture_output=True, timeout=120)
+    before = train.read_bytes(), test.read_bytes()
+    write_pairs(400)  # about 45 kB per split, over the 20 kB cap below
+    full = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120,
+                          preexec_fn=_file_size_limit(20_000))
+    assert full.returncode == 2
+    assert _one_error_line(full.stderr) == (f"error: {train}: no space left to write it (File too large); its "
+                                            "previous version is intact; free space and run the same command "
+                                            "again to resume")
+    assert (train.read_bytes(), test.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "test.jsonl", "train.jsonl"]
