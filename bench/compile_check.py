@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -57,6 +58,10 @@ def kernel_jobs(shared_memory: int) -> list[tuple[str, object, dict[str, str], d
                      {"DIM": DIM, "BLOCK_Q": cfg.block_q, "BLOCK_P": cfg.block_p, "BLOCK_D": DIM,
                       "NSEG": fused.MAX_PARTS_PER_TILE, "PAGES": cfg.pages_per_program, "WITH_ARGMAX": loss,
                       "SPLIT": split, "PRECISION": precision, "ACC": acc, "LO_SCALE": fused.LO_SCALE}, cfg))
+        if split:
+            jobs.append((f"fp16 halves, {tag}", fused._split_kernel,
+                         {"x_ptr": "*fp32", "hi_ptr": "*fp16", "lo_ptr": "*fp16", "n": "i64", "scale": "fp32"},
+                         {"LO_SCALE": fused.LO_SCALE, "BLOCK": fused.SPLIT_BLOCK}, replace(cfg, num_warps=4)))
         if not loss:
             continue
         jobs.append((f"query gradient, {tag}", fused._grad_q_kernel,

@@ -7,6 +7,7 @@ continuous, so no maximum is tied.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import pytest
@@ -195,6 +196,23 @@ def test_fp32_scored_as_three_fp16_products(scale: float) -> None:
                   - exact).abs().max()
     error = (got.cpu().double() - exact).abs().max()
     assert error <= 5e-7 * exact.abs().max() and error * 30 < fp16_error, (error, fp16_error)
+
+
+def test_fp16_halves_round_like_torch() -> None:
+    """The split kernel's halves equal torch's round-to-nearest conversions bit for bit (odd sizes, a zero row,
+    tiny and large entries), and an all-zero or empty input needs no scaling."""
+    from retriever.model.maxsim_triton import LO_SCALE, _split_fp16
+
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(37, 129, generator=gen) * torch.logspace(-6, 2, 129)
+    x[5] = 0
+    hi, lo, scale = _split_fp16(x.to(DEVICE))
+    scaled = x * scale
+    assert 0.5 < float(x.abs().max()) * scale <= 1 and math.log2(scale).is_integer()
+    assert torch.equal(hi.cpu(), scaled.half())
+    assert torch.equal(lo.cpu(), ((scaled - scaled.half().float()) * LO_SCALE).half())
+    assert _split_fp16(torch.zeros(3, 4, device=DEVICE))[2] == 1.0
+    assert _split_fp16(torch.zeros(0, 4, device=DEVICE))[0].shape == (0, 4)
 
 
 def test_empty_inputs_and_pages_without_tokens() -> None:

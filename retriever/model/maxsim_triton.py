@@ -124,6 +124,17 @@ def _forward_kernel(q_ptr, q_lo_ptr, seg_ptr, tile_part_ptr, d_ptr, d_lo_ptr, d_
 
 
 @triton.jit
+def _split_kernel(x_ptr, hi_ptr, lo_ptr, n, scale, LO_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    """``hi = fp16(x * scale)``, ``lo = fp16((x * scale - hi) * LO_SCALE)`` (round to nearest even; see
+    :func:`_split_fp16`)."""
+    at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    scaled = tl.load(x_ptr + at, mask=at < n, other=0.0) * scale
+    hi = scaled.to(tl.float16)
+    tl.store(hi_ptr + at, hi, mask=at < n)
+    tl.store(lo_ptr + at, ((scaled - hi.to(tl.float32)) * LO_SCALE).to(tl.float16), mask=at < n)
+
+
+@triton.jit
 def _grad_q_kernel(d_ptr, d_off_ptr, idx_ptr, gt_ptr, row_query_ptr, out_ptr, n_rows, n_pages, n_queries,
                    DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
     """``grad_rows[r] = sum_j g[query(r), j] * d[j, argmax(j, r)]`` for one query tile (a gather over pages).
@@ -412,6 +423,7 @@ def _launch_forward(tiles: QueryTiles, pages: PackedPages, with_argmax: bool,
 
 
 LO_SCALE = 2048.0  # 2**11: the low fp16 half is stored scaled up, clear of fp16's subnormal range
+SPLIT_BLOCK = 4096  # elements per program of the split kernel
 
 
 def _split_fp16(x: Tensor) -> tuple[Tensor, Tensor, float]:
@@ -421,13 +433,17 @@ def _split_fp16(x: Tensor) -> tuple[Tensor, Tensor, float]:
     and ``lo`` the next 11 (scaled by ``LO_SCALE``), so ``hi*hi + (hi*lo + lo*hi) / LO_SCALE`` (the dropped
     ``lo*lo`` term is about 2**-24 relative) matches an fp32 product, with fp16 products exact on tensor cores
     and fp32 accumulation. Entries below 2**-14 of the maximum lose relative (not absolute) precision to fp16's
-    subnormals.
+    subnormals. One pass finds the maximum and one kernel writes both halves (``x`` is read twice in all).
     """
-    peak = float(x.abs().max()) if x.numel() else 0.0
+    hi = torch.empty(x.shape, dtype=torch.float16, device=x.device)
+    lo = torch.empty_like(hi)
+    if not x.numel():
+        return hi, lo, 1.0
+    smallest, largest = torch.aminmax(x)
+    peak = max(-float(smallest), float(largest))
     scale = 2.0 ** -math.ceil(math.log2(peak)) if peak > 0 else 1.0
-    scaled = x * scale
-    hi = scaled.to(torch.float16)
-    lo = ((scaled - hi.to(x.dtype)) * LO_SCALE).to(torch.float16)
+    _split_kernel[(triton.cdiv(x.numel(), SPLIT_BLOCK),)](x, hi, lo, x.numel(), scale, LO_SCALE=LO_SCALE,
+                                                           BLOCK=SPLIT_BLOCK, num_warps=4)
     return hi, lo, scale
 
 
