@@ -36,12 +36,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from retriever.model.dtype import DTYPES
 from retriever.model.embeddings import MultiVector, pad_multivector, unpad
 
 __all__ = ["add_score_dtype_argument", "dense_scores", "fused_maxsim_available", "maxsim", "maxsim_blocked",
            "maxsim_lists", "score_dtype"]
 
-SCORE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+SCORE_DTYPES = ("bfloat16", "float32")  # names of retriever.model.dtype.DTYPES the fused kernel scores in
 
 
 def fused_maxsim_available(device: torch.device) -> bool:
@@ -51,7 +52,7 @@ def fused_maxsim_available(device: torch.device) -> bool:
 
 def add_score_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """``--score_dtype``: the precision of MaxSim scoring on a GPU (evaluation CLIs)."""
-    parser.add_argument("--score_dtype", choices=sorted(SCORE_DTYPES), default="bfloat16",
+    parser.add_argument("--score_dtype", choices=SCORE_DTYPES, default="bfloat16",
                         help="MaxSim precision on CUDA: bfloat16 (default, the fused kernel's fastest path; scores "
                              "within about 1e-2) or float32 (fp32-level scores, whose rankings match float32 "
                              "references such as MTEB's up to fp32 rounding). On CPU, scores keep the embeddings' "
@@ -60,7 +61,7 @@ def add_score_dtype_argument(parser: argparse.ArgumentParser) -> None:
 
 def score_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The ``compute_dtype`` of the MaxSim functions for ``--score_dtype name`` on ``device`` (None off CUDA)."""
-    return SCORE_DTYPES[name] if device.type == "cuda" else None
+    return DTYPES[name] if device.type == "cuda" else None
 
 
 def dense_scores(q_emb: Tensor, d_emb: Tensor) -> Tensor:
