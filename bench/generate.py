@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from query_generation.backends.hf_generate import TransformersBackend
+from query_generation.generators.hf_generate import TransformersGenerator
 from query_generation.generate import build_parser, generate
 from query_generation.prompt import GENERATION_SLOTS, PromptFile
 from query_generation.work import list_pages, load_image, make_batches
@@ -47,7 +47,7 @@ def best_of(repeats: int, run) -> float:
 
 
 def bench_transformers(model: str, store: Path, tmp: Path, args: argparse.Namespace) -> tuple[float, float]:
-    backend = TransformersBackend(model, "cpu")
+    backend = TransformersGenerator(model, "cpu")
     backend.net.generation_config.eos_token_id = None  # fixed output length on both sides
     prompt = PromptFile.load(args.prompt, GENERATION_SLOTS)
     pages = PageStore(store)

@@ -29,8 +29,8 @@ print(torch.cuda.get_device_properties(0))"
     date -u
 } > "$OUT/env.txt" 2>&1
 
-step pytest 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_maxsim_triton.py tests/test_scoring.py \
-    tests/test_losses.py > "$OUT/pytest.txt" 2>&1
+step pytest 120 $PY -m pytest -q -x -p no:cacheprovider tests/retriever/scoring/test_fused.py tests/retriever/scoring/test_scoring.py \
+    tests/retriever/training/test_losses.py > "$OUT/pytest.txt" 2>&1
 tail -n 3 "$OUT/pytest.txt"
 step maxsim_fp32 75 $PY -m bench.maxsim --device cuda "${SHAPE[@]}" > "$OUT/maxsim_fp32.json" 2>> "$OUT/stderr.txt"
 step maxsim_bf16 75 $PY -m bench.maxsim --device cuda --bf16 "${SHAPE[@]}" > "$OUT/maxsim_bf16.json" \

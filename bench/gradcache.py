@@ -134,12 +134,12 @@ def peak_memory_mib(device: str) -> float:
 
 
 def run_step_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    from retriever.training.backends import build_backend
+    from retriever.training.strategy import build_strategy
     from retriever.training.gradcache import GradCache
     from retriever.training.losses import ContrastiveLoss
 
     enc = build_encoder(cfg)
-    backend = build_backend(enc, optimizer_factory=lambda groups: torch.optim.SGD(groups, lr=0.0))
+    backend = build_strategy(enc, optimizer_factory=lambda groups: torch.optim.SGD(groups, lr=0.0))
     loss = ContrastiveLoss(temperature=0.02).to(cfg["device"])
     chunk = cfg["chunk"] if cfg["mode"] != "plain" else None
     gc = GradCache(enc, loss, backend, chunk, reuse_frozen_vision=cfg.get("reuse", False))

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from data_prep.errors import cli
 from data_prep.failures import FailureLog
-from data_prep.pages import read_pages
+from data_prep.page_list import read_pages
 from data_prep.pdf import load_passwords
 from data_prep.rasterize import FORMATS, RenderSettings, page_renderer
 from data_prep.store import PageStoreWriter, shard_paths

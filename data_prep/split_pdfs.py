@@ -1,6 +1,6 @@
 """List the pages of many PDFs: ``python -m data_prep.split_pdfs --pdfs DIR_OR_LIST --out pages.jsonl``.
 
-Walks folders recursively (see ``data_prep.pages.find_pdfs``), hashes each PDF, counts and measures its pages and
+Walks folders recursively (see ``data_prep.page_list.find_pdfs``), hashes each PDF, counts and measures its pages and
 optionally extracts each page's text layer (``--with_text``, for query generation). Documents are independent, so
 they are listed by supervised worker processes (``--workers``; a document taking longer than ``--doc_timeout``
 seconds, e.g. a page whose text extraction hangs, is killed and recorded as failed); the output is written in
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from data_prep.errors import cli
 from data_prep.failures import FailureLog
 from data_prep.outputs import atomic_output
-from data_prep.pages import find_pdfs, make_doc_id, page_id
+from data_prep.page_list import find_pdfs, make_doc_id, page_id
 from data_prep.pdf import PdfError, load_passwords, open_pdf, password_for, sha256_file
 from data_prep.supervisor import Supervisor
 

@@ -40,7 +40,7 @@ Corruption
 
 Page ids
     Chosen by the producer; render uses ``"<doc_id>/<page_no>"`` (1-based page number, doc id = the PDF's path
-    relative to the input root without ``.pdf``), see ``data_prep.pages``. Ids must be unique within a store.
+    relative to the input root without ``.pdf``), see ``data_prep.page_list``. Ids must be unique within a store.
 """
 from __future__ import annotations
 

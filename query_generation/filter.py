@@ -3,7 +3,7 @@
 Stages, each optional, in this order; a stage sees only the queries the previous ones kept:
 
 1. ``--rules``: length bounds, context-dependent wording (a documented pattern list), exact and near duplicates
-   per page and across the corpus (:mod:`query_generation.rules`);
+   per page and across the corpus (:mod:`query_generation.query_rules`);
 2. ``--judge_model M --judge_backend B``: few-shot LLM classification, self-contained vs context-dependent
    (:mod:`query_generation.judge`), through the same backends as generation;
 3. ``--retriever CKPT --store STORE --top_k K``: keep a query only if the retriever ranks its page in the top K
@@ -31,10 +31,10 @@ from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
 from data_prep.outputs import write_text_atomic
 from data_prep.store import PageStore
-from query_generation.backend_args import add_backend_arguments, backend_options
-from query_generation.backends import BACKENDS, make_backend
+from query_generation.generator_args import add_generator_arguments, generator_options
+from query_generation.generators import GENERATORS, make_generator
 from query_generation.prompt import DEFAULT_JUDGE_PROMPT, JUDGE_SLOTS, PromptFile
-from query_generation.rules import RuleSettings, apply_rules
+from query_generation.query_rules import RuleSettings, apply_rules
 
 PROVENANCE = ("kind", "backend", "model", "prompt", "seed", "page_id")
 GENERATED_SOURCE = "vlm_generated"
@@ -80,7 +80,7 @@ def judge_stage(args: argparse.Namespace) -> Stage:
     def run(items: list[tuple[int, dict[str, Any]]]) -> list[str | None]:
         if not items:
             return []
-        backend = make_backend(args.judge_backend, args.judge_model, backend_options(args, "judge_"))
+        backend = make_generator(args.judge_backend, args.judge_model, generator_options(args, "judge_"))
         try:
             return judge_reasons(backend, prompt, [p["query"] for _, p in items], [f"line {n}" for n, _ in items],
                                  args.judge_batch_size)
@@ -183,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="drop exact duplicates only, not queries with the same content words")
     judge = ap.add_argument_group("stage 2: LLM judge")
     judge.add_argument("--judge_model", help="model of the judge (enables the stage)")
-    judge.add_argument("--judge_backend", choices=BACKENDS, default="vllm", help="judge backend (default vllm)")
+    judge.add_argument("--judge_backend", choices=GENERATORS, default="vllm", help="judge backend (default vllm)")
     judge.add_argument("--judge_prompt", help=f"few-shot prompt file with a {{query}} slot "
                        f"(default: the packaged {DEFAULT_JUDGE_PROMPT.name})")
     judge.add_argument("--judge_batch_size", type=int, default=64, help="queries per judge batch (default 64)")
-    add_backend_arguments(ap, "judge_")
+    add_generator_arguments(ap, "judge_")
     retrieval = ap.add_argument_group("stage 3: retrieval consistency")
     retrieval.add_argument("--retriever", help="retriever checkpoint directory (enables the stage)")
     retrieval.add_argument("--store", help="page store: the corpus the retriever searches")

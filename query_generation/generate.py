@@ -30,8 +30,8 @@ from data_prep.errors import InputError, cli
 from data_prep.failures import FailureLog
 from data_prep.images import ImageDecodeError
 from data_prep.store import PageStore, UnknownPageError
-from query_generation.backend_args import add_backend_arguments, backend_options
-from query_generation.backends import BACKENDS, Backend, Decoding, Request, make_backend
+from query_generation.generator_args import add_generator_arguments, generator_options
+from query_generation.generators import GENERATORS, QueryGenerator, Decoding, Request, make_generator
 from query_generation.journal import QueryJournal
 from query_generation.parse import QUERIES_SCHEMA, ParseError, parse_queries
 from query_generation.prompt import DEFAULT_QUERIES_PROMPT, GENERATION_SLOTS, PromptFile
@@ -85,7 +85,7 @@ class Run:
             self.fail(page, f"no queries in the model's answer: {errors[0] if errors else 'no answer'}", texts)
         return out
 
-    def run_batch(self, backend: Backend, batch: list[Page]) -> None:
+    def run_batch(self, backend: QueryGenerator, batch: list[Page]) -> None:
         """Generate a batch (all its pages, for identical batched decoding), write the pages not yet done."""
         pages, requests = [], []
         for page in batch:
@@ -127,7 +127,7 @@ def check_pages(pages: list[Page], store: PageStore, pages_path: str | None) -> 
                          f"{pages[0].id!r}); give the store rendered from this page list")
 
 
-def generate(args: argparse.Namespace, backend: Backend | None = None) -> dict[str, int]:
+def generate(args: argparse.Namespace, backend: QueryGenerator | None = None) -> dict[str, int]:
     """Run (or resume) generation over this shard's pages; returns the final counts."""
     check_args(args)
     prompt = PromptFile.load(args.prompt or DEFAULT_QUERIES_PROMPT, GENERATION_SLOTS)
@@ -144,7 +144,7 @@ def generate(args: argparse.Namespace, backend: Backend | None = None) -> dict[s
         todo = [batch for batch in batches if not all(run.is_done(page) for page in batch)]
         before = sum(run.is_done(page) for page in pages)
         if todo:
-            backend = backend or make_backend(args.backend, args.model, backend_options(args))
+            backend = backend or make_generator(args.backend, args.model, generator_options(args))
             try:
                 with tqdm(total=len(pages), initial=before, desc="generate", unit="page") as bar:
                     for batch in todo:
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--prompt", help=f"prompt file with {{image}} and {{num_queries}} slots "
                     f"(default: the packaged {DEFAULT_QUERIES_PROMPT.name})")
     model = ap.add_argument_group("model and decoding")
-    model.add_argument("--backend", choices=BACKENDS, default="vllm", help="generation backend (default vllm)")
+    model.add_argument("--backend", choices=GENERATORS, default="vllm", help="generation backend (default vllm)")
     model.add_argument("--model", required=True, help="checkpoint directory or hub id (vllm, transformers), "
                        "or the served model name (openai)")
     model.add_argument("--queries_per_page", type=int, default=3, help="queries asked for per page (default 3)")
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard = ap.add_argument_group("sharding (one process per GPU or per slurm task)")
     shard.add_argument("--num_shards", type=int, default=1, help="number of shards (default 1)")
     shard.add_argument("--shard_index", type=int, default=0, help="this process's shard, 0-based (default 0)")
-    add_backend_arguments(ap)
+    add_generator_arguments(ap)
     return ap
 
 

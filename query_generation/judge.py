@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from query_generation.backends import Backend, Decoding, Reply, Request
+from query_generation.generators import QueryGenerator, Decoding, Reply, Request
 from query_generation.prompt import PromptFile
 
 DECODING = Decoding(max_new_tokens=2, temperature=0.0)
@@ -29,7 +29,7 @@ def verdict(reply: Reply) -> str | None:
     return f"judge: unusable answer {answer[:40]!r} (expected A or B)"
 
 
-def judge_reasons(backend: Backend, prompt: PromptFile, queries: Sequence[str], keys: Sequence[str],
+def judge_reasons(backend: QueryGenerator, prompt: PromptFile, queries: Sequence[str], keys: Sequence[str],
                   batch_size: int) -> list[str | None]:
     """Per query, None (self-contained) or the rejection reason."""
     reasons: list[str | None] = []

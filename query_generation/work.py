@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from data_prep.images import ImageDecodeError
-from data_prep.pages import read_pages
+from data_prep.page_list import read_pages
 from data_prep.store import PageStore
 
 

@@ -10,7 +10,7 @@
    FAISS, the best ``--pool_depth`` reranked with exact MaxSim (``--multi_search exact``: brute-force MaxSim; on
    a GPU with Triton the pages are packed once into pinned bf16 memory and the fused MaxSim kernel scores larger
    query blocks). Candidates are scored exactly and ranked.
-3. The selection rules (``retriever.mining.rules``: positives and their near duplicates out, the rank window
+3. The selection rules (``retriever.mining.selection``: positives and their near duplicates out, the rank window
    ``--range_min``/``--range_max``, ``--relative_margin``, ``--absolute_margin``, ``--max_score``, then
    ``--sampling``) pick up to ``--num_negatives`` ids as the line's ``neg``. Each line also gets ``neg_scores``,
    ``neg_ranks`` (1-based rank in the query's retrieval ranking) and ``pos_score`` (its lowest positive's score);
@@ -38,12 +38,12 @@ from data_prep.outputs import atomic_output
 from eval.engine import shard_range
 from retriever.mining.candidates import pooled_vectors, rank_candidates
 from retriever.mining.duplicates import NearDuplicates, pdf_page_keys
-from retriever.mining.rules import MiningRules, select_negatives
+from retriever.mining.selection import MiningRules, select_negatives
 from retriever.mining.statistics import MiningStats
 from retriever.model.embeddings import pad_multivector
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
 from retriever.model.scoring import fused_maxsim_available, maxsim_lists
-from retriever.pages import ImageFolder, PageResolver, StorePages
+from retriever.page_sources import ImageFolder, PageResolver, StorePages
 from retriever.pairs import Pair, read_jsonl_pairs, validate_pairs
 from retriever.process_group import RankInfo, is_distributed, join_process_group
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image_root", default=None, help="folder of images; ids are relative paths")
     parser.add_argument("--corpus", choices=["sources", "pairs"], default="sources",
                         help="search all pages of the page sources, or only pages named by the pairs")
-    rules = parser.add_argument_group("selection rules (applied in this order; see retriever/mining/rules.py)")
+    rules = parser.add_argument_group("selection rules (applied in this order; see retriever/mining/selection.py)")
     rules.add_argument("--num_negatives", type=int, default=8, help="negatives per query (fewer if too few survive)")
     rules.add_argument("--range_min", "--skip_top", dest="range_min", type=int, default=0,
                        help="skip this many best non-positive candidates (likeliest false negatives)")

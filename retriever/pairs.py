@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from data_prep.errors import InputError, MissingInputError
 from data_prep.jsonl import iter_jsonl
-from retriever.pages import DatasetPages, PageResolver, PageSource
+from retriever.page_sources import DatasetPages, PageResolver, PageSource
 
 
 @dataclass(frozen=True)

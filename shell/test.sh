@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates or reuses .venv, installs the project with its test dependencies, and runs the test suite.
-# Extra arguments go to pytest, e.g. `bash shell/test.sh tests/test_losses.py -x`.
+# Extra arguments go to pytest, e.g. `bash shell/test.sh tests/retriever/training/test_losses.py -x`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -13,8 +13,9 @@ from typing import Callable
 import pytest
 
 from data_prep.errors import DEBUG_ENV, InputError, cli
+from tests.helpers.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 def _bad_pages(tmp: Path) -> Path:

@@ -25,10 +25,10 @@ from data_prep.render import render
 from data_prep.split_pdfs import split_pdfs
 from data_prep.store import PageStore
 from retriever.training.logs import read_log
-from test_train import _args, _train, train_data  # noqa: F401  (train_data: a fixture, used by name)
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.training_runs import run_train, train_args
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = REPO_ROOT
 
 
 def _env() -> dict[str, str]:
@@ -99,7 +99,7 @@ def test_render_stops_on_full_disk_and_resumes_to_identical_store(tmp_path):
 EVAL_CHILD = textwrap.dedent('''
     import resource, sys
     sys.path.insert(0, sys.argv[1])
-    from test_eval_retrieval import ToyEncoder
+    from tests.helpers.toy_retrieval import ToyEncoder
     from data_prep.errors import cli
     from eval.datasets import load_retrieval_data
     from eval.engine import init_distributed
@@ -127,14 +127,14 @@ def test_evaluation_state_survives_full_disk_and_resumes_identically(tmp_path):
     from eval.datasets import load_retrieval_data
     from eval.engine import init_distributed
     from eval.retrieval import evaluate_task
-    from test_eval_retrieval import N_PAGES, ToyEncoder, make_beir
+    from tests.helpers.toy_retrieval import N_PAGES, ToyEncoder, make_beir
 
     beir = make_beir(tmp_path / "beir")
     data = load_retrieval_data(str(beir), name="toy")
     expected, _ = evaluate_task(ToyEncoder(True), data, init_distributed(60), k_values=[3], chunk_pages=5)
 
     state = tmp_path / "state"
-    full = subprocess.run([sys.executable, "-c", EVAL_CHILD, str(TESTS), str(beir), str(state)], env=_env(),
+    full = subprocess.run([sys.executable, "-c", EVAL_CHILD, str(REPO), str(beir), str(state)], env=_env(),
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert full.returncode == 2, full.stderr[-3000:]
     [state_file] = state.glob("topk_*.pt")
@@ -180,11 +180,11 @@ def test_training_checkpoint_on_full_disk_then_resume_matches_uninterrupted_run(
     data = train_data
     model = tiny_model_dir("qwen2_vl")
     steps = ["--max_steps", "4", "--save_steps", "1", "--per_device_train_batch_size", "2"]
-    reference = _train(_args(model, data, tmp_path / "reference", *steps))
+    reference = run_train(train_args(model, data, tmp_path / "reference", *steps))
     assert reference.returncode == 0, reference.stderr[-4000:]
 
     out = tmp_path / "run"
-    full = subprocess.run([sys.executable, "-c", TRAIN_CHILD, *_args(model, data, out, *steps)], env=_env(),
+    full = subprocess.run([sys.executable, "-c", TRAIN_CHILD, *train_args(model, data, out, *steps)], env=_env(),
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert full.returncode == 2, full.stderr[-4000:]
     assert _one_error_line(full.stderr).startswith(
@@ -192,7 +192,7 @@ def test_training_checkpoint_on_full_disk_then_resume_matches_uninterrupted_run(
     assert f"the last complete checkpoint {out / 'checkpoint-2'} is intact" in full.stderr
     assert (out / "checkpoint-2" / "COMPLETE").exists() and not (out / "checkpoint-3" / "COMPLETE").exists()
 
-    resumed = _train(_args(model, data, out, *steps, "--resume_from_checkpoint", "latest"))
+    resumed = run_train(train_args(model, data, out, *steps, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"skipping {out / 'checkpoint-3'}: no COMPLETE marker" in resumed.stderr
     assert f"resumed from {out / 'checkpoint-2'}" in resumed.stderr
@@ -266,7 +266,7 @@ def test_jsonl_output_keeps_whole_lines_on_full_disk_and_resumes(tmp_path):
 GENERATE_CHILD = textwrap.dedent('''
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from openai_stub import StubServer
+    from tests.helpers.openai_stub import StubServer
     from query_generation.generate import main
 
     def answer(body):  # one query per page, a different one for every page (its seed)
@@ -278,14 +278,14 @@ GENERATE_CHILD = textwrap.dedent('''
 
 
 def test_generate_stops_on_full_disk_keeping_whole_pages_and_resumes_to_identical_output(tmp_path):
-    from query_helpers import make_store
+    from tests.helpers.query_data import make_store
 
     store = make_store(tmp_path / "store", [f"doc{d}/{p}" for d in range(3) for p in (1, 2)])
 
     def generate(out: Path, limit: int | None = None) -> subprocess.CompletedProcess:
         args = ["--store", str(store), "--out", str(out), "--backend", "openai", "--model", "stub", "--batch_size",
                 "1", "--max_retries", "0"]
-        return subprocess.run([sys.executable, "-c", GENERATE_CHILD, str(TESTS), *args], env=_env(), cwd=REPO,
+        return subprocess.run([sys.executable, "-c", GENERATE_CHILD, str(REPO), *args], env=_env(), cwd=REPO,
                               capture_output=True, text=True, timeout=120,
                               preexec_fn=_file_size_limit(limit) if limit else None)
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from retriever.mining.rules import Candidate
+from retriever.mining.selection import Candidate
 from retriever.model.scoring import maxsim_lists
 
 PageEmbeddings = Tensor | Sequence[Tensor]

@@ -20,8 +20,8 @@ from typing import Sequence
 
 from PIL import Image
 
-from data_prep.pages import read_pages
-from retriever.pages import ImageFolder, PageResolver, StorePages
+from data_prep.page_list import read_pages
+from retriever.page_sources import ImageFolder, PageResolver, StorePages
 
 
 def average_hash(image: Image.Image) -> int:

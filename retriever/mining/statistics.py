@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.mining.rules import RULES, Selection
+from retriever.mining.selection import RULES, Selection
 
 
 @dataclass

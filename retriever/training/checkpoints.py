@@ -1,6 +1,6 @@
 """Training checkpoints: ``OUTPUT_DIR/checkpoint-<step>/``, written so that a kill never leaves a half one in use.
 
-A checkpoint holds the backend's state (model, optimizer and scheduler; DeepSpeed's own format under DeepSpeed),
+A checkpoint holds the strategy's state (model, optimizer and scheduler; DeepSpeed's own format under DeepSpeed),
 ``trainer_state.json`` (step, epoch, batch within the epoch) and one ``rng_state_<rank>.pt`` per rank (torch CPU and
 CUDA generator states, so that dropout continues exactly). The file ``COMPLETE`` is written last, after every rank
 has finished; ``latest_checkpoint`` only considers directories that have it (and logs the incomplete ones it
@@ -41,7 +41,7 @@ def checkpoint_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / f"checkpoint-{step}"
 
 
-def save_checkpoint(backend, output_dir: str | Path, state: TrainerState, save_total_limit: int) -> Path:
+def save_checkpoint(strategy, output_dir: str | Path, state: TrainerState, save_total_limit: int) -> Path:
     """Write a checkpoint (collective: every rank calls it) and rotate old ones."""
     path = checkpoint_path(output_dir, state.global_step)
     previous = latest_checkpoint(output_dir)
@@ -49,20 +49,20 @@ def save_checkpoint(backend, output_dir: str | Path, state: TrainerState, save_t
             + (f"the last complete checkpoint {previous} is intact; " if previous else "")
             + "free space and run the same command with --resume_from_checkpoint latest")
     with stop_on_full_disk(path, kept):
-        _write_checkpoint(backend, path, state)
-    if backend.rank == 0:
+        _write_checkpoint(strategy, path, state)
+    if strategy.rank == 0:
         _rotate(Path(output_dir), save_total_limit)
     _barrier()
     return path
 
 
-def _write_checkpoint(backend, path: Path, state: TrainerState) -> None:
-    rank = backend.rank
+def _write_checkpoint(strategy, path: Path, state: TrainerState) -> None:
+    rank = strategy.rank
     if rank == 0 and path.exists():
         shutil.rmtree(path)
     _barrier()
     path.mkdir(parents=True, exist_ok=True)
-    backend.save_checkpoint(path)
+    strategy.save_checkpoint(path)
     torch.save(_rng_state(), path / f"rng_state_{rank}.pt")
     _barrier()
     if rank == 0:
@@ -70,8 +70,8 @@ def _write_checkpoint(backend, path: Path, state: TrainerState) -> None:
         (path / MARKER).write_text("ok\n")
 
 
-def load_checkpoint(backend, path: str | Path) -> TrainerState:
-    """Restore backend and RNG state from a complete checkpoint; returns the trainer state."""
+def load_checkpoint(strategy, path: str | Path) -> TrainerState:
+    """Restore strategy and RNG state from a complete checkpoint; returns the trainer state."""
     path = Path(path)
     if not (path / MARKER).exists():
         raise IncompleteCheckpointError(
@@ -82,8 +82,8 @@ def load_checkpoint(backend, path: str | Path) -> TrainerState:
     except (OSError, ValueError, TypeError) as err:
         raise InputError(f"{path / STATE_FILE}: unreadable trainer state ({err}); resume from another checkpoint") \
             from None
-    backend.load_checkpoint(path)
-    rng_file = path / f"rng_state_{backend.rank}.pt"
+    strategy.load_checkpoint(path)
+    rng_file = path / f"rng_state_{strategy.rank}.pt"
     if rng_file.exists():
         _set_rng_state(torch.load(rng_file, weights_only=True))
     return state

@@ -6,7 +6,7 @@ Every ``--eval_steps`` optimizer steps (and after the last one) every rank evalu
 task name; the metrics of an MTEB task's language subsets are averaged). Ranks encode their shards of the queries
 and the corpus and merge their top-k with collectives, so all ranks take part and return the same numbers; under
 DeepSpeed ZeRO-3 the parameters are gathered and the partitioning hooks are off while it runs
-(``Backend.inference_parameters``), so uneven shards cannot desynchronise the ranks (the encoder's own
+(``Strategy.inference_parameters``), so uneven shards cannot desynchronise the ranks (the encoder's own
 ``encode_*`` switch it to eval mode and back). The metrics (nDCG@5/10, recall@5/10, MRR@10) go to the training
 log as ``eval_<metric>``.
 
@@ -31,7 +31,7 @@ from eval.retrieval import evaluate_subsets
 from retriever.model.encoder import RetrieverEncoder
 from retriever.model.saved import save_encoder
 from retriever.process_group import RankInfo, is_distributed
-from retriever.training.backends import Backend
+from retriever.training.strategy import Strategy
 
 logger = logging.getLogger(__name__)
 K_VALUES = (5, 10)
@@ -73,9 +73,9 @@ class TrainingEvaluation:
     def due(self, step: int, last_step: int) -> bool:
         return step == last_step or (self.every > 0 and step % self.every == 0)
 
-    def run(self, step: int, encoder: RetrieverEncoder, backend: Backend) -> dict[str, float]:
+    def run(self, step: int, encoder: RetrieverEncoder, strategy: Strategy) -> dict[str, float]:
         """Evaluate on every rank (collective); save the best encoder when asked. Returns ``eval_*`` metrics."""
-        with backend.inference_parameters(), torch.no_grad():
+        with strategy.inference_parameters(), torch.no_grad():
             _, metrics = evaluate_subsets(encoder, self.data, self.env, k_values=K_VALUES,
                                           batch_size=self.batch_size, score_device=self.env.device)
             aggregate = {name: sum(m["aggregate"][name] for m in metrics.values()) / len(metrics) for name in METRICS}

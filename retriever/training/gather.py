@@ -3,7 +3,7 @@
 Every rank computes the loss of the GLOBAL batch: representations are all-gathered in rank order (multi-vector
 ones padded to the longest token count over all ranks), and the positives mask becomes block-diagonal over ranks.
 :func:`all_gather_with_grad` keeps this rank's slot differentiable, so backpropagating the global loss gives this
-rank's share of the full-batch gradient; summed over ranks (what the backends arrange) it is the full gradient.
+rank's share of the full-batch gradient; summed over ranks (what the strategies arrange) it is the full gradient.
 Without a process group every function returns its input.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def all_gather_with_grad(reps: Embeddings) -> tuple[Embeddings, list[int]]:
     """Like :func:`gather_reps`, but this rank's slot keeps its autograd graph (other ranks' slots are constants).
 
     Backpropagating a loss on the result gives this rank's share of the global gradient; sum over ranks (what
-    :meth:`Backend.backward` arranges) gives the full-batch gradient.
+    :meth:`Strategy.backward` arranges) gives the full-batch gradient.
     """
     gathered, counts = gather_reps(reps)
     if not is_distributed():

@@ -15,7 +15,7 @@ PARAMETERS factors through the representations: ``dL/dθ = Σ_i <dL/dr_i, dr_i/d
 3. Second pass, one step per page chunk, each carrying its share of the query chunks in ONE module call:
    every chunk's RNG state is restored around its own encoder call (dropout masks are identical), the vision
    outputs are replayed when reused, and ``sum <r_chunk, dL/dr_chunk>`` is backpropagated through the
-   backend: ``no_sync`` on every step but the last (DDP), the DeepSpeed accumulation boundary only on the
+   strategy: ``no_sync`` on every step but the last (DDP), the DeepSpeed accumulation boundary only on the
    last. Every step carries a page chunk so that every backward reaches every trainable parameter: DDP needs
    that for its synchronising backward and DeepSpeed ZeRO-3 for the first backward of an optimizer step
    (see :func:`_second_pass_plan`).
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from retriever.model.embeddings import cat_embeddings, is_multi_vector
 from retriever.process_group import RankInfo
-from retriever.training.backends import Backend
+from retriever.training.strategy import Strategy
 from retriever.training.gather import gather_block_diagonal, gather_reps
 from retriever.training.losses import ContrastiveLoss
 
@@ -164,22 +164,22 @@ def _second_pass_plan(n_query_chunks: int, n_page_chunks: int) -> list[tuple[lis
 class GradCache:
     """One contrastive step (forward + backward of this rank's share of a global batch), with or without caching.
 
-    ``step(query_inputs, page_inputs, positives)`` leaves the gradients accumulated in the backend and returns
-    ``{"loss", "pairs", "seconds"}``; the trainer then calls ``backend.optimizer_step()`` (after
-    ``backend.gradient_accumulation_steps`` steps). ``positives`` is the LOCAL ``[B_local, P_local]`` mask.
+    ``step(query_inputs, page_inputs, positives)`` leaves the gradients accumulated in the strategy and returns
+    ``{"loss", "pairs", "seconds"}``; the trainer then calls ``strategy.optimizer_step()`` (after
+    ``strategy.gradient_accumulation_steps`` steps). ``positives`` is the LOCAL ``[B_local, P_local]`` mask.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         loss: ContrastiveLoss,
-        backend: Backend,
+        strategy: Strategy,
         chunk_size: int | None,
         reuse_frozen_vision: bool = False,
     ) -> None:
         self.encoder = encoder
         self.loss = loss
-        self.backend = backend
+        self.strategy = strategy
         self.chunk_size = chunk_size or 0
         self.vision: VisionReplay | None = None
         if reuse_frozen_vision:
@@ -195,25 +195,25 @@ class GradCache:
         """Forward + backward of one contrastive batch.
 
         ``sync``: whether this is the last micro-step before ``optimizer_step`` (gradients are synchronised
-        across ranks at its last chunk); ``None`` lets the backend count micro-steps.
+        across ranks at its last chunk); ``None`` lets the strategy count micro-steps.
         """
         start = time.perf_counter()
-        self.backend.sync_override = sync
+        self.strategy.sync_override = sync
         try:
             if self.chunk_size:
                 loss = self._cached_step(query_inputs, page_inputs, positives)
             else:
                 loss = self._plain_step(query_inputs, page_inputs, positives)
         finally:
-            self.backend.sync_override = None
+            self.strategy.sync_override = None
         return {"loss": loss, "pairs": float(positives.shape[0]), "seconds": time.perf_counter() - start}
 
     # ------------------------------------------------------------------ plain
     def _plain_step(self, query_inputs: dict[str, Any], page_inputs: dict[str, Any], positives: Tensor) -> float:
-        with self.backend.chunk_context(last_chunk=True):
-            q_reps, p_reps = self.backend.module(query_inputs, page_inputs)
+        with self.strategy.chunk_context(last_chunk=True):
+            q_reps, p_reps = self.strategy.module(query_inputs, page_inputs)
             loss, (q_grad, p_grad) = self._loss_and_grads(q_reps, p_reps, positives)
-            self.backend.backward(_dot(q_reps, q_grad) + _dot(p_reps, p_grad), last_chunk=True)
+            self.strategy.backward(_dot(q_reps, q_grad) + _dot(p_reps, p_grad), last_chunk=True)
         return loss
 
     # ------------------------------------------------------------------ GradCache
@@ -239,7 +239,7 @@ class GradCache:
         rng = RngState()
         record = self.vision.record() if self.vision else contextlib.nullcontext(None)
         with torch.no_grad(), record as vision_out:
-            reps = self.backend.module(chunk)
+            reps = self.strategy.module(chunk)
         return _Cached(_detach(reps), rng, vision_out)
 
     @contextlib.contextmanager
@@ -253,17 +253,17 @@ class GradCache:
         """Re-forward some chunks in ONE module call (replaying each one's randomness) and backpropagate
         ``sum <reps, cached grad>`` once."""
         inputs = [chunk for chunk, _ in parts]
-        with self.backend.chunk_context(last_chunk=last):
-            outs = self.backend.module(*inputs, contexts=[self._replay(entry) for _, entry in parts])
+        with self.strategy.chunk_context(last_chunk=last):
+            outs = self.strategy.module(*inputs, contexts=[self._replay(entry) for _, entry in parts])
             outs = outs if len(parts) > 1 else (outs,)
             surrogate = sum(_dot(out, entry.grad) for out, (_, entry) in zip(outs, parts))
-            self.backend.backward(surrogate, last_chunk=last)
+            self.strategy.backward(surrogate, last_chunk=last)
 
     # ------------------------------------------------------------------ loss on representations
     def _loss_and_grads(self, q_local: Any, p_local: Any, positives: Tensor) -> tuple[float, tuple[Tensor, Tensor]]:
         """Global loss on gathered reps; returns (loss value, this rank's gradients w.r.t. its q and p reps).
 
-        The loss parameters' gradients are handed to the backend here.
+        The loss parameters' gradients are handed to the strategy here.
         """
         q_all, q_counts = gather_reps(_detach(q_local))
         p_all, p_counts = gather_reps(_detach(p_local))
@@ -275,7 +275,7 @@ class GradCache:
         inputs = [_tensor_of(q_leaf), _tensor_of(p_leaf), *self.loss_params]
         grads = torch.autograd.grad(loss, inputs)
         if self.loss_params:
-            self.backend.add_extra_grads(grads[2:])
+            self.strategy.add_extra_grads(grads[2:])
         rank = RankInfo.current().rank
         q_start, p_start = sum(q_counts[:rank]), sum(p_counts[:rank])
         q_grad = grads[0][q_start : q_start + q_counts[rank]]

@@ -1,10 +1,10 @@
 """The training recipe behind ``python -m retriever.train``: contrastive training of a VLM retriever, in one file.
 
 Setup, in order: distributed environment -> encoder (backbone + head, training mode) -> training pairs, validated
-against the page sources before anything else runs -> loss -> backend (plain, DDP or a DeepSpeed engine, which
+against the page sources before anything else runs -> loss -> strategy (plain, DDP or a DeepSpeed engine, which
 owns optimizer, schedule and clipping) -> GradCache -> resume. Then the loop: for every optimizer step, draw
 ``--gradient_accumulation_steps`` global batches (planned deterministically per seed and epoch, this rank's share
-of each), run ``GradCache.step`` on each (forward + backward, grads accumulate), then ``backend.optimizer_step()``;
+of each), run ``GradCache.step`` on each (forward + backward, grads accumulate), then ``strategy.optimizer_step()``;
 log, checkpoint every ``--save_steps``, keep the newest ``--save_total_limit``. At the end the encoder is written to
 ``OUTPUT_DIR/final`` in its own directory format and the loss curve to ``OUTPUT_DIR/loss.png``.
 
@@ -35,11 +35,11 @@ from data_prep.outputs import write_text_atomic
 from retriever.model.encoder import RetrieverEncoder, text_hidden_size
 from retriever.model.saved import TRAINING_ARGS_FILE, load_encoder, save_encoder
 from retriever.model.training_modes import LoraSettings
-from retriever.pages import ImageFolder, PageResolver, StorePages
+from retriever.page_sources import ImageFolder, PageResolver, StorePages
 from retriever.pairs import is_hf_dataset, load_hf_pairs, read_jsonl_pairs, validate_pairs
 from retriever.process_group import RankInfo, join_process_group
 from retriever.training.args import parse_args
-from retriever.training.backends import Backend, build_backend
+from retriever.training.strategy import Strategy, build_strategy
 from retriever.training.batching import EpochBatches
 from retriever.training.checkpoints import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
 from retriever.training.ds_config import TrainingShape, load_deepspeed_config, resolve_deepspeed_config
@@ -66,16 +66,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     steps = total_steps(args, env, data)
     encoder = build_encoder(args)
     loss = build_loss(args)
-    backend = build_training_backend(args, env, encoder, loss, steps, ds_config)
-    gradcache = build_gradcache(args, encoder, loss, backend, env)
+    strategy = build_training_strategy(args, env, encoder, loss, steps, ds_config)
+    gradcache = build_gradcache(args, encoder, loss, strategy, env)
     state = TrainerState()
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
-        state = load_checkpoint(backend, resume)
+        state = load_checkpoint(strategy, resume)
         _info(env, f"resumed from {resume} at step {state.global_step}")
     evaluation = build_evaluation(args, env)
-    train_loop(args, env, encoder, data, resolver, backend, gradcache, state, steps, evaluation)
-    final = save_final(args, env, encoder, backend)
+    train_loop(args, env, encoder, data, resolver, strategy, gradcache, state, steps, evaluation)
+    final = save_final(args, env, encoder, strategy)
     if dist.is_initialized():
         dist.destroy_process_group()
     return final
@@ -159,9 +159,9 @@ def total_steps(args, env: RankInfo, data: TrainingData) -> int:
     return math.ceil(args.num_train_epochs * steps_per_epoch(args, env, data))
 
 
-def build_training_backend(args, env: RankInfo, encoder: RetrieverEncoder, loss: ContrastiveLoss,
-                           steps: int, ds_config: dict | None = None) -> Backend:
-    """Optimizer groups, schedule over ``steps`` optimizer steps and the backend (plain / DDP / DeepSpeed, with
+def build_training_strategy(args, env: RankInfo, encoder: RetrieverEncoder, loss: ContrastiveLoss,
+                           steps: int, ds_config: dict | None = None) -> Strategy:
+    """Optimizer groups, schedule over ``steps`` optimizer steps and the strategy (plain / DDP / DeepSpeed, with
     ``ds_config`` as read from ``--deepspeed``, its "auto" fields resolved here)."""
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * steps)
 
@@ -180,7 +180,7 @@ def build_training_backend(args, env: RankInfo, encoder: RetrieverEncoder, loss:
     if not ds_config:
         encoder.to(env.device)
         loss.to(env.device)
-    return build_backend(
+    return build_strategy(
         encoder, loss=loss, param_groups=groups,
         optimizer_factory=optimizer_factory(args.optim, args.learning_rate, args.weight_decay),
         scheduler_factory=scheduler_factory, deepspeed_config=ds_config,
@@ -189,14 +189,14 @@ def build_training_backend(args, env: RankInfo, encoder: RetrieverEncoder, loss:
     )
 
 
-def build_gradcache(args, encoder: RetrieverEncoder, loss: ContrastiveLoss, backend: Backend,
+def build_gradcache(args, encoder: RetrieverEncoder, loss: ContrastiveLoss, strategy: Strategy,
                     env: RankInfo) -> GradCache:
     chunk = args.gc_chunk_size
     if chunk == "auto":
         chunk = auto_chunk_size(encoder, per_device_batch_size=args.per_device_train_batch_size,
                                 memory_fraction=args.gc_memory_fraction, device=env.device)
         _info(env, f"--gc_chunk_size auto: {chunk}")
-    return GradCache(encoder, loss, backend, chunk_size=chunk or None, reuse_frozen_vision=args.freeze_vision)
+    return GradCache(encoder, loss, strategy, chunk_size=chunk or None, reuse_frozen_vision=args.freeze_vision)
 
 
 def batch_stream(args, env: RankInfo, encoder, data: TrainingData, resolver: PageResolver,
@@ -227,7 +227,7 @@ def build_evaluation(args, env: RankInfo) -> TrainingEvaluation | None:
 
 
 def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, data: TrainingData, resolver: PageResolver,
-               backend: Backend, gradcache: GradCache, state: TrainerState, steps: int,
+               strategy: Strategy, gradcache: GradCache, state: TrainerState, steps: int,
                evaluation: TrainingEvaluation | None = None) -> None:
     log = TrainLog(args.output_dir, env.rank == 0, [r for r in args.report_to if r != "none"], args.run_name,
                    vars(args))
@@ -248,23 +248,23 @@ def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, data: TrainingDat
             _add_source_loss(by_source, data, batch["pair_indices"], losses[-1])
             digest.update("\n".join(batch["page_ids"]).encode())
             state.epoch, state.batch_in_epoch = epoch, index + 1
-        grad_norm = backend.optimizer_step()
+        grad_norm = strategy.optimizer_step()
         state.global_step += 1
         elapsed = time.perf_counter() - started
         pairs_done = args.per_device_train_batch_size * env.world * args.gradient_accumulation_steps
-        metrics = {"loss": sum(losses) / len(losses), "lr": _current_lr(backend.scheduler, args),
+        metrics = {"loss": sum(losses) / len(losses), "lr": _current_lr(strategy.scheduler, args),
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "pairs_per_second": pairs_done / elapsed, "epoch": state.epoch,
                    "pages_sha1": digest.hexdigest(), **_source_losses(by_source)}
         evaluated = evaluation is not None and evaluation.due(state.global_step, steps)
         if evaluated:
-            metrics.update(evaluation.run(state.global_step, encoder, backend))
+            metrics.update(evaluation.run(state.global_step, encoder, strategy))
         if state.global_step % args.logging_steps == 0 or state.global_step == steps or evaluated:
             log.log(state.global_step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_s=f"{metrics['pairs_per_second']:.1f}")
         progress.update(1)
         if args.save_steps > 0 and state.global_step % args.save_steps == 0 and state.global_step < steps:
-            save_checkpoint(backend, args.output_dir, state, args.save_total_limit)
+            save_checkpoint(strategy, args.output_dir, state, args.save_total_limit)
     progress.close()
     log.close()
 
@@ -281,12 +281,12 @@ def _source_losses(by_source: dict[str, list[float]]) -> dict[str, float]:
     return {f"loss_{name}": sum(values) / len(values) for name, values in sorted(by_source.items())}
 
 
-def save_final(args, env: RankInfo, encoder: RetrieverEncoder, backend: Backend) -> Path:
+def save_final(args, env: RankInfo, encoder: RetrieverEncoder, strategy: Strategy) -> Path:
     """Write the trained encoder to OUTPUT_DIR/final (ZeRO-3 partitions are gathered first)."""
     final = Path(args.output_dir) / "final"
     kept = ("the checkpoints are intact; free space and run the same command with --resume_from_checkpoint latest "
             "(steps after the last checkpoint are trained again)")
-    with backend.gathered_parameters():
+    with strategy.gathered_parameters():
         if env.rank == 0:
             with stop_on_full_disk(final, kept):
                 save_encoder(encoder, final)

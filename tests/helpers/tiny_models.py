@@ -1,0 +1,11 @@
+"""The tiny architectures every per-family test runs over, as pytest parameters that skip (with the reason) where
+the installed transformers cannot build one."""
+from __future__ import annotations
+
+import pytest
+
+from retriever.tiny import unavailable_reason
+
+ARCHS = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma")
+ARCH_PARAMS = [pytest.param(arch, marks=pytest.mark.skipif(reason is not None, reason=str(reason)))
+               for arch, reason in ((a, unavailable_reason(a)) for a in ARCHS)]

@@ -1,0 +1,107 @@
+"""python -m retriever.export: our retrievers as checkpoints the reference classes load with the same embeddings."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.published_refs import (REFERENCES, build_reference, colpali_engine_available, lenient_processor_init,
+                            load_reference, reference_embeddings, sample_images)
+from retriever.export import main, push_to_hub
+from retriever.model.saved import TRAINING_ARGS_FILE, load_encoder, save_encoder
+
+QUERIES = ["hello world", "what was the revenue in 2023?"]
+needs_engine = pytest.mark.skipif(not colpali_engine_available(), reason="colpali-engine is not installed")
+
+
+def _assert_same(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> None:
+    assert [t.shape for t in ours] == [t.shape for t in theirs]
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def _fine_tuned(published: Path, out: Path) -> Path:
+    """Our own retriever directory of ``published`` with changed weights, as a run's final/ would be."""
+    encoder = load_encoder(published, dtype="float32")
+    with torch.no_grad():
+        encoder.head.projection.weight.add_(0.05)
+        next(encoder.hf_model.parameters()).mul_(1.1)
+    save_encoder(encoder, out)
+    return out
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_engine) if n.startswith("engine_") else n
+                                  for n in REFERENCES])
+def test_export_loads_in_reference_class(name, tiny_model_dir, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from retriever.model.saved import load_image_processor
+
+    tiny = tiny_model_dir(REFERENCES[name].arch)
+    _, published_processor = build_reference(name, tiny, tmp_path / "published")
+    ours = _fine_tuned(tmp_path / "published", tmp_path / "final")
+    fmt = "colpali" if name.startswith("engine_") else "transformers"
+    assert main(["--model", str(ours), "--format", fmt, "--out", str(tmp_path / "export")]) == 0
+    exported = load_reference(name, tmp_path / "export")
+    with lenient_processor_init():  # the reference processor on the export's own tokenizer / image processor files
+        processor = REFERENCES[name].processor(load_image_processor(tmp_path / "export"),
+                                               AutoTokenizer.from_pretrained(tmp_path / "export"),
+                                               AutoConfig.from_pretrained(tiny))
+    ref_q, ref_p = reference_embeddings(exported, processor, QUERIES, sample_images())
+    encoder = load_encoder(ours, dtype="float32")
+    _assert_same(encoder.encode_queries(QUERIES), ref_q)
+    _assert_same(encoder.encode_pages(sample_images()), ref_p)
+    published_q, _ = reference_embeddings(load_reference(name, tmp_path / "published"), published_processor,
+                                          QUERIES, [])
+    assert (published_q[0] - ref_q[0]).abs().max() > 1e-3  # the export holds the fine-tuned weights
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "export" / "model.safetensors"), "pt") as f, \
+            safe_open(str(tmp_path / "published" / "model.safetensors"), "pt") as g:
+        assert set(f.keys()) == set(g.keys())  # the reference class's own layout, key for key
+
+
+def test_dense_exports_as_dse(tiny_model_dir, tmp_path):
+    dse = tmp_path / "dse"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), dse)
+    (dse / "README.md").write_text("# DSE\nDocument Screenshot Embedding (Tevatron)\n")
+    ours = tmp_path / "final"
+    encoder = load_encoder(dse, dtype="float32")
+    with torch.no_grad():
+        next(encoder.hf_model.parameters()).mul_(1.1)
+    save_encoder(encoder, ours)
+    (ours / TRAINING_ARGS_FILE).write_text(json.dumps({"model_name_or_path": "MrLight/dse-qwen2-2b-mrl-v1",
+                                                      "train_data": "pairs.jsonl", "learning_rate": 1e-5}))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"tasks": {"ToyRetrieval": {"main_score": 0.75, "ndcg_at_5": 0.75}},
+                                   "average": {"main_score": 0.75, "ndcg_at_5": 0.75}}))
+    assert main(["--model", str(ours), "--format", "transformers", "--out", str(tmp_path / "export"),
+                 "--metrics", str(metrics)]) == 0
+    exported = load_encoder(tmp_path / "export", dtype="float32")
+    assert exported.config.input_format == "dse"  # recognised as DSE from the generated card
+    images = sample_images()
+    torch.testing.assert_close(exported.encode_queries(QUERIES), encoder.encode_queries(QUERIES), atol=1e-5, rtol=0)
+    torch.testing.assert_close(exported.encode_pages(images), encoder.encode_pages(images), atol=1e-5, rtol=0)
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "base_model: MrLight/dse-qwen2-2b-mrl-v1" in card and '"train_data": "pairs.jsonl"' in card
+    assert "| ToyRetrieval | 0.7500 |" in card and '"learning_rate": 1e-05' in card
+
+
+def test_native_input_format_is_refused(tiny_model_dir, tmp_path, capsys):
+    """A model fed our own prompt layout would give other embeddings in colpali-engine's processor."""
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl"), override={"head": "multi"}), tmp_path / "final")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "final"), "--format", "colpali", "--out", str(tmp_path / "export")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "input settings differ from colpali-engine ColQwen2's" in err
+    assert "query_prefix='Query: ' (the format's: '')" in err and "input_format='native'" in err
+    assert not (tmp_path / "export").exists()
+
+
+def test_push_without_hub_writes_folder_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = push_to_hub(tmp_path, "someone/model")
+    assert message.startswith("not pushed to someone/model") and str(tmp_path) in message
