@@ -99,13 +99,13 @@ def test_render_stops_on_full_disk_and_resumes_to_identical_store(tmp_path):
 EVAL_CHILD = textwrap.dedent('''
     import resource, sys
     sys.path.insert(0, sys.argv[1])
-    from tests.helpers.toy_retrieval import ToyEncoder
+    from tests.helpers.toy_retrieval import KnownAnswerEncoder
     from data_prep.errors import cli
     from eval.datasets import load_retrieval_data
     from eval.engine import init_distributed
     from eval.retrieval import evaluate_task
 
-    class DiskFillsUp(ToyEncoder):
+    class DiskFillsUp(KnownAnswerEncoder):
         calls = 0
 
         def encode_pages(self, images, batch_size=8, ids=None, progress=False):
@@ -127,11 +127,11 @@ def test_evaluation_state_survives_full_disk_and_resumes_identically(tmp_path):
     from eval.datasets import load_retrieval_data
     from eval.engine import init_distributed
     from eval.retrieval import evaluate_task
-    from tests.helpers.toy_retrieval import N_PAGES, ToyEncoder, make_beir
+    from tests.helpers.toy_retrieval import N_PAGES, KnownAnswerEncoder, make_beir
 
     beir = make_beir(tmp_path / "beir")
     data = load_retrieval_data(str(beir), name="toy")
-    expected, _ = evaluate_task(ToyEncoder(True), data, init_distributed(60), k_values=[3], chunk_pages=5)
+    expected, _ = evaluate_task(KnownAnswerEncoder(True), data, init_distributed(60), k_values=[3], chunk_pages=5)
 
     state = tmp_path / "state"
     full = subprocess.run([sys.executable, "-c", EVAL_CHILD, str(REPO), str(beir), str(state)], env=_env(),
@@ -146,7 +146,7 @@ def test_evaluation_state_survives_full_disk_and_resumes_identically(tmp_path):
 
     seen: list[int] = []
 
-    class Counting(ToyEncoder):
+    class Counting(KnownAnswerEncoder):
         def encode_pages(self, images, batch_size=8, ids=None, progress=False):
             seen.append(len(images))
             return super().encode_pages(images, batch_size, ids, progress)

@@ -16,7 +16,7 @@ import torch
 from eval.engine import init_distributed
 from eval.image_text import evaluate_image_text, load_karpathy
 from tests.helpers.paths import REPO_ROOT
-from tests.helpers.toy_retrieval import ToyEncoder, page_image
+from tests.helpers.toy_retrieval import KnownAnswerEncoder, page_image
 
 N_IMAGES = 7
 
@@ -45,7 +45,7 @@ def _pair_score(q: torch.Tensor, p: torch.Tensor) -> float:
     return float((q @ p.T).amax(dim=1).sum()) if q.ndim == 2 else float(q @ p)
 
 
-def _reference(encoder: ToyEncoder, split, ks) -> dict[str, float]:
+def _reference(encoder: KnownAnswerEncoder, split, ks) -> dict[str, float]:
     """Brute force, pair by pair, with the evaluator's documented tie rules: captions by index, lower first; images
     in trec_eval's order of their ids. Captions with identical text get identical embeddings from the toy encoder
     and so identical scores here, by construction rather than by float rounding."""
@@ -76,7 +76,7 @@ def karpathy(tmp_path_factory) -> Path:
 def test_recall_known_answers_and_reference(karpathy: Path, multi: bool) -> None:
     split = load_karpathy(karpathy, karpathy.parent)
     assert len(split.image_paths) == N_IMAGES and len(split.captions) == 2 * N_IMAGES
-    encoder = ToyEncoder(multi)
+    encoder = KnownAnswerEncoder(multi)
     metrics = evaluate_image_text(encoder, N_IMAGES, split.load_images, split.captions, split.caption_image,
                                   init_distributed(60), k_values=(1, 5, 10), chunk_images=3)
     # image 6's captions retrieve image 2 first: 12 of 14 captions hit at 1; with 7 images every caption hits at 10
@@ -122,7 +122,7 @@ def test_bad_karpathy_json(tmp_path: Path) -> None:
 @pytest.mark.distributed
 def test_one_and_two_ranks_identical(karpathy: Path, tmp_path: Path) -> None:
     split = load_karpathy(karpathy, karpathy.parent)
-    single = evaluate_image_text(ToyEncoder(True), N_IMAGES, split.load_images, split.captions, split.caption_image,
+    single = evaluate_image_text(KnownAnswerEncoder(True), N_IMAGES, split.load_images, split.captions, split.caption_image,
                                  init_distributed(60), k_values=(1, 2, 5), chunk_images=2)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
            str(karpathy), str(tmp_path)]
@@ -145,7 +145,7 @@ def test_cli_with_tiny_model(karpathy: Path, tiny_model_dir, tmp_path: Path) -> 
 if __name__ == "__main__":
     info = init_distributed(timeout_s=20)
     data = load_karpathy(sys.argv[1], Path(sys.argv[1]).parent)
-    result = evaluate_image_text(ToyEncoder(True), N_IMAGES, data.load_images, data.captions, data.caption_image,
+    result = evaluate_image_text(KnownAnswerEncoder(True), N_IMAGES, data.load_images, data.captions, data.caption_image,
                                  info, k_values=(1, 2, 5), chunk_images=2)
     if info.is_main:
         (Path(sys.argv[2]) / "metrics.json").write_text(json.dumps(result))

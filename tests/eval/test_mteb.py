@@ -11,7 +11,7 @@ from eval.datasets import load_retrieval_data
 from eval.engine import init_distributed
 from eval.mteb_wrapper import MtebRetriever, local_task
 from eval.retrieval import evaluate_task
-from tests.helpers.toy_retrieval import ToyEncoder, make_beir
+from tests.helpers.toy_retrieval import KnownAnswerEncoder, make_beir
 
 
 def _mteb_scores(model, data) -> dict:
@@ -29,7 +29,7 @@ def toy_data(tmp_path_factory):
 
 @pytest.mark.parametrize("multi", [False, True])
 def test_mteb_equals_native_toy(toy_data, multi: bool) -> None:
-    encoder = ToyEncoder(multi)
+    encoder = KnownAnswerEncoder(multi)
     scores = _mteb_scores(MtebRetriever(encoder), toy_data)
     _, native = evaluate_task(encoder, toy_data, init_distributed(60), k_values=[1, 3, 5, 10])
     assert scores["main_score"] == pytest.approx(native["aggregate"]["ndcg_at_5"], abs=1e-5)

@@ -22,7 +22,7 @@ from eval.datasets import load_retrieval_data
 from eval.engine import init_distributed
 from eval.retrieval import evaluate_task, markdown_table
 from tests.helpers.paths import REPO_ROOT
-from tests.helpers.toy_retrieval import ToyEncoder, make_beir
+from tests.helpers.toy_retrieval import KnownAnswerEncoder, make_beir
 
 @pytest.fixture(scope="module")
 def beir_dir(tmp_path_factory) -> Path:
@@ -32,7 +32,7 @@ def beir_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("multi", [False, True])
 def test_known_answers(beir_dir: Path, multi: bool) -> None:
     data = load_retrieval_data(str(beir_dir), name="toy")
-    run, metrics = evaluate_task(ToyEncoder(multi), data, init_distributed(60), k_values=[1, 5], chunk_pages=4)
+    run, metrics = evaluate_task(KnownAnswerEncoder(multi), data, init_distributed(60), k_values=[1, 5], chunk_pages=4)
     for qid, docs in run.items():
         best = max(docs, key=docs.get)
         assert best == "p" + qid[1:]  # the page with the query's number wins
@@ -47,9 +47,9 @@ def test_resume_from_saved_state(beir_dir: Path, tmp_path: Path) -> None:
     """A crash mid-task leaves a state file; the rerun continues from it and gives the same run."""
     data = load_retrieval_data(str(beir_dir), name="toy")
     info = init_distributed(60)
-    expected, _ = evaluate_task(ToyEncoder(True), data, info, k_values=[3], chunk_pages=5)
+    expected, _ = evaluate_task(KnownAnswerEncoder(True), data, info, k_values=[3], chunk_pages=5)
 
-    class Crash(ToyEncoder):
+    class Crash(KnownAnswerEncoder):
         calls = 0
 
         def encode_pages(self, images, batch_size=8, ids=None, progress=False):
@@ -63,7 +63,7 @@ def test_resume_from_saved_state(beir_dir: Path, tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.pt"))) == 1
     seen: list[int] = []
 
-    class Counting(ToyEncoder):
+    class Counting(KnownAnswerEncoder):
         def encode_pages(self, images, batch_size=8, ids=None, progress=False):
             seen.append(len(images))
             return super().encode_pages(images, batch_size, ids, progress)
@@ -117,7 +117,7 @@ def test_page_store_as_corpus(beir_dir: Path, tmp_path: Path) -> None:
             writer.add(f"p{i}", buf.getvalue())
     data = load_retrieval_data(str(beir_dir), name="toy", page_store=tmp_path / "pages")
     assert sorted(data.corpus_ids) == sorted(f"p{i}" for i in range(N_PAGES))
-    run, metrics = evaluate_task(ToyEncoder(False), data, init_distributed(60), k_values=[1])
+    run, metrics = evaluate_task(KnownAnswerEncoder(False), data, init_distributed(60), k_values=[1])
     assert metrics["aggregate"]["precision_at_1"] == 1.0
 
 
@@ -125,7 +125,7 @@ def test_page_store_as_corpus(beir_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("multi", [False, True])
 def test_one_and_two_ranks_identical(beir_dir: Path, tmp_path: Path, multi: bool) -> None:
     data = load_retrieval_data(str(beir_dir), name="toy")
-    single, _ = evaluate_task(ToyEncoder(multi), data, init_distributed(60), k_values=[1, 5, 10], chunk_pages=3)
+    single, _ = evaluate_task(KnownAnswerEncoder(multi), data, init_distributed(60), k_values=[1, 5, 10], chunk_pages=3)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            __file__, str(beir_dir), str(tmp_path), "multi" if multi else "dense"]
@@ -181,6 +181,6 @@ if __name__ == "__main__":
     if os.environ.get("TOY_KILL_RANK") == str(info.rank):
         os._exit(3)
     toy = load_retrieval_data(sys.argv[1], name="toy")
-    result, _ = evaluate_task(ToyEncoder(sys.argv[3] == "multi"), toy, info, k_values=[1, 5, 10], chunk_pages=3)
+    result, _ = evaluate_task(KnownAnswerEncoder(sys.argv[3] == "multi"), toy, info, k_values=[1, 5, 10], chunk_pages=3)
     if info.is_main:
         (Path(sys.argv[2]) / "run.json").write_text(json.dumps(result))

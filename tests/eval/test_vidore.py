@@ -16,7 +16,7 @@ from eval.engine import init_distributed
 from eval.mteb_tasks import get_task, load_subsets, subset_average, task_result
 from eval.mteb_wrapper import MtebRetriever
 from eval.retrieval import evaluate_spec, evaluate_subsets, parse_args
-from tests.helpers.toy_retrieval import ToyEncoder, page_image
+from tests.helpers.toy_retrieval import KnownAnswerEncoder, page_image
 
 TASK = "Vidore2ESGReportsRetrieval"
 N_PAGES = 12
@@ -61,7 +61,7 @@ def _mteb_result(model, task) -> mteb.TaskResult:
 
 @pytest.mark.parametrize("multi", [False, True])
 def test_subsets_equal_mteb(vidore_dir: Path, multi: bool) -> None:
-    encoder = ToyEncoder(multi)
+    encoder = KnownAnswerEncoder(multi)
     task = get_task(TASK, str(vidore_dir))
     subsets = load_subsets(task)
     assert sorted(subsets) == sorted(task.metadata.eval_langs)  # the subsets are mteb's, not ours
@@ -86,7 +86,7 @@ def test_cli_writes_subsets_and_mteb_results(vidore_dir: Path, tmp_path: Path) -
     args = parse_args(["--model", str(tmp_path / "toy"), "--tasks", f"{TASK}={vidore_dir}", "--out",
                        str(tmp_path / "out"), "--k", "1,5,10", "--mteb_results", str(tmp_path / "mteb")])
     [spec] = resolve_tasks(args.tasks)
-    summary = evaluate_spec(ToyEncoder(True), spec, args, init_distributed(60), torch.device("cpu"))
+    summary = evaluate_spec(KnownAnswerEncoder(True), spec, args, init_distributed(60), torch.device("cpu"))
     written = json.loads((tmp_path / "out" / TASK / "metrics.json").read_text())
     assert written["main_score"] == "ndcg_at_5" and sorted(written["subsets"]) == sorted(QUERIES)
     assert written["aggregate"] == summary["aggregate"]
@@ -127,7 +127,7 @@ def test_v3_layout_equals_mteb(tmp_path: Path) -> None:
     task_name = "Vidore3FinanceEnRetrieval"
     root = make_vidore_v3(tmp_path / "v3")
     task = get_task(task_name, str(root))
-    encoder = ToyEncoder(True)
+    encoder = KnownAnswerEncoder(True)
     _, native = evaluate_subsets(encoder, load_subsets(task), init_distributed(60), k_values=[1, 5, 10])
     ours = task_result(task, "test", {s: m["aggregate"] for s, m in native.items()}, 0.0)
     theirs = _mteb_result(MtebRetriever(encoder), get_task(task_name, str(root)))

@@ -29,7 +29,7 @@ def _noise(key: str, shape: tuple[int, ...], scale: float) -> torch.Tensor:
     return (torch.round(noise * scale * 256) / 256).float()
 
 
-class ToyEncoder:
+class KnownAnswerEncoder:
     """Deterministic encoder with known answers: query "about page i" is closest to page i.
 
     Dense: one-hot of the page number plus small hashed noise. Multi-vector: the same vector as one token
