@@ -7,6 +7,9 @@
 * :class:`JsonlAppender`: a JSONL output that a long job appends to line by line and resumes from (generated
   queries, mined pairs): every line is flushed whole; a line cut by a full disk is truncated away at once and a
   line torn by a kill is truncated when the file is reopened, so the file only ever holds complete lines.
+* :func:`check_outputs`: every CLI calls it before writing anything, so an output path that names one of the
+  command's inputs (the same file, a file inside an input directory such as a page store or a model, or the
+  same path given to two outputs) is refused with one line instead of destroying the input.
 """
 from __future__ import annotations
 
@@ -14,13 +17,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from data_prep.errors import DiskFullError, is_disk_full, stop_on_full_disk
+from data_prep.errors import DiskFullError, InputError, is_disk_full, stop_on_full_disk
 
-__all__ = ["JsonlAppender", "atomic_output", "write_text_atomic"]
+__all__ = ["JsonlAppender", "atomic_output", "check_outputs", "write_text_atomic"]
 
 logger = logging.getLogger(__name__)
 RESUME_HINT = "free space and run the same command again to resume"
@@ -133,3 +136,40 @@ def reopen_truncated(handle: IO[bytes], path: Path, size: int) -> IO[bytes]:
         handle.close()
     os.truncate(path, size)
     return open(path, "ab")
+
+
+PathArg = str | os.PathLike | None
+
+
+def _same_or_inside(path: Path, other: Path) -> bool:
+    """``path`` is ``other`` (also through a hard link) or lies inside the directory ``other``."""
+    if path == other or other in path.parents:
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg]) -> None:
+    """Refuse, before anything is written, an output that would overwrite an input or another output.
+
+    ``outputs`` and ``inputs`` map a flag name (``"--out"``) to its path (``None``: not given). An output is
+    refused when it is an input (same path after resolving links, or the same file through a hard link), when it
+    lies inside an input directory (a page store's shard, a file of the model being exported), when an input lies
+    inside an output directory, or when two outputs name the same path.
+    """
+    outs = [(flag, Path(path).resolve()) for flag, path in outputs.items() if path is not None]
+    ins = [(flag, Path(path).resolve()) for flag, path in inputs.items() if path is not None]
+    for i, (flag, out) in enumerate(outs):
+        for other_flag, other in outs[i + 1:]:
+            if out == other:
+                raise InputError(f"{out}: given as both {flag} and {other_flag}; each output needs its own path")
+        for in_flag, source in ins:
+            if _same_or_inside(out, source):
+                where = "is" if out == source or os.path.exists(out) and os.path.samefile(out, source) else "is inside"
+                raise InputError(f"{out}: {flag} {where} the input {in_flag} ({source}); writing it would destroy "
+                                 "the input: choose another output path")
+            if out in source.parents:
+                raise InputError(f"{out}: {flag} contains the input {in_flag} ({source}); writing it could destroy "
+                                 "the input: choose another output path")
