@@ -10,10 +10,15 @@
 * :func:`check_outputs`: every CLI calls it before writing anything, so an output path that names one of the
   command's inputs (the same file, a file inside an input directory such as a page store or a model, or the
   same path given to two outputs) is refused with one line instead of destroying the input.
+* :func:`lock_directory`: an exclusive ``flock`` on ``DIR/.lock`` for a job that owns a directory (a page store's
+  writer, a training run's ``--output_dir``); a second job on the same directory stops with :class:`BusyError`
+  instead of interleaving its files with the first one's. The lock dies with its process, so a ``kill -9`` leaves
+  nothing to clean up.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -21,9 +26,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from data_prep.errors import DiskFullError, InputError, is_disk_full, stop_on_full_disk
+from data_prep.errors import DiskFullError, InputError, UserError, is_disk_full, stop_on_full_disk
 
-__all__ = ["JsonlAppender", "atomic_output", "check_outputs", "write_text_atomic"]
+__all__ = ["BusyError", "JsonlAppender", "atomic_output", "check_outputs", "lock_directory", "write_text_atomic"]
 
 logger = logging.getLogger(__name__)
 RESUME_HINT = "free space and run the same command again to resume"
@@ -173,3 +178,19 @@ def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg])
             if out in source.parents:
                 raise InputError(f"{out}: {flag} contains the input {in_flag} ({source}); writing it could destroy "
                                  "the input: choose another output path")
+
+
+class BusyError(UserError, RuntimeError):
+    """A directory that another running process holds the lock of."""
+
+
+def lock_directory(directory: Path, busy: str, error: type[BusyError] = BusyError) -> IO[str]:
+    """Take the exclusive lock ``directory/.lock`` (see the module docstring) and return its handle, which holds
+    the lock until it is closed; raises ``error(busy)`` when another process holds it."""
+    handle = open(directory / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise error(busy) from None
+    return handle

@@ -18,35 +18,24 @@ Repair
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import h5py
 import numpy as np
 
-from data_prep.errors import DiskFullError, InputError, UserError, stop_on_full_disk
+from data_prep.errors import DiskFullError, InputError, stop_on_full_disk
+from data_prep.outputs import BusyError, lock_directory
 from data_prep.store.format import FORMAT_VERSION, TEXT_DTYPE, fsync_dir, shard_name, shard_numbers, shard_paths
 from data_prep.store.reader import PageStore
 from data_prep.store.repair import aside_numbers, set_aside_corrupt
 
 
-class StoreBusyError(UserError, RuntimeError):
+class StoreBusyError(BusyError):
     """A second writer on a store that another process is writing."""
-
-
-def _lock_store(path: Path) -> IO[str]:
-    """Take the exclusive writer lock ``STORE/.lock``; ``StoreBusyError`` if another process holds it."""
-    lock = open(path / ".lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise StoreBusyError(f"page store {path} is being written by another process; wait for it to end") from None
-    return lock
 
 
 class PageStoreWriter:
@@ -67,7 +56,8 @@ class PageStoreWriter:
             raise InputError(f"page store {self.path} exists and is not a directory; writers need a directory")
         self.path.mkdir(parents=True, exist_ok=True)
         self.shard_pages, self.shard_bytes = shard_pages, shard_bytes
-        self._lock = _lock_store(self.path)
+        self._lock = lock_directory(self.path, f"page store {self.path} is being written by another process; "
+                                    "wait for it to end", StoreBusyError)
         for tmp in self.path.glob("shard-*.h5.tmp"):  # uncommitted leftovers of a killed run
             tmp.unlink()
         # (shard, where it went, why) for each corrupt shard moved aside
@@ -146,8 +136,7 @@ class PageStoreWriter:
             if not self._disk_full:  # after a full disk, writing the same shard again would only fail again
                 self.commit()
         finally:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            self._lock.close()  # releases the lock
 
     def __enter__(self) -> "PageStoreWriter":
         return self

@@ -50,3 +50,13 @@ def test_output_directory_holding_an_input_is_refused(tmp_path: Path) -> None:
 def test_two_outputs_on_one_path_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="given as both --out and --rejected"):
         check_outputs({"--out": tmp_path / "a.jsonl", "--rejected": tmp_path / "a.jsonl"}, {})
+
+
+def test_a_locked_directory_refuses_a_second_holder_until_released(tmp_path: Path) -> None:
+    from data_prep.outputs import BusyError, lock_directory
+
+    first = lock_directory(tmp_path, "busy")
+    with pytest.raises(BusyError, match="busy"):
+        lock_directory(tmp_path, "busy")
+    first.close()
+    lock_directory(tmp_path, "busy").close()
