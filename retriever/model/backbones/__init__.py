@@ -1,6 +1,7 @@
 """Registry of backbone adapters, by name and by ``config.model_type``.
 
-Add a family by writing a ``Backbone`` subclass in its own module and listing it in ``_ADAPTERS``.
+Add a family by writing a ``Backbone`` subclass in its own module and listing it in ``_ADAPTERS``; its
+``chat_placeholders`` make it a chat generation family too.
 """
 from __future__ import annotations
 
@@ -31,4 +32,9 @@ def backbone_for_model_type(model_type: str) -> type[Backbone]:
                      f"{', '.join(sorted(REGISTRY))}")
 
 
-__all__ = ["Backbone", "Example", "REGISTRY", "backbone_for_model_type", "get_backbone"]
+def chat_model_types() -> list[str]:
+    """The ``model_type``s whose adapter builds chat generation inputs (``Backbone.chat_image``), sorted."""
+    return sorted(t for cls in _ADAPTERS if cls.chat_placeholders for t in cls.model_types)
+
+
+__all__ = ["Backbone", "Example", "REGISTRY", "backbone_for_model_type", "chat_model_types", "get_backbone"]

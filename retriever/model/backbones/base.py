@@ -7,7 +7,9 @@ An adapter knows, for one model family,
   (``split``) such that each chunk is exactly what ``collate`` would have produced for those examples,
   up to extra padding;
 - how to run the model to the language model's last hidden states (``hidden_states``);
-- which module is the vision tower (``vision_module``) and which modules LoRA targets (``lora_targets``).
+- which module is the vision tower (``vision_module``) and which modules LoRA targets (``lora_targets``);
+- for chat generation (``query_generation``), what a chat template renders a page image as and the same image
+  tokens and tensors that retrieval inputs use (``chat_image``), and the batch ``generate`` takes (``chat_batch``).
 
 Inputs are built from the checkpoint's own tokenizer and image processor (loaded with the transformers
 Auto classes).  The placeholder expansion mirrors the model's processor class; doing it here keeps the
@@ -69,6 +71,17 @@ class Example:
     tensors: dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class ChatImage:
+    """A page image as chat generation inputs: the chat template renders it as one of ``placeholders`` (the one
+    found exactly once is replaced), ``tokens`` is the expanded image-token string that replaces it, and
+    ``tensors`` are its image tensors."""
+
+    placeholders: tuple[str, ...]
+    tokens: str
+    tensors: dict[str, torch.Tensor]
+
+
 class Backbone:
     """Base adapter; subclasses fill in the family-specific parts."""
 
@@ -83,6 +96,9 @@ class Backbone:
     default_page_prompt: ClassVar[str] = "What is shown in this page?"
     # Prompt layouts by name; families without any override ``query_template`` and ``page_example`` instead.
     input_formats: ClassVar[dict[str, InputFormat]] = {}
+    # What a chat template renders an image as (``chat_image``); empty: chat generation cannot build this family's
+    # inputs.
+    chat_placeholders: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, tokenizer: Any, image_processor: Any, model_config: Any) -> None:
         self.tokenizer = tokenizer
@@ -141,6 +157,10 @@ class Backbone:
         """The expanded image placeholder string of ``image`` and its pixel tensors."""
         raise NotImplementedError
 
+    def chat_image(self, image: Image.Image) -> ChatImage:
+        """``image`` for chat generation: the expansion and tensors of retrieval inputs (``image_inputs``)."""
+        return ChatImage(self.chat_placeholders, *self.image_inputs(image))
+
     def fill(self, template: str, text: str, image: str = "") -> str:
         """:func:`fill` with the tokenizer's ``{bos}`` / ``{eos}``; ``text`` goes in last, so slot names in a
         user's text stay literal."""
@@ -178,6 +198,11 @@ class Backbone:
         if not present:
             return {}
         return {key: torch.cat([t[key] for t in present]) for key in present[0]}
+
+    def chat_batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """Chat generation batch: left-padded (``generate`` appends on the right), plus any input the bound model
+        needs."""
+        return self.collate(examples, padding_side="left")
 
     # ------------------------------------------------------------------ splitting
     def images_per_example(self, batch: Mapping[str, torch.Tensor]) -> list[int]:

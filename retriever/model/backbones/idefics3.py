@@ -41,6 +41,7 @@ class Idefics3(Backbone):
                    r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)")
     image_keys = ("pixel_values", "pixel_attention_mask")
     input_formats = IDEFICS3_FORMATS
+    chat_placeholders = (IMAGE,)
 
     @property
     def image_seq_len(self) -> int:

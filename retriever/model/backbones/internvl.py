@@ -12,12 +12,15 @@ Vision tower (``vision_module``): ``model.model.vision_tower`` (InternViT); the 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from PIL import Image
 
-from .base import LANGUAGE_LINEAR, Backbone, Example, position_ids_from_mask
+from .base import LANGUAGE_LINEAR, Backbone, ChatImage, Example, position_ids_from_mask
+
+PAGE_TEMPLATE = "<|im_start|>user\n{image}\n{text}<|im_end|>\n<|im_start|>assistant\n{eos}"
 
 
 class InternVL(Backbone):
@@ -27,6 +30,7 @@ class InternVL(Backbone):
     lora_vision = (r".*vision_tower\.encoder\.layer\.\d+\."
                    r"(attention\.(q_proj|k_proj|v_proj|projection_layer)|mlp\.fc1|mlp\.fc2)")
     image_keys = ("pixel_values", "num_patches")
+    chat_placeholders = ("<IMG_CONTEXT>", "<image>")
 
     @property
     def tokens_per_tile(self) -> int:
@@ -50,13 +54,20 @@ class InternVL(Backbone):
         return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n{self.tokenizer.eos_token}"
 
     def page_example(self, image: Image.Image, text: str) -> Example:
+        return self.layout_example(PAGE_TEMPLATE, text, image)
+
+    def image_inputs(self, image: Image.Image) -> tuple[str, dict[str, torch.Tensor]]:
         pixels = self.image_processor(images=[image], return_tensors="pt")
         tiles = int(pixels["num_patches"][0])
-        context = "<IMG_CONTEXT>" * (tiles * self.tokens_per_tile)
-        prompt = (f"<|im_start|>user\n<img>{context}</img>\n{text}<|im_end|>\n<|im_start|>assistant\n"
-                  f"{self.tokenizer.eos_token}")
-        return Example(self.text_ids(prompt), {"pixel_values": pixels["pixel_values"],
-                                               "num_patches": torch.as_tensor(pixels["num_patches"]).long()})
+        image_text = f"<img>{'<IMG_CONTEXT>' * (tiles * self.tokens_per_tile)}</img>"
+        return image_text, {"pixel_values": pixels["pixel_values"],
+                            "num_patches": torch.as_tensor(pixels["num_patches"]).long()}
+
+    def chat_image(self, image: Image.Image) -> ChatImage:
+        """Without ``num_patches``: only splitting reads it, and ``generate`` refuses inputs the model does not
+        take."""
+        chat = super().chat_image(image)
+        return replace(chat, tensors={"pixel_values": chat.tensors["pixel_values"]})
 
     @property
     def image_start_id(self) -> int:

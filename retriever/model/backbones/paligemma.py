@@ -15,12 +15,13 @@ stays trainable when the tower is frozen.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from PIL import Image
 
-from .base import LANGUAGE_LINEAR, Backbone, InputFormat, position_ids_from_mask
+from .base import LANGUAGE_LINEAR, Backbone, ChatImage, InputFormat, position_ids_from_mask
 
 PALIGEMMA_FORMATS = {
     "native": InputFormat(query="{bos}{text}\n", page="{image}{bos}{text}\n"),
@@ -37,6 +38,7 @@ class PaliGemma(Backbone):
                    r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)")
     default_page_prompt = "Describe the image."
     input_formats = PALIGEMMA_FORMATS
+    chat_placeholders = ("<image>",)
 
     @property
     def image_seq_len(self) -> int:
@@ -50,6 +52,11 @@ class PaliGemma(Backbone):
     def image_inputs(self, image: Image.Image) -> tuple[str, dict[str, torch.Tensor]]:
         pixels = self.image_processor(images=[image], return_tensors="pt")
         return self.image_token * self.image_seq_len, {"pixel_values": pixels["pixel_values"]}
+
+    def chat_image(self, image: Image.Image) -> ChatImage:
+        """The image tokens then BOS, as PaliGemma's processor expands a prompt's ``<image>``."""
+        chat = super().chat_image(image)
+        return replace(chat, tokens=chat.tokens + self.tokenizer.bos_token)
 
     def images_per_example(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
         return (batch["input_ids"] == self.model_config.image_token_id).any(-1).long().tolist()

@@ -11,13 +11,13 @@ its output depends only on ``pixel_values`` and ``grid_thw``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
-from .base import LANGUAGE_LINEAR, Backbone, InputFormat, position_ids_from_mask
+from .base import LANGUAGE_LINEAR, Backbone, Example, InputFormat, position_ids_from_mask
 
 COLQWEN_PAGE = "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{text}<|im_end|><|endoftext|>"
 DSE_TURN = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -43,6 +43,7 @@ class QwenVL(Backbone):
     image_keys = ("pixel_values", "image_grid_thw")
     default_page_prompt = "What is shown in this image?"
     input_formats = QWEN_FORMATS
+    chat_placeholders = ("<|image_pad|>",)
 
     @property
     def merge(self) -> int:
@@ -86,10 +87,20 @@ class QwenVL(Backbone):
             inputs["position_ids"] = position_ids_from_mask(batch["attention_mask"])
             return inputs
         inputs["image_grid_thw"] = batch["image_grid_thw"]
-        if "mm_token_type_ids" in self.forward_parameters:  # required by newer transformers releases
-            is_image = batch["input_ids"] == self.model_config.image_token_id
-            inputs["mm_token_type_ids"] = is_image.to(torch.int32)
+        inputs.update(self.token_types(batch))
         return inputs
+
+    def chat_batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        batch = super().chat_batch(examples)
+        batch.update(self.token_types(batch))
+        return batch
+
+    def token_types(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``mm_token_type_ids`` (1 on image tokens) of a batch with images, where the bound model's forward takes
+        it (newer transformers releases require it; their processor returns it)."""
+        if "image_grid_thw" not in batch or "mm_token_type_ids" not in self.forward_parameters:
+            return {}
+        return {"mm_token_type_ids": (batch["input_ids"] == self.model_config.image_token_id).to(torch.int32)}
 
     def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.base_model(model).visual
