@@ -1,7 +1,7 @@
 """Compile the fused MaxSim kernels for an NVIDIA GPU on a machine without one, and report their resources.
 
 Triton's interpreter (the CPU tests) runs the kernels' arithmetic but not the compiler: a kernel it accepts may
-still fail to lower, or spill registers, on a GPU. This compiles every kernel of ``retriever.model.maxsim_triton``
+still fail to lower, or spill registers, on a GPU. This compiles every kernel of ``retriever.scoring.fused.kernels``
 with the tile configurations ``block_config_for`` picks for the target (``--arch 90``: H100/H200, 227 KiB of
 shared memory per block) through Triton's NVIDIA backend and its bundled ``ptxas`` (no driver, no GPU), then
 reads the cubin with the bundled ``cuobjdump``: registers per thread, local memory (spills), shared memory, and
@@ -30,8 +30,10 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from retriever.model import maxsim_triton as fused
-from retriever.model.maxsim_triton import BlockConfig, block_config_for
+from retriever.scoring.fused import kernels
+from retriever.scoring.fused.config import BlockConfig, block_config_for
+from retriever.scoring.fused.launch import LO_SCALE, SORT_STEP, SPLIT_BLOCK
+from retriever.scoring.fused.packing import MAX_PARTS_PER_TILE
 
 TL_DTYPE = {torch.bfloat16: ("bf16", tl.float32), torch.float16: ("fp16", tl.float32),
             torch.float32: ("fp32", tl.float32), torch.float64: ("fp64", tl.float64)}
@@ -50,29 +52,29 @@ def kernel_jobs(shared_memory: int) -> list[tuple[str, object, dict[str, str], d
         acc_ty = "fp64" if dtype == torch.float64 else "fp32"
         precision = cfg.precision(operand)
         tag = f"{str(dtype).removeprefix('torch.')} {'loss' if loss else 'eval'} {cfg.block_q}x{cfg.block_p}"
-        jobs.append((f"forward, {tag}{' split' if split else ''}", fused._forward_kernel,
+        jobs.append((f"forward, {tag}{' split' if split else ''}", kernels._forward_kernel,
                      {"q_ptr": f"*{ty}", "q_lo_ptr": f"*{ty}", "seg_ptr": "*i32", "tile_part_ptr": "*i32",
                       "d_ptr": f"*{ty}", "d_lo_ptr": f"*{ty}", "d_off_ptr": "*i64", "order_ptr": "*i32",
                       "out_ptr": f"*{acc_ty}", "idx_ptr": "*i32", "n_tiles": "i32", "n_rows": "i32", "n_pages": "i32",
                       "stride_out": "i32"},
                      {"DIM": DIM, "BLOCK_Q": cfg.block_q, "BLOCK_P": cfg.block_p, "BLOCK_D": DIM,
-                      "NSEG": fused.MAX_PARTS_PER_TILE, "PAGES": cfg.pages_per_program, "WITH_ARGMAX": loss,
-                      "SPLIT": split, "PRECISION": precision, "ACC": acc, "LO_SCALE": fused.LO_SCALE}, cfg))
+                      "NSEG": MAX_PARTS_PER_TILE, "PAGES": cfg.pages_per_program, "WITH_ARGMAX": loss,
+                      "SPLIT": split, "PRECISION": precision, "ACC": acc, "LO_SCALE": LO_SCALE}, cfg))
         if split:
-            jobs.append((f"fp16 halves, {tag}", fused._split_kernel,
+            jobs.append((f"fp16 halves, {tag}", kernels._split_kernel,
                          {"x_ptr": "*fp32", "hi_ptr": "*fp16", "lo_ptr": "*fp16", "n": "i64", "scale": "fp32"},
-                         {"LO_SCALE": fused.LO_SCALE, "BLOCK": fused.SPLIT_BLOCK}, replace(cfg, num_warps=4)))
+                         {"LO_SCALE": LO_SCALE, "BLOCK": SPLIT_BLOCK}, replace(cfg, num_warps=4)))
         if not loss:
             continue
-        jobs.append((f"query gradient, {tag}", fused._grad_q_kernel,
+        jobs.append((f"query gradient, {tag}", kernels._grad_q_kernel,
                      {"d_ptr": f"*{ty}", "d_off_ptr": "*i64", "idx_ptr": "*i32", "gt_ptr": f"*{acc_ty}",
                       "row_query_ptr": "*i32", "out_ptr": f"*{acc_ty}", "n_rows": "i32", "n_pages": "i32",
                       "n_queries": "i32"},
                      {"DIM": DIM, "BLOCK_Q": cfg.block_q, "BLOCK_D": DIM, "ACC": acc}, cfg))
-        jobs.append((f"page-gradient sort, {tag}", fused._bucket_kernel,
+        jobs.append((f"page-gradient sort, {tag}", kernels._bucket_kernel,
                      {"idx_ptr": "*i32", "sorted_ptr": "*i32", "bucket_ptr": "*i32", "n_rows": "i32"},
-                     {"BLOCK_P": cfg.block_p_grad, "NB": NB, "CHUNK": max(16, fused.SORT_STEP // NB)}, cfg))
-        jobs.append((f"page gradient, {tag}", fused._grad_d_kernel,
+                     {"BLOCK_P": cfg.block_p_grad, "NB": NB, "CHUNK": max(16, SORT_STEP // NB)}, cfg))
+        jobs.append((f"page gradient, {tag}", kernels._grad_d_kernel,
                      {"q_ptr": f"*{ty}", "d_off_ptr": "*i64", "sorted_ptr": "*i32", "bucket_ptr": "*i32",
                       "gt_ptr": f"*{acc_ty}", "row_query_ptr": "*i32", "out_ptr": f"*{acc_ty}", "n_rows": "i32",
                       "n_queries": "i32", "page0": "i32"},

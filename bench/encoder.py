@@ -25,7 +25,7 @@ from PIL import Image
 from retriever.model.dtype import add_dtype_argument
 from retriever.model.encoder import EncoderConfig
 from retriever.model.saved import load_encoder
-from retriever.tiny import BUILDERS, build_tiny
+from retriever.model.tiny_checkpoints import BUILDERS, build_tiny
 
 
 def make_pages(n: int, size: int, seed: int = 0) -> list[Image.Image]:

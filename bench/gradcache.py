@@ -13,8 +13,8 @@ Each configuration runs in its own subprocess so that peak memory is clean: peak
 ``torch.cuda.max_memory_allocated`` on GPU. A step is timed after a warm-up step at chunk size; the time
 covers ``GradCache.step`` (forward, loss, backward), not the optimizer update (identical for both).
 
-Models: on CPU the tiny random-weight Qwen2-VL of :mod:`retriever.tiny` (pages of 112x112 px = 16 visual
-tokens); on GPU (``--device cuda``) a random-weight model with Qwen2-VL-2B's shapes (text: 28 layers,
+Models: on CPU the tiny random-weight Qwen2-VL of :mod:`retriever.model.tiny_checkpoints` (pages of 112x112 px
+= 16 visual tokens); on GPU (``--device cuda``) a random-weight model with Qwen2-VL-2B's shapes (text: 28 layers,
 hidden 1536; vision: 32 layers, 1280) and pages of 768 visual tokens (896x672 px), in bf16. Every page of a
 batch is the same prepared page repeated (the inputs' content does not change the cost).
 
@@ -74,13 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------ model
 def build_model(device: str, out: Path) -> Path:
     """The tiny checkpoint (CPU) or a random-weight Qwen2-VL-2B-shaped one (GPU), written to ``out``."""
-    from retriever.tiny import build_tiny
+    from retriever.model.tiny_checkpoints import build_tiny
 
     if device == "cpu":
         return build_tiny("qwen2_vl", out)
     from transformers import AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessorPil
 
-    from retriever.tiny import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, byte_level_tokenizer, vocab_size_for
+    from retriever.model.tiny_checkpoints import (QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, byte_level_tokenizer,
+                                                  vocab_size_for)
 
     tokenizer = byte_level_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
     ids = tokenizer.convert_tokens_to_ids

@@ -1,4 +1,4 @@
-"""MaxSim scoring throughput: ``retriever.model.scoring`` against colpali-engine's ``score_multi_vector``.
+"""MaxSim scoring throughput: ``retriever.scoring`` against colpali-engine's ``score_multi_vector``.
 
 Measures queries x pages x query-tokens x page-tokens dot products per second (and GFLOP/s, 2*D flops each)
 on identical random L2-normalised tensors, checks that both produce the same scores, and prints the command
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from retriever.model.scoring import maxsim_lists
+from retriever.scoring import maxsim_lists
 
 
 def load_colpali_scorer() -> Callable | None:

@@ -1,6 +1,6 @@
 """Fused MaxSim on a GPU: tile-size sweep of the scoring kernel, and the differentiable loss at large batches.
 
-1. Sweep: the evaluation kernel (``retriever.model.maxsim_triton.maxsim_packed``) on ``bench.maxsim``'s input
+1. Sweep: the evaluation kernel (``retriever.scoring.fused.evaluation.maxsim_packed``) on ``bench.maxsim``'s input
    shape (fixed-length and dynamic pages, packed once) with each ``--configs`` entry (``BLOCK_Q x BLOCK_P x
    warps x stages``, optionally ``@pages per program``) in bf16, and each ``--fp32-configs`` entry in float32
    (``:split`` = three fp16 products over the inputs' halves, ``:tf32x3`` / ``:ieee`` = that ``tl.dot``
@@ -11,7 +11,7 @@
    the time of each pass, the forward-equivalent rate (``2*D*B^2*Lq*Ld`` flops over forward+backward time: the
    backward's page gradient is a second product of the same size, so the hardware does about twice that), and
    the peak memory above the inputs. ``--baseline-batch`` also times the chunked autograd function
-   (``retriever.training.losses.chunked_maxsim``, float32) and the fused path at that smaller batch.
+   (``retriever.scoring.chunked_maxsim``, float32) and the fused path at that smaller batch.
 
 All rates are also given as a fraction of the measured bf16 GEMM rate. Writes one JSON report (``--json``).
 ``--device cpu`` runs the same code in Triton's interpreter (``TRITON_INTERPRET=1``, tiny shapes only).
@@ -30,8 +30,11 @@ from functools import partial
 import torch
 
 from bench.maxsim import bf16_matmul_rate, make_inputs
-from retriever.training.losses import chunked_maxsim
-from retriever.model.maxsim_triton import BlockConfig, PackedPages, block_config, fused_maxsim, maxsim_packed
+from retriever.scoring import chunked_maxsim
+from retriever.scoring.fused.autograd import fused_maxsim
+from retriever.scoring.fused.config import BlockConfig, block_config
+from retriever.scoring.fused.evaluation import maxsim_packed
+from retriever.scoring.fused.packing import PackedPages
 
 
 def now(device: torch.device) -> float:

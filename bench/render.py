@@ -3,9 +3,10 @@
 Measures, on the same PDFs at the same dpi with JPEG encoding included:
   * ``pdftoppm`` (poppler), one process, ``-jpeg -jpegopt quality=Q`` (one subprocess per PDF);
   * a bare PyMuPDF + PIL loop in this process (the floor the pipeline's overhead is measured against);
-  * ``data_prep.render`` (task queue, pipes, HDF5 shard writes with fsync) with 1 and 2 worker processes, with
-    the CPU seconds per page of the whole pipeline (main process + workers; needs psutil), and the one-time cold
-    start of a fresh CLI run on a 1-page list (interpreter, PyMuPDF import, worker start), reported separately.
+  * ``python -m data_prep.render`` run through its ``main`` (task queue, pipes, HDF5 shard writes with fsync) with
+    1 and 2 worker processes, with the CPU seconds per page of the whole pipeline (main process + workers; needs
+    psutil), and the one-time cold start of a fresh CLI run on a 1-page list (interpreter, PyMuPDF import, worker
+    start), reported separately.
 On a shared machine the wall-clock 1->2 process scaling is limited by the free cores (the load average is
 printed); the CPU cost per page shows what the pipeline itself adds.
 Then random reads per second of N pages: ``PageStore.get_bytes`` / ``get_image`` against opening individual PNG
@@ -33,8 +34,8 @@ import pymupdf
 from PIL import Image
 
 from data_prep.rasterize import RenderSettings, encode, render_page
-from data_prep.render import render
-from data_prep.split_pdfs import split_pdfs
+from data_prep.render import main as render_main
+from data_prep.split_pdfs import main as split_pdfs_main
 from data_prep.store import PageStore, PageStoreWriter
 
 
@@ -97,12 +98,15 @@ class _CpuMeter:
 
 
 def bench_pipeline(pages_path: Path, out: Path, settings: RenderSettings, workers: int) -> tuple[float, int, float]:
-    """Wall seconds, pages rendered, CPU seconds (this process + workers)."""
+    """Wall seconds, pages rendered, CPU seconds (this process + workers) of the render CLI into a new store."""
+    argv = ["--pages", str(pages_path), "--out", str(out), "--dpi", str(settings.dpi), "--max_side",
+            str(settings.max_side), "--format", settings.fmt, "--quality", str(settings.quality),
+            "--workers", str(workers)]
     with _CpuMeter() as cpu:
         t0 = time.perf_counter()
-        counts = render(pages_path, out, settings, workers=workers)
+        render_main(argv)
         wall = time.perf_counter() - t0
-    return wall, counts["rendered"], cpu.seconds
+    return wall, len(PageStore(out)), cpu.seconds
 
 
 def bench_cold_start(pages_path: Path, out: Path) -> float:
@@ -161,7 +165,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_render_"))
     try:
         pages_path = work / "pages.jsonl"
-        split_pdfs([args.pdfs], pages_path)
+        split_pdfs_main(["--pdfs", args.pdfs, "--out", str(pages_path)])
         pages = [json.loads(line) for line in pages_path.read_text().splitlines()]
         pages = [r for r in pages if not r.get("encrypted")]  # every tool must be able to open every PDF
         pages_path.write_text("".join(json.dumps(r) + "\n" for r in pages))

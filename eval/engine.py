@@ -9,8 +9,11 @@ Design
   small) and a contiguous shard of the corpus, chunk by chunk. Each chunk is scored against all queries
   (dense dot or blocked MaxSim) and folded into a running top-k, so neither the score matrix nor all page
   embeddings are ever held; the per-rank top-k lists are merged with one all_gather.
-* Collectives run under the process group's timeout (:func:`init_distributed`), so a dead rank makes the others
-  fail with a message instead of hanging.
+* Collectives run under the process group's timeout (:func:`retriever.process_group.joined_process_group`), so a
+  dead rank makes the others fail with a message instead of hanging.
+* How a corpus is encoded and scored (batch and chunk sizes, score device and precision, where the state goes) is
+  one :class:`ScoringSettings`, passed whole from the CLIs and training down to :func:`score_shard`; how many
+  results to keep (``k``) is the caller's question, not a setting.
 * Resumable: after every chunk a rank saves its top-k state (``torch.save`` of tensors, reloaded with
   ``weights_only=True``) under ``state_dir``, replacing the previous one atomically; a rerun with the same
   settings continues from the next chunk. A full disk stops the run with one line naming the state file, whose
@@ -22,7 +25,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,10 +38,10 @@ from tqdm.auto import tqdm
 from data_prep.outputs import RESUME_HINT, atomic_output
 from eval.topk import RunningTopK, merge_across_ranks
 from retriever.model.embeddings import pad_multivector
-from retriever.model.scoring import dense_scores, maxsim_lists
-from retriever.process_group import RankInfo, join_process_group
+from retriever.process_group import RankInfo, shard_range
+from retriever.scoring import dense_scores, maxsim_lists
 
-__all__ = ["Encoder", "encode_sharded_queries", "init_distributed", "score_shard", "shard_range", "trec_tie_key"]
+__all__ = ["Encoder", "ScoringSettings", "encode_sharded_queries", "score_shard", "trec_tie_key"]
 
 logger = logging.getLogger(__name__)
 Embeddings = Tensor | list[Tensor]
@@ -55,16 +58,17 @@ class Encoder(Protocol):
                      progress: bool) -> Embeddings: ...
 
 
-def init_distributed(timeout_s: float) -> RankInfo:
-    """Join the torchrun group (NCCL with CUDA, else gloo) with a collective timeout; no-op when not launched."""
-    return join_process_group(timedelta(seconds=timeout_s))
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How :func:`score_shard` encodes and scores: ``batch_size`` pages per encoder call, ``chunk_pages`` pages encoded
+    and scored at a time, scores computed on ``device`` (MaxSim in ``compute_dtype`` when given, see
+    ``--score_dtype``), and the running top-k saved per chunk under ``state_dir`` when given (resumable)."""
 
-
-def shard_range(n: int, rank: int, world: int) -> range:
-    """Contiguous, balanced ``range`` of ``n`` items owned by ``rank``."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
+    batch_size: int = 8
+    chunk_pages: int = 256
+    device: torch.device | str = "cpu"
+    compute_dtype: torch.dtype | None = None
+    state_dir: Path | None = None
 
 
 def encode_sharded_queries(encoder: Encoder, texts: Sequence[str], batch_size: int, info: RankInfo) -> Embeddings:
@@ -110,42 +114,33 @@ def _save_state(state_file: Path, top: RunningTopK, next_chunk: int) -> None:
         torch.save({"values": top.values, "indices": top.indices, "next_chunk": next_chunk}, handle)
 
 
-def score_shard(
-    encoder: Encoder,
-    query_emb: Embeddings,
-    n_pages: int,
-    load_pages: Callable[[Sequence[int]], list[Image.Image]],
-    page_ids: Sequence[str],
-    k: int,
-    info: RankInfo,
-    batch_size: int = 8,
-    chunk_pages: int = 256,
-    score_device: torch.device | str = "cpu",
-    compute_dtype: torch.dtype | None = None,
-    state_dir: Path | None = None,
-    on_chunk: Callable[[Tensor, range], None] | None = None,
-) -> list[list[tuple[int, float]]]:
+def score_shard(encoder: Encoder, query_emb: Embeddings, page_ids: Sequence[str],
+                load_pages: Callable[[Sequence[int]], list[Image.Image]], k: int, info: RankInfo,
+                settings: ScoringSettings = ScoringSettings(),
+                on_chunk: Callable[[Tensor, range], None] | None = None) -> list[list[tuple[int, float]]]:
     """Global top-``k`` corpus positions per query ``[(position, score), ...]``, identical on all ranks.
 
-    This rank encodes and scores its shard of ``n_pages`` in chunks of ``chunk_pages``. ``on_chunk(scores, span)``
-    sees every ``[Nq, C]`` score chunk (used for image->text ranking). With ``state_dir`` the running top-k is
-    checkpointed per chunk and resumed (only when ``on_chunk`` is None, since its state is not saved).
+    ``load_pages(positions)`` gives the images of those positions of ``page_ids``. This rank encodes and scores its
+    shard of the corpus in chunks of ``settings.chunk_pages``. ``on_chunk(scores, span)`` sees every ``[Nq, C]``
+    score chunk (used for image->text ranking). With ``settings.state_dir`` the running top-k is checkpointed per
+    chunk and resumed (only when ``on_chunk`` is None, since its state is not saved).
     """
     multi = encoder.multi_vector
-    device = torch.device(score_device)
+    device = torch.device(settings.device)
     if multi:
         queries: Any = tuple(t.to(device) for t in pad_multivector(query_emb)) if len(query_emb) else None
     else:
         queries = query_emb.to(device)
     n_queries = len(query_emb)
     top = RunningTopK(n_queries, k, trec_tie_key(page_ids))
-    score = _scorer(multi, device, compute_dtype)
+    score = _scorer(multi, device, settings.compute_dtype)
+    n_pages, chunk = len(page_ids), settings.chunk_pages
     shard = shard_range(n_pages, info.rank, info.world)
-    chunks = [shard[i:i + chunk_pages] for i in range(0, len(shard), chunk_pages)]
+    chunks = [shard[i:i + chunk] for i in range(0, len(shard), chunk)]
     state_file, start = None, 0
-    if state_dir is not None and on_chunk is None:
-        key = _state_key({"n_q": n_queries, "n_pages": n_pages, "k": k, "world": info.world, "chunk": chunk_pages})
-        state_file = Path(state_dir) / f"topk_{key}_rank{info.rank}.pt"
+    if settings.state_dir is not None and on_chunk is None:
+        key = _state_key({"n_q": n_queries, "n_pages": n_pages, "k": k, "world": info.world, "chunk": chunk})
+        state_file = Path(settings.state_dir) / f"topk_{key}_rank{info.rank}.pt"
         if state_file.exists():
             saved = torch.load(state_file, weights_only=True)
             top.values, top.indices, start = saved["values"], saved["indices"], int(saved["next_chunk"])
@@ -153,7 +148,7 @@ def score_shard(
     for ci in tqdm(range(start, len(chunks)), desc=f"scoring pages (rank {info.rank})", disable=not info.is_main,
                    initial=start, total=len(chunks)):
         span = chunks[ci]
-        emb = encoder.encode_pages(load_pages(span), batch_size=batch_size, ids=[page_ids[i] for i in span],
+        emb = encoder.encode_pages(load_pages(span), batch_size=settings.batch_size, ids=[page_ids[i] for i in span],
                                    progress=False)
         scores = score(queries, emb) if n_queries else torch.empty(0, len(span))
         if on_chunk is not None:

@@ -30,6 +30,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,12 @@ from torch import Tensor
 from data_prep.errors import InputError, MissingInputError, cli, read_json_input
 from data_prep.images import ImageDecodeError
 from data_prep.outputs import write_text_atomic
-from eval.engine import Encoder, encode_sharded_queries, init_distributed, score_shard
-from eval.score_run import parse_k
+from eval.engine import Encoder, ScoringSettings, encode_sharded_queries, score_shard
+from eval.metrics import parse_k
 from eval.topk import select_topk
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
-from retriever.model.scoring import add_score_dtype_argument, score_dtype
-from retriever.process_group import RankInfo
+from retriever.process_group import RankInfo, joined_process_group
+from retriever.scoring import add_score_dtype_argument, score_dtype
 
 __all__ = ["KarpathySplit", "evaluate_image_text", "load_karpathy", "main", "unique_texts"]
 
@@ -133,17 +134,16 @@ class _ImageToText:
 
 def evaluate_image_text(encoder: Encoder, n_images: int, load_images: Callable[[Sequence[int]], list[Image.Image]],
                         captions: Sequence[str], caption_image: Sequence[int], info: RankInfo,
-                        k_values: Sequence[int] = (1, 5, 10), batch_size: int = 8, chunk_images: int = 256,
-                        score_device: str | torch.device = "cpu",
-                        compute_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Recall@k in both directions and ``rsum``; every rank returns the same values."""
+                        k_values: Sequence[int] = (1, 5, 10),
+                        settings: ScoringSettings = ScoringSettings()) -> dict[str, float]:
+    """Recall@k in both directions and ``rsum``; every rank returns the same values. ``settings.chunk_pages`` is
+    the number of images encoded and scored at a time (``--chunk_images``); nothing is resumable here."""
     k = max(k_values)
     texts, caption_row = unique_texts(captions)
-    caption_emb = encode_sharded_queries(encoder, texts, batch_size, info)
+    caption_emb = encode_sharded_queries(encoder, texts, settings.batch_size, info)
     i2t = _ImageToText(k, caption_row)
     image_ids = [str(i) for i in range(n_images)]
-    t2i_by_text = score_shard(encoder, caption_emb, n_images, load_images, image_ids, k, info, batch_size,
-                              chunk_images, score_device, compute_dtype, on_chunk=i2t)
+    t2i_by_text = score_shard(encoder, caption_emb, image_ids, load_images, k, info, settings, on_chunk=i2t)
     t2i = [t2i_by_text[row] for row in caption_row]
     ranked_captions = i2t.gather(info)
     owner = torch.tensor(list(caption_image))
@@ -177,22 +177,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    info = init_distributed(args.timeout)
-    device = info.device
-    data = load_karpathy(args.karpathy_json, args.image_root, args.split)
-    encoder = load_encoder_from_args(args, device)
-    metrics = evaluate_image_text(encoder, len(data.image_paths), data.load_images, data.captions, data.caption_image,
-                                  info, args.k, args.batch_size, args.chunk_images, device,
-                                  score_dtype(args.score_dtype, device))
-    if info.is_main:
-        text = json.dumps({"split": args.split, "images": len(data.image_paths), "captions": len(data.captions),
-                           **metrics}, indent=2)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(args.out, text + "\n")
-        print(text)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    with joined_process_group(timedelta(seconds=args.timeout)) as info:
+        data = load_karpathy(args.karpathy_json, args.image_root, args.split)
+        encoder = load_encoder_from_args(args, info.device)
+        settings = ScoringSettings(args.batch_size, args.chunk_images, info.device,
+                                   score_dtype(args.score_dtype, info.device))
+        metrics = evaluate_image_text(encoder, len(data.image_paths), data.load_images, data.captions,
+                                      data.caption_image, info, args.k, settings)
+        if info.is_main:
+            text = json.dumps({"split": args.split, "images": len(data.image_paths), "captions": len(data.captions),
+                               **metrics}, indent=2)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(args.out, text + "\n")
+            print(text)
     return 0
 
 

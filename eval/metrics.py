@@ -15,19 +15,31 @@ name                   trec_eval measure
 =====================  =========================================================
 
 Aggregates are means over the evaluated queries (those present in both run and qrels), as MTEB reports them;
-values are not rounded.
+values are not rounded. The cutoffs come from ``--k`` (:func:`parse_k`), one spelling for every evaluation tool.
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 
 import pytrec_eval
 
-__all__ = ["DEFAULT_K", "evaluate_run", "trec_order"]
+__all__ = ["DEFAULT_K", "evaluate_run", "parse_k", "trec_order"]
 
 DEFAULT_K = (1, 3, 5, 10, 100)
 _MEASURES = {"ndcg_cut": "ndcg_at", "map_cut": "map_at", "recall": "recall_at", "P": "precision_at",
              "success": "hit_rate_at"}
+
+
+def parse_k(text: str) -> list[int]:
+    """The ``--k`` cutoffs: ``"1,5,10"`` -> ``[1, 5, 10]``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k expects comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--k expects positive integers, got {text!r}")
+    return values
 
 
 def trec_order(docs: Mapping[str, float]) -> list[str]:

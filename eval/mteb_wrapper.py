@@ -3,7 +3,7 @@
 :class:`MtebRetriever` implements mteb's ``EncoderProtocol`` (as an ``AbsEncoder``): ``encode`` receives mteb's
 DataLoader of batches (``"text"`` for queries, ``"image"`` for pages) and returns ``[N, D]`` (dense) or a
 zero-padded ``[N, L, D]`` (multi-vector); ``similarity`` is the dot product or MaxSim from
-:mod:`retriever.model.scoring`, where a multi-vector token is padding exactly when it is all zeros (real tokens are
+:mod:`retriever.scoring`, where a multi-vector token is padding exactly when it is all zeros (real tokens are
 L2-normalised, never zero). With it ``mteb.evaluate(MtebRetriever.from_pretrained(path), mteb.get_benchmark(
 "ViDoRe(v1)"))`` runs MTEB's own pipeline and metrics on our checkpoints.
 
@@ -30,7 +30,7 @@ from torch import Tensor
 from eval.datasets import RetrievalData
 from eval.engine import Encoder
 from retriever.model.saved import load_encoder, saved_encoder_config
-from retriever.model.scoring import dense_scores, maxsim_blocked
+from retriever.scoring import dense_scores, maxsim_blocked
 
 __all__ = ["MtebRetriever", "load_mteb_model", "local_task", "model_meta"]
 

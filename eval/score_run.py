@@ -11,19 +11,8 @@ import warnings
 from pathlib import Path
 
 from data_prep.errors import cli
-from eval.metrics import DEFAULT_K, evaluate_run
+from eval.metrics import DEFAULT_K, evaluate_run, parse_k
 from eval.trec import read_qrels, read_run
-
-
-def parse_k(text: str) -> list[int]:
-    """``"1,5,10"`` -> ``[1, 5, 10]``."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--k expects comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"--k expects positive integers, got {text!r}")
-    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

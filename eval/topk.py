@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from retriever.process_group import RankInfo, collective_device
+
 __all__ = ["RunningTopK", "merge_across_ranks", "select_topk"]
 
 _EMPTY = -1  # index of a padding slot (a rank with fewer than k documents)
@@ -63,12 +65,12 @@ def merge_across_ranks(local: RunningTopK) -> list[list[tuple[int, float]]]:
     """Global top-k per query as ``[(corpus index, score), ...]`` (best first), identical on every rank.
 
     Without an initialised process group this is the local result. Uses ``all_gather`` on tensors, on the
-    current CUDA device when the backend is NCCL; the group's timeout bounds the wait for a dead rank.
+    group's :func:`~retriever.process_group.collective_device`; the group's timeout bounds the wait for a dead rank.
     """
     values, indices = local.padded()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        world = dist.get_world_size()
+    world = RankInfo.current().world
+    if world > 1:
+        device = collective_device()
         gathered_v = [torch.empty_like(values, device=device) for _ in range(world)]
         gathered_i = [torch.empty_like(indices, device=device) for _ in range(world)]
         dist.all_gather(gathered_v, values.to(device))

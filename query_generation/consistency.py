@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from data_prep.store import PageStore
-from eval.engine import score_shard
+from eval.engine import ScoringSettings, score_shard
 from retriever.model.encoder import RetrieverEncoder
 from retriever.model.saved import load_encoder
 from retriever.process_group import RankInfo
@@ -27,8 +27,8 @@ def consistency_reasons(encoder: Any, store: PageStore, queries: Sequence[str], 
     ids = store.ids()
     known = set(ids)
     query_emb = encoder.encode_queries(list(queries), batch_size=batch_size, progress=True)
-    top = score_shard(encoder, query_emb, len(ids), lambda span: [store.get_image(ids[i]) for i in span], ids,
-                      top_k, RankInfo.current(), batch_size=batch_size, chunk_pages=chunk_pages)
+    top = score_shard(encoder, query_emb, ids, lambda span: [store.get_image(ids[i]) for i in span], top_k,
+                      RankInfo.current(), ScoringSettings(batch_size, chunk_pages))
     reasons: list[str | None] = []
     for pos, found in zip(positives, top):
         ranked = [ids[i] for i, _ in found]

@@ -25,27 +25,24 @@ import argparse
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from data_prep.errors import InputError, cli
 from data_prep.outputs import atomic_output
-from eval.engine import shard_range
-from retriever.mining.candidates import pooled_vectors, rank_candidates
+from retriever.mining.candidates import rank_candidates
 from retriever.mining.duplicates import NearDuplicates, pdf_page_keys
+from retriever.mining.search import find_candidates
 from retriever.mining.selection import MiningRules, select_negatives
 from retriever.mining.statistics import MiningStats
-from retriever.model.embeddings import pad_multivector
 from retriever.model.saved import add_model_arguments, load_encoder_from_args
-from retriever.model.scoring import fused_maxsim_available, maxsim_lists
 from retriever.page_sources import ImageFolder, PageResolver, StorePages
 from retriever.pairs import Pair, read_jsonl_pairs, validate_pairs
-from retriever.process_group import RankInfo, is_distributed, join_process_group
+from retriever.process_group import RankInfo, barrier, joined_process_group, shard_range
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,57 +135,6 @@ def _check_cache_ids(cache: Path, ids: list[str], rank: int) -> None:
         listing.write_text(json.dumps(ids))
 
 
-def search_dense(queries: torch.Tensor, pages: torch.Tensor, k: int, index_spec: str) -> torch.Tensor:
-    """Top-``k`` page indices per query by inner product with FAISS."""
-    import faiss
-
-    data = pages.float().numpy()
-    index = faiss.index_factory(data.shape[1], index_spec, faiss.METRIC_INNER_PRODUCT)
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-    if not index.is_trained:
-        index.train(data)
-    index.add(data)
-    _, found = index.search(queries.float().numpy(), min(k, len(data)))
-    return torch.from_numpy(found)
-
-
-def _multi_scorer(pages: list[torch.Tensor], block: int) -> tuple[Callable[[list[torch.Tensor]], torch.Tensor], int]:
-    """MaxSim ``(query block) -> [n, N]`` and the query block size to use (``16 * block`` on a GPU).
-
-    On a GPU with Triton the pages are packed once into pinned bf16 memory and uploaded per block (never
-    re-packed); elsewhere the CPU path pads them per call.
-    """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not fused_maxsim_available(device):
-        return (lambda part: maxsim_lists(pad_multivector(part), pages)), block
-    from retriever.model.maxsim_triton import PackedPages, maxsim_packed
-
-    packed = PackedPages.pack(pages, torch.bfloat16, pin=True)
-    return (lambda part: maxsim_packed(part, packed, torch.bfloat16, device)), 16 * block
-
-
-def search_multi(queries: list[torch.Tensor], pages: list[torch.Tensor], k: int, block: int = 256) -> torch.Tensor:
-    """Top-``k`` page indices per query by MaxSim, query block by query block."""
-    score, block = _multi_scorer(pages, block)
-    found = []
-    for start in tqdm(range(0, len(queries), block), desc="MaxSim search", unit="block", leave=False):
-        found.append(score(queries[start:start + block]).topk(min(k, len(pages)), dim=1).indices.cpu())
-    return torch.cat(found)
-
-
-def find_candidates(queries, pages, multi: bool, depth: int, multi_search: str = "pooled",
-                    pool_depth: int | None = None, index_spec: str = "Flat") -> list[list[int]]:
-    """Candidate page indices per query (unranked: ``rank_candidates`` scores them exactly)."""
-    if not len(queries):
-        return []
-    if not multi:
-        return search_dense(queries, pages, depth, index_spec).tolist()
-    if multi_search == "exact":
-        return search_multi(list(queries), pages, depth).tolist()
-    return search_dense(pooled_vectors(queries), pooled_vectors(pages), pool_depth or 4 * depth, index_spec).tolist()
-
-
 def mine_queries(pairs: list[Pair], first: int, queries, pages, ids: list[str], multi: bool, depth: int,
                  candidates: list[list[int]], rules: MiningRules, duplicates: NearDuplicates,
                  stats: MiningStats) -> list[dict]:
@@ -221,7 +167,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     rules = MiningRules(args.num_negatives, args.range_min, args.range_max, args.relative_margin,
                         args.absolute_margin, args.max_score, args.sampling, args.seed)
-    env = join_process_group(timedelta(minutes=30))
+    with joined_process_group(timedelta(minutes=30)) as env:
+        mine(args, rules, env)
+
+
+def mine(args: argparse.Namespace, rules: MiningRules, env: RankInfo) -> None:
+    """Steps 1-4 of the module docstring on this rank; rank 0 then merges the ranks' parts into OUT."""
     sources = [StorePages(path) for path in args.page_store]
     sources += [ImageFolder(args.image_root)] if args.image_root else []
     resolver = PageResolver(sources)
@@ -247,8 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fields = mine_queries(mine_pairs, part.start, queries, pages, ids, encoder.multi_vector, depth, candidates,
                           rules, duplicates, stats)
     write_part(Path(args.out), env, part, fields, stats, Path(args.train_data))
-    if is_distributed():
-        dist.barrier()
+    barrier()
     if env.is_main:
         merge_parts(Path(args.out), env.world, rules.num_negatives)
 
@@ -259,7 +209,7 @@ def load_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, ar
     vectors = encode_corpus(encoder, resolver, ids, cache, args.batch_size, args.shard_size, env.rank, env.world)
     if env.world == 1:
         return vectors
-    dist.barrier()
+    barrier()
     return encode_corpus(encoder, resolver, ids, cache, args.batch_size, args.shard_size)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.errors import InputError
+from eval.report import markdown_table
 from retriever.model.encoder import EncoderConfig
 from retriever.model.published import PublishedFormat
 from retriever.model.saved import TRAINING_ARGS_FILE
@@ -28,8 +29,6 @@ PROCESSORS = {"ColQwen2": "ColQwen2Processor", "ColQwen2_5": "ColQwen2_5_Process
 
 def read_metrics(path: Path) -> str:
     """The markdown table of an ``eval.retrieval`` metrics.json (the run's, or one task's)."""
-    from eval.retrieval import markdown_table
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:

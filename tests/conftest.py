@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Factory: ``tiny_model_dir("qwen2_vl")`` -> directory of a tiny checkpoint, built on first use."""
-    from retriever.tiny import build_tiny
+    from retriever.model.tiny_checkpoints import build_tiny
 
     built: dict[str, Path] = {}
 

@@ -102,8 +102,9 @@ EVAL_CHILD = textwrap.dedent('''
     from tests.helpers.toy_retrieval import KnownAnswerEncoder
     from data_prep.errors import cli
     from eval.datasets import load_retrieval_data
-    from eval.engine import init_distributed
-    from eval.retrieval import evaluate_task
+    from eval.engine import ScoringSettings
+    from eval.evaluate import evaluate_task
+    from retriever.process_group import RankInfo
 
     class DiskFillsUp(KnownAnswerEncoder):
         calls = 0
@@ -117,7 +118,8 @@ EVAL_CHILD = textwrap.dedent('''
     @cli
     def main(argv):
         data = load_retrieval_data(argv[0], name="toy")
-        evaluate_task(DiskFillsUp(True), data, init_distributed(60), k_values=[3], chunk_pages=5, state_dir=argv[1])
+        evaluate_task(DiskFillsUp(True), data, RankInfo(), k_values=[3],
+                      settings=ScoringSettings(chunk_pages=5, state_dir=argv[1]))
 
     main(sys.argv[2:])
 ''')
@@ -125,13 +127,15 @@ EVAL_CHILD = textwrap.dedent('''
 
 def test_evaluation_state_survives_full_disk_and_resumes_identically(tmp_path):
     from eval.datasets import load_retrieval_data
-    from eval.engine import init_distributed
-    from eval.retrieval import evaluate_task
+    from eval.engine import ScoringSettings
+    from eval.evaluate import evaluate_task
+    from retriever.process_group import RankInfo
     from tests.helpers.toy_retrieval import N_PAGES, KnownAnswerEncoder, make_beir
 
     beir = make_beir(tmp_path / "beir")
     data = load_retrieval_data(str(beir), name="toy")
-    expected, _ = evaluate_task(KnownAnswerEncoder(True), data, init_distributed(60), k_values=[3], chunk_pages=5)
+    expected, _ = evaluate_task(KnownAnswerEncoder(True), data, RankInfo(), k_values=[3],
+                                settings=ScoringSettings(chunk_pages=5))
 
     state = tmp_path / "state"
     full = subprocess.run([sys.executable, "-c", EVAL_CHILD, str(REPO), str(beir), str(state)], env=_env(),
@@ -151,8 +155,8 @@ def test_evaluation_state_survives_full_disk_and_resumes_identically(tmp_path):
             seen.append(len(images))
             return super().encode_pages(images, batch_size, ids, progress)
 
-    resumed, _ = evaluate_task(Counting(True), data, init_distributed(60), k_values=[3], chunk_pages=5,
-                               state_dir=state)
+    resumed, _ = evaluate_task(Counting(True), data, RankInfo(), k_values=[3],
+                               settings=ScoringSettings(chunk_pages=5, state_dir=state))
     assert resumed == expected
     assert sum(seen) == N_PAGES - 10  # the two chunks saved before the disk filled are not scored again
 
@@ -213,7 +217,7 @@ def test_incomplete_checkpoint_is_never_loaded_and_latest_skips_it(tmp_path, cap
     (tmp_path / "checkpoint-2" / "COMPLETE").write_text("ok\n")
     incomplete = tmp_path / "checkpoint-4"
     with pytest.raises(IncompleteCheckpointError, match=rf"{incomplete} is not a complete checkpoint"):
-        load_checkpoint(backend=None, path=incomplete)
+        load_checkpoint(strategy=None, path=incomplete)
     with pytest.raises(IncompleteCheckpointError, match=rf"{incomplete} is an incomplete training checkpoint"):
         load_encoder(incomplete)
     with pytest.raises(ValueError, match=r"checkpoint-2 is a training checkpoint .*not a model; load the run's final"):

@@ -1,13 +1,9 @@
-"""Exact scores for a query's candidate pages, and the pooled vectors that find multi-vector candidates cheaply.
+"""Exact scores for a query's candidate pages, and their ranking.
 
-Searching finds candidate page indices (FAISS over dense or pooled vectors, or brute-force MaxSim); this module
-scores the candidates exactly (dot product, or MaxSim over the page's tokens) and ranks them, so the scores that
-the selection rules compare and that the mined file records are the model's own scores, whatever index found them.
-
-A multi-vector page's *pooled* vector is the mean of its token vectors, L2-normalised. Its inner product with a
-query's pooled vector is a cheap proxy for MaxSim: mining 100k pages first takes the best ``pool_depth`` pages by
-that proxy from a FAISS index, then reranks only those with exact MaxSim, instead of scoring every page token by
-token.
+Searching (:mod:`retriever.mining.search`) finds candidate page indices (FAISS over dense or pooled vectors, or
+brute-force MaxSim); this module scores the candidates exactly (dot product, or MaxSim over the page's tokens
+with :func:`retriever.scoring.maxsim_lists`) and ranks them, so the scores that the selection rules compare and
+that the mined file records are the model's own scores, whatever index found them.
 """
 from __future__ import annotations
 
@@ -17,15 +13,9 @@ import torch
 from torch import Tensor
 
 from retriever.mining.selection import Candidate
-from retriever.model.scoring import maxsim_lists
+from retriever.scoring import maxsim_lists
 
 PageEmbeddings = Tensor | Sequence[Tensor]
-
-
-def pooled_vectors(token_vectors: Sequence[Tensor]) -> Tensor:
-    """``[N, D]``: each item's mean token vector, L2-normalised (float32)."""
-    pooled = torch.stack([vectors.float().mean(dim=0) for vectors in token_vectors])
-    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def exact_scores(query: Tensor, pages: PageEmbeddings, indices: Sequence[int], multi: bool) -> Tensor:

@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from data_prep.errors import InputError, stop_on_full_disk
 from retriever.model.saved import CHECKPOINT_MARKER as MARKER
 from retriever.model.saved import CHECKPOINT_STATE_FILE as STATE_FILE
 from retriever.model.saved import IncompleteCheckpointError
+from retriever.process_group import barrier
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def save_checkpoint(strategy, output_dir: str | Path, state: TrainerState, save_
         _write_checkpoint(strategy, path, state)
     if strategy.rank == 0:
         _rotate(Path(output_dir), save_total_limit)
-    _barrier()
+    barrier()
     return path
 
 
@@ -60,11 +60,11 @@ def _write_checkpoint(strategy, path: Path, state: TrainerState) -> None:
     rank = strategy.rank
     if rank == 0 and path.exists():
         shutil.rmtree(path)
-    _barrier()
+    barrier()
     path.mkdir(parents=True, exist_ok=True)
     strategy.save_checkpoint(path)
     torch.save(_rng_state(), path / f"rng_state_{rank}.pt")
-    _barrier()
+    barrier()
     if rank == 0:
         (path / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         (path / MARKER).write_text("ok\n")
@@ -132,8 +132,3 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

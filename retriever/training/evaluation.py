@@ -1,13 +1,13 @@
-"""Evaluation during training: the native sharded evaluator (``eval.retrieval.evaluate_subsets``) inside the job.
+"""Evaluation during training: the native sharded evaluator (``eval.evaluate.evaluate_subsets``) inside the job.
 
 Every ``--eval_steps`` optimizer steps (and after the last one) every rank evaluates the encoder on
 ``--eval_data``: a held-out pairs JSONL (its queries and positives are the task, ``--eval_page_store`` or the first
 ``--page_store`` the corpus) or any task ``python -m eval.retrieval`` accepts (BEIR/ViDoRe folder, hub name, MTEB
-task name; the metrics of an MTEB task's language subsets are averaged). Ranks encode their shards of the queries
-and the corpus and merge their top-k with collectives, so all ranks take part and return the same numbers; under
-DeepSpeed ZeRO-3 the parameters are gathered and the partitioning hooks are off while it runs
-(``Strategy.inference_parameters``), so uneven shards cannot desynchronise the ranks (the encoder's own
-``encode_*`` switch it to eval mode and back). The metrics (nDCG@5/10, recall@5/10, MRR@10) go to the training
+task name; the metrics of an MTEB task's language subsets are averaged), loaded by the CLI's own
+``eval.tasks.load_task``. Ranks encode their shards of the queries and the corpus and merge their top-k with
+collectives, so all ranks take part and return the same numbers; under DeepSpeed ZeRO-3 the parameters are gathered
+and the partitioning hooks are off while it runs (``Strategy.inference_parameters``), so uneven shards cannot
+desynchronise the ranks (the encoder's own ``encode_*`` switch it to eval mode and back). The metrics (nDCG@5/10, recall@5/10, MRR@10) go to the training
 log as ``eval_<metric>``.
 
 ``--save_best`` keeps the encoder with the best ``--metric_for_best`` so far in ``OUTPUT_DIR/best`` (in the same
@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from data_prep.errors import InputError, stop_on_full_disk
-from eval.datasets import RetrievalData, load_retrieval_data, resolve_tasks
-from eval.retrieval import evaluate_subsets
+from eval.datasets import RetrievalData, resolve_tasks
+from eval.engine import ScoringSettings
+from eval.evaluate import evaluate_subsets
+from eval.tasks import load_task
 from retriever.model.encoder import RetrieverEncoder
 from retriever.model.saved import save_encoder
-from retriever.process_group import RankInfo, is_distributed
+from retriever.process_group import RankInfo, barrier
 from retriever.training.strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -46,15 +47,8 @@ def load_eval_data(eval_data: str, split: str, page_store: str | None) -> dict[s
     tasks = resolve_tasks([eval_data])
     if len(tasks) != 1:
         raise InputError(f"--eval_data {eval_data} names {len(tasks)} tasks; evaluation during training takes one")
-    spec = tasks[0]
-    if spec.mteb:
-        if page_store:
-            raise InputError(f"--eval_page_store replaces the corpus of a BEIR folder or pairs file, not of the MTEB "
-                             f"task {spec.name}")
-        from eval.mteb_tasks import get_task, load_subsets
-
-        return load_subsets(get_task(spec.name, spec.source), split)
-    return {"default": load_retrieval_data(spec.source, split, spec.name, page_store)}
+    _, subsets = load_task(tasks[0], split, page_store, "--eval_page_store")
+    return subsets
 
 
 class TrainingEvaluation:
@@ -64,7 +58,8 @@ class TrainingEvaluation:
                  batch_size: int, metric: str, save_best: bool):
         if metric not in METRICS:
             raise InputError(f"--metric_for_best {metric}: choose one of {', '.join(METRICS)}")
-        self.data, self.env, self.every, self.batch_size = data, env, every, batch_size
+        self.data, self.env, self.every = data, env, every
+        self.settings = ScoringSettings(batch_size=batch_size, device=env.device)
         self.metric, self.save_best = metric, save_best
         self.best_dir = Path(output_dir) / "best"
         record = self.best_dir / BEST_FILE
@@ -76,8 +71,7 @@ class TrainingEvaluation:
     def run(self, step: int, encoder: RetrieverEncoder, strategy: Strategy) -> dict[str, float]:
         """Evaluate on every rank (collective); save the best encoder when asked. Returns ``eval_*`` metrics."""
         with strategy.inference_parameters(), torch.no_grad():
-            _, metrics = evaluate_subsets(encoder, self.data, self.env, k_values=K_VALUES,
-                                          batch_size=self.batch_size, score_device=self.env.device)
+            _, metrics = evaluate_subsets(encoder, self.data, self.env, K_VALUES, settings=self.settings)
             aggregate = {name: sum(m["aggregate"][name] for m in metrics.values()) / len(metrics) for name in METRICS}
             improved = self.best is None or aggregate[self.metric] > self.best
             if self.save_best and improved:
@@ -98,5 +92,4 @@ class TrainingEvaluation:
             staging.rename(self.best_dir)  # a kill leaves the previous best or the new one, never half of one
             logger.info("step %d: new best %s = %.4f, saved to %s", step, self.metric, aggregate[self.metric],
                         self.best_dir)
-        if is_distributed():
-            dist.barrier()
+        barrier()

@@ -6,12 +6,9 @@ One loss, :class:`ContrastiveLoss`, takes query representations, page representa
 ``positives [B, P]`` mask. Every page that is not a positive of query ``i`` is one of its negatives, so
 in-batch negatives, explicit hard negatives and pages gathered from other ranks are all just columns.
 
-* Scores: dense reps ``[N, D]`` use dot products; multi-vector reps (``MultiVector(emb, mask)``) use MaxSim
-  from :mod:`retriever.model.scoring`, evaluated by :class:`ChunkedMaxSim`, an autograd function that computes the
-  ``[B, P]`` score matrix block by block and recomputes each block in backward. Peak memory is one block
-  (``score_chunk_size`` queries x ``score_chunk_size`` pages x ``Lq x Ld``), never ``[B, P, Lq, Ld]``.
-  On CUDA with Triton, :class:`retriever.model.maxsim_triton.FusedMaxSim` computes the same scores (float32) in
-  registers and backpropagates through the saved argmax indices instead.
+* Scores: :func:`retriever.scoring.differentiable_scores`, dot products for dense reps ``[N, D]`` and MaxSim for
+  multi-vector reps (``MultiVector(emb, mask)``): chunked, with peak memory one block of ``score_chunk_size``
+  queries x ``score_chunk_size`` pages x ``Lq x Ld`` (never ``[B, P, Lq, Ld]``), or fused on CUDA with Triton.
 * Multiple positives: each positive ``p`` of query ``i`` is contrasted with the negatives of ``i``:
   ``l_ip = softplus(logsumexp_j∈neg(i) s_ij/T - s_ip/T)`` (= ``-log e^{s_ip/T} / (e^{s_ip/T} + Σ_neg e^{s_ij/T})``),
   averaged over the positives of ``i``; then mean over queries. With one positive this is plain InfoNCE.
@@ -37,73 +34,11 @@ from torch import Tensor, nn
 
 from retriever.model.embeddings import MultiVector, is_multi_vector
 from retriever.model.heads import matryoshka_prefixes
-from retriever.model.scoring import fused_maxsim_available, maxsim
+from retriever.scoring import differentiable_scores
 
-__all__ = ["ChunkedMaxSim", "ContrastiveLoss", "chunked_maxsim", "scores"]
+__all__ = ["ContrastiveLoss"]
 
 MAX_LOGIT_SCALE = 100.0
-
-
-class ChunkedMaxSim(torch.autograd.Function):
-    """MaxSim scores ``[Nq, Nd]`` computed in ``chunk x chunk`` blocks; backward recomputes block by block.
-
-    Autograd would otherwise keep every block's ``[c, c, Lq, Ld]`` similarity tensor alive until backward;
-    here only the inputs are saved, so memory stays at one block in both passes.
-    """
-
-    @staticmethod
-    def forward(ctx, q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor, chunk: int) -> Tensor:
-        ctx.save_for_backward(q_emb, q_mask, d_emb, d_mask)
-        ctx.chunk = chunk
-        out = q_emb.new_empty(q_emb.shape[0], d_emb.shape[0])
-        for qs, ds in _blocks(q_emb.shape[0], d_emb.shape[0], chunk):
-            out[qs, ds] = maxsim(q_emb[qs], q_mask[qs], d_emb[ds], d_mask[ds])
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        q_emb, q_mask, d_emb, d_mask = ctx.saved_tensors
-        grad_q = torch.zeros_like(q_emb) if ctx.needs_input_grad[0] else None
-        grad_d = torch.zeros_like(d_emb) if ctx.needs_input_grad[2] else None
-        for qs, ds in _blocks(q_emb.shape[0], d_emb.shape[0], ctx.chunk):
-            with torch.enable_grad():
-                q_blk = q_emb[qs].detach().requires_grad_(grad_q is not None)
-                d_blk = d_emb[ds].detach().requires_grad_(grad_d is not None)
-                block = maxsim(q_blk, q_mask[qs], d_blk, d_mask[ds])
-                wanted = [t for t in (q_blk, d_blk) if t.requires_grad]
-                grads = iter(torch.autograd.grad(block, wanted, grad_out[qs, ds]))
-            if grad_q is not None:
-                grad_q[qs] += next(grads)
-            if grad_d is not None:
-                grad_d[ds] += next(grads)
-        return grad_q, None, grad_d, None, None
-
-
-def _blocks(n_rows: int, n_cols: int, chunk: int):
-    """Yield ``(row_slice, col_slice)`` pairs tiling an ``n_rows x n_cols`` matrix in ``chunk``-sized blocks."""
-    for r in range(0, n_rows, chunk):
-        for c in range(0, n_cols, chunk):
-            yield slice(r, r + chunk), slice(c, c + chunk)
-
-
-def chunked_maxsim(q_emb: Tensor, q_mask: Tensor, d_emb: Tensor, d_mask: Tensor, chunk: int = 64) -> Tensor:
-    """Differentiable MaxSim ``[Nq, Nd]`` with memory bounded by one ``chunk x chunk`` block."""
-    if chunk < 1:
-        raise ValueError(f"score chunk size must be >= 1, got {chunk}")
-    return ChunkedMaxSim.apply(q_emb, q_mask, d_emb, d_mask, chunk)
-
-
-def scores(q_reps: Any, p_reps: Any, chunk: int = 64) -> Tensor:
-    """Score matrix ``[B, P]``: dot products for dense reps, chunked (or fused, on CUDA) MaxSim for multi-vector."""
-    if is_multi_vector(q_reps) != is_multi_vector(p_reps):
-        raise TypeError("queries and pages must both be dense tensors or both MultiVector")
-    if is_multi_vector(q_reps) and fused_maxsim_available(q_reps.emb.device):
-        from retriever.model.maxsim_triton import fused_maxsim
-
-        return fused_maxsim(q_reps.emb, q_reps.mask, p_reps.emb, p_reps.mask)
-    if is_multi_vector(q_reps):
-        return chunked_maxsim(q_reps.emb, q_reps.mask, p_reps.emb, p_reps.mask, chunk)
-    return q_reps @ p_reps.T
 
 
 def _prefix(reps: Any, dim: int) -> Any:
@@ -195,7 +130,7 @@ class ContrastiveLoss(nn.Module):
 
     def _single(self, q_reps: Any, p_reps: Any, positives: Tensor) -> Tensor:
         """Loss at one representation size."""
-        raw = scores(q_reps, p_reps, self.score_chunk_size)
+        raw = differentiable_scores(q_reps, p_reps, self.score_chunk_size)
         logits = raw * self.scale().to(raw.dtype)
         flagged = self._suspected_false_negatives(raw.detach(), positives)
         offset = float("-inf") if self.false_negative_mode == "drop" else math.log(self.false_negative_weight)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -37,7 +36,7 @@ from retriever.model.saved import TRAINING_ARGS_FILE, load_encoder, save_encoder
 from retriever.model.training_modes import LoraSettings
 from retriever.page_sources import ImageFolder, PageResolver, StorePages
 from retriever.pairs import is_hf_dataset, load_hf_pairs, read_jsonl_pairs, validate_pairs
-from retriever.process_group import RankInfo, join_process_group
+from retriever.process_group import RankInfo, barrier, joined_process_group
 from retriever.training.args import parse_args
 from retriever.training.strategy import Strategy, build_strategy
 from retriever.training.batching import EpochBatches
@@ -58,7 +57,12 @@ logger = logging.getLogger("retriever.train")
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    env = join_process_group(timedelta(minutes=30), args.deepspeed is not None)
+    with joined_process_group(timedelta(minutes=30), args.deepspeed is not None) as env:
+        return train(args, env)
+
+
+def train(args, env: RankInfo) -> Path:
+    """Set up (module docstring), train, and write ``OUTPUT_DIR/final``, whose path is returned."""
     torch.manual_seed(args.seed)
     ds_config = load_deepspeed_config(args.deepspeed) if args.deepspeed else None
     check_optimizer(args.optim, ds_config, env.device.type == "cuda")
@@ -75,10 +79,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         _info(env, f"resumed from {resume} at step {state.global_step}")
     evaluation = build_evaluation(args, env)
     train_loop(args, env, encoder, data, resolver, strategy, gradcache, state, steps, evaluation)
-    final = save_final(args, env, encoder, strategy)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return final
+    return save_final(args, env, encoder, strategy)
 
 
 def load_training_data(args) -> tuple[TrainingData, PageResolver]:
@@ -230,7 +231,7 @@ def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, data: TrainingDat
                strategy: Strategy, gradcache: GradCache, state: TrainerState, steps: int,
                evaluation: TrainingEvaluation | None = None) -> None:
     log = TrainLog(args.output_dir, env.rank == 0, [r for r in args.report_to if r != "none"], args.run_name,
-                   vars(args))
+                   vars(args), start_step=state.global_step)
     stream = batch_stream(args, env, encoder, data, resolver, state)
     autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16)
                 if args.bf16 and not args.deepspeed else contextlib.nullcontext())
@@ -292,8 +293,7 @@ def save_final(args, env: RankInfo, encoder: RetrieverEncoder, strategy: Strateg
                 save_encoder(encoder, final)
                 write_text_atomic(final / TRAINING_ARGS_FILE,
                                   json.dumps(vars(args), indent=2, sort_keys=True, default=str) + "\n")
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     _info(env, f"saved the trained encoder to {final}")
     return final
 

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from retriever.process_group import RankInfo, is_distributed
+from retriever.process_group import RankInfo, barrier, is_distributed
 
 __all__ = ["Strategy", "DDPStrategy", "DeepSpeedStrategy", "MultiInput", "build_strategy"]
 
@@ -166,8 +165,7 @@ class Strategy:
         if self.rank == 0:
             Path(directory).mkdir(parents=True, exist_ok=True)
             torch.save(self.state_dict(), Path(directory) / "backend.pt")
-        if is_distributed():
-            dist.barrier()
+        barrier()
 
     def load_checkpoint(self, directory: str | Path) -> None:
         path = Path(directory) / "backend.pt"
@@ -277,8 +275,7 @@ class DeepSpeedStrategy(Strategy):
             if self.extra_scheduler is not None:
                 extra["scheduler"] = self.extra_scheduler.state_dict()
             torch.save(extra, Path(directory) / "extra_params.pt")
-        if is_distributed():
-            dist.barrier()
+        barrier()
 
     def load_checkpoint(self, directory: str | Path) -> None:
         load_path, _ = self.engine.load_checkpoint(str(directory), tag="engine")

@@ -1,6 +1,6 @@
 """Image<->text Recall@K on a Karpathy-format fixture: known answers, brute-force reference, 1 vs 2 ranks.
 
-Run as a script (``torchrun ... tests/test_eval_image_text.py JSON ROOT OUT``) it writes OUT/metrics.json on rank 0.
+Run as a script (``torchrun ... tests/eval/test_image_text.py JSON ROOT OUT``) it writes OUT/metrics.json on rank 0.
 """
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 
-from eval.engine import init_distributed
+from eval.engine import ScoringSettings
 from eval.image_text import evaluate_image_text, load_karpathy
+from retriever.process_group import RankInfo, joined_process_group
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.toy_retrieval import KnownAnswerEncoder, page_image
 
@@ -78,7 +80,7 @@ def test_recall_known_answers_and_reference(karpathy: Path, multi: bool) -> None
     assert len(split.image_paths) == N_IMAGES and len(split.captions) == 2 * N_IMAGES
     encoder = KnownAnswerEncoder(multi)
     metrics = evaluate_image_text(encoder, N_IMAGES, split.load_images, split.captions, split.caption_image,
-                                  init_distributed(60), k_values=(1, 5, 10), chunk_images=3)
+                                  RankInfo(), k_values=(1, 5, 10), settings=ScoringSettings(chunk_pages=3))
     # image 6's captions retrieve image 2 first: 12 of 14 captions hit at 1; with 7 images every caption hits at 10
     assert metrics["t2i_recall_at_1"] == pytest.approx(12 / 14)
     assert metrics["t2i_recall_at_10"] == 1.0
@@ -123,7 +125,7 @@ def test_bad_karpathy_json(tmp_path: Path) -> None:
 def test_one_and_two_ranks_identical(karpathy: Path, tmp_path: Path) -> None:
     split = load_karpathy(karpathy, karpathy.parent)
     single = evaluate_image_text(KnownAnswerEncoder(True), N_IMAGES, split.load_images, split.captions, split.caption_image,
-                                 init_distributed(60), k_values=(1, 2, 5), chunk_images=2)
+                                 RankInfo(), k_values=(1, 2, 5), settings=ScoringSettings(chunk_pages=2))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
            str(karpathy), str(tmp_path)]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}, timeout=120, capture_output=True, text=True)
@@ -143,9 +145,10 @@ def test_cli_with_tiny_model(karpathy: Path, tiny_model_dir, tmp_path: Path) -> 
 
 
 if __name__ == "__main__":
-    info = init_distributed(timeout_s=20)
-    data = load_karpathy(sys.argv[1], Path(sys.argv[1]).parent)
-    result = evaluate_image_text(KnownAnswerEncoder(True), N_IMAGES, data.load_images, data.captions, data.caption_image,
-                                 info, k_values=(1, 2, 5), chunk_images=2)
-    if info.is_main:
-        (Path(sys.argv[2]) / "metrics.json").write_text(json.dumps(result))
+    with joined_process_group(timedelta(seconds=20)) as info:
+        data = load_karpathy(sys.argv[1], Path(sys.argv[1]).parent)
+        result = evaluate_image_text(KnownAnswerEncoder(True), N_IMAGES, data.load_images, data.captions,
+                                     data.caption_image, info, k_values=(1, 2, 5),
+                                     settings=ScoringSettings(chunk_pages=2))
+        if info.is_main:
+            (Path(sys.argv[2]) / "metrics.json").write_text(json.dumps(result))

@@ -7,9 +7,11 @@ import json
 import pytest
 from PIL import Image
 
+from data_prep.errors import InputError
 from data_prep.store import PageStoreWriter
-from eval.datasets import load_retrieval_data
+from eval.datasets import TaskSource, load_retrieval_data
 from eval.retrieval import main as retrieval_main
+from eval.tasks import load_task
 
 
 @pytest.fixture()
@@ -38,6 +40,19 @@ def test_pairs_jsonl_task_needs_a_store(store_and_pairs):
     _, pairs = store_and_pairs
     with pytest.raises(ValueError, match="needs --page_store"):
         load_retrieval_data(str(pairs))
+
+
+def test_load_task_takes_a_store_for_a_pairs_file_not_for_an_mteb_task(store_and_pairs):
+    """The evaluation CLI and training's evaluation load tasks alike; the error names the caller's flag."""
+    store, pairs = store_and_pairs
+    task, subsets = load_task(TaskSource("test", str(pairs)), "test", str(store))
+    assert task.metadata.name == "test" and list(subsets) == ["default"]
+    assert subsets["default"].qrels == {"q0": {"doc/1": 1}, "q1": {"doc/4": 1}}
+    mteb_task = TaskSource("Vidore2ESGReportsRetrieval", None, mteb=True)
+    for flag in ("--page_store", "--eval_page_store"):
+        with pytest.raises(InputError, match=f"^{flag} replaces the corpus of a BEIR folder or pairs file, not of "
+                                             "the MTEB task Vidore2ESGReportsRetrieval$"):
+            load_task(mteb_task, "test", str(store), flag)
 
 
 def test_cli_on_pairs_task(tiny_model_dir, store_and_pairs, tmp_path):

@@ -1,28 +1,29 @@
 """Native evaluator: known answers with toy encoders, 1 vs 2 ranks identical, page store corpus, bad input.
 
-Run as a script (``torchrun ... tests/test_eval_retrieval.py DATA OUT HEAD``) it evaluates the toy encoder on
+Run as a script (``torchrun ... tests/eval/test_retrieval.py DATA OUT HEAD``) it evaluates the toy encoder on
 DATA under the launched process group and writes OUT/run.json on rank 0.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from eval.datasets import load_retrieval_data
-from eval.engine import init_distributed
-from eval.retrieval import evaluate_task, markdown_table
+from eval.engine import ScoringSettings
+from eval.evaluate import evaluate_task
+from eval.report import markdown_table
+from retriever.process_group import RankInfo, joined_process_group
 from tests.helpers.paths import REPO_ROOT
-from tests.helpers.toy_retrieval import KnownAnswerEncoder, make_beir
+from tests.helpers.toy_retrieval import N_PAGES, KnownAnswerEncoder, make_beir, page_image
+
 
 @pytest.fixture(scope="module")
 def beir_dir(tmp_path_factory) -> Path:
@@ -32,7 +33,8 @@ def beir_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("multi", [False, True])
 def test_known_answers(beir_dir: Path, multi: bool) -> None:
     data = load_retrieval_data(str(beir_dir), name="toy")
-    run, metrics = evaluate_task(KnownAnswerEncoder(multi), data, init_distributed(60), k_values=[1, 5], chunk_pages=4)
+    run, metrics = evaluate_task(KnownAnswerEncoder(multi), data, RankInfo(), k_values=[1, 5],
+                                 settings=ScoringSettings(chunk_pages=4))
     for qid, docs in run.items():
         best = max(docs, key=docs.get)
         assert best == "p" + qid[1:]  # the page with the query's number wins
@@ -46,8 +48,9 @@ def test_known_answers(beir_dir: Path, multi: bool) -> None:
 def test_resume_from_saved_state(beir_dir: Path, tmp_path: Path) -> None:
     """A crash mid-task leaves a state file; the rerun continues from it and gives the same run."""
     data = load_retrieval_data(str(beir_dir), name="toy")
-    info = init_distributed(60)
-    expected, _ = evaluate_task(KnownAnswerEncoder(True), data, info, k_values=[3], chunk_pages=5)
+    info = RankInfo()
+    expected, _ = evaluate_task(KnownAnswerEncoder(True), data, info, k_values=[3],
+                                settings=ScoringSettings(chunk_pages=5))
 
     class Crash(KnownAnswerEncoder):
         calls = 0
@@ -59,7 +62,7 @@ def test_resume_from_saved_state(beir_dir: Path, tmp_path: Path) -> None:
             return super().encode_pages(images, batch_size, ids, progress)
 
     with pytest.raises(RuntimeError, match="simulated"):
-        evaluate_task(Crash(True), data, info, k_values=[3], chunk_pages=5, state_dir=tmp_path)
+        evaluate_task(Crash(True), data, info, k_values=[3], settings=ScoringSettings(chunk_pages=5, state_dir=tmp_path))
     assert len(list(tmp_path.glob("*.pt"))) == 1
     seen: list[int] = []
 
@@ -68,7 +71,8 @@ def test_resume_from_saved_state(beir_dir: Path, tmp_path: Path) -> None:
             seen.append(len(images))
             return super().encode_pages(images, batch_size, ids, progress)
 
-    resumed, _ = evaluate_task(Counting(True), data, info, k_values=[3], chunk_pages=5, state_dir=tmp_path)
+    resumed, _ = evaluate_task(Counting(True), data, info, k_values=[3],
+                               settings=ScoringSettings(chunk_pages=5, state_dir=tmp_path))
     assert resumed == expected
     assert sum(seen) == N_PAGES - 10  # two chunks of 5 were already scored
     assert not list(tmp_path.glob("*.pt"))
@@ -117,7 +121,7 @@ def test_page_store_as_corpus(beir_dir: Path, tmp_path: Path) -> None:
             writer.add(f"p{i}", buf.getvalue())
     data = load_retrieval_data(str(beir_dir), name="toy", page_store=tmp_path / "pages")
     assert sorted(data.corpus_ids) == sorted(f"p{i}" for i in range(N_PAGES))
-    run, metrics = evaluate_task(KnownAnswerEncoder(False), data, init_distributed(60), k_values=[1])
+    run, metrics = evaluate_task(KnownAnswerEncoder(False), data, RankInfo(), k_values=[1])
     assert metrics["aggregate"]["precision_at_1"] == 1.0
 
 
@@ -125,7 +129,8 @@ def test_page_store_as_corpus(beir_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("multi", [False, True])
 def test_one_and_two_ranks_identical(beir_dir: Path, tmp_path: Path, multi: bool) -> None:
     data = load_retrieval_data(str(beir_dir), name="toy")
-    single, _ = evaluate_task(KnownAnswerEncoder(multi), data, init_distributed(60), k_values=[1, 5, 10], chunk_pages=3)
+    single, _ = evaluate_task(KnownAnswerEncoder(multi), data, RankInfo(), k_values=[1, 5, 10],
+                              settings=ScoringSettings(chunk_pages=3))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            __file__, str(beir_dir), str(tmp_path), "multi" if multi else "dense"]
@@ -177,10 +182,11 @@ def test_eval_dist_sh_matches_single_process(beir_dir: Path, tiny_model_dir, tmp
 
 
 if __name__ == "__main__":
-    info = init_distributed(timeout_s=20)
-    if os.environ.get("TOY_KILL_RANK") == str(info.rank):
-        os._exit(3)
-    toy = load_retrieval_data(sys.argv[1], name="toy")
-    result, _ = evaluate_task(KnownAnswerEncoder(sys.argv[3] == "multi"), toy, info, k_values=[1, 5, 10], chunk_pages=3)
-    if info.is_main:
-        (Path(sys.argv[2]) / "run.json").write_text(json.dumps(result))
+    with joined_process_group(timedelta(seconds=20)) as info:
+        if os.environ.get("TOY_KILL_RANK") == str(info.rank):
+            os._exit(3)
+        toy = load_retrieval_data(sys.argv[1], name="toy")
+        result, _ = evaluate_task(KnownAnswerEncoder(sys.argv[3] == "multi"), toy, info, k_values=[1, 5, 10],
+                                  settings=ScoringSettings(chunk_pages=3))
+        if info.is_main:
+            (Path(sys.argv[2]) / "run.json").write_text(json.dumps(result))

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import mteb
 import pytest
-import torch
 from datasets import Dataset, Features, Image as ImageFeature, Value
 
 from eval.datasets import resolve_tasks
-from eval.engine import init_distributed
+from eval.engine import ScoringSettings
+from eval.evaluate import evaluate_subsets
 from eval.mteb_tasks import get_task, load_subsets, subset_average, task_result
 from eval.mteb_wrapper import MtebRetriever
-from eval.retrieval import evaluate_spec, evaluate_subsets, parse_args
+from eval.retrieval import evaluate_spec, parse_args
+from retriever.process_group import RankInfo
 from tests.helpers.toy_retrieval import KnownAnswerEncoder, page_image
 
 TASK = "Vidore2ESGReportsRetrieval"
@@ -66,7 +67,8 @@ def test_subsets_equal_mteb(vidore_dir: Path, multi: bool) -> None:
     subsets = load_subsets(task)
     assert sorted(subsets) == sorted(task.metadata.eval_langs)  # the subsets are mteb's, not ours
     assert {s: len(d.qrels) for s, d in subsets.items()} == {s: len(r) for s, r in QUERIES.items()}
-    _, native = evaluate_subsets(encoder, subsets, init_distributed(60), k_values=[1, 3, 5, 10], chunk_pages=5)
+    _, native = evaluate_subsets(encoder, subsets, RankInfo(), k_values=[1, 3, 5, 10],
+                                 settings=ScoringSettings(chunk_pages=5))
     ours = task_result(task, "test", {s: m["aggregate"] for s, m in native.items()}, 0.0)
 
     reference = _mteb_result(MtebRetriever(encoder), get_task(TASK, str(vidore_dir)))
@@ -86,7 +88,7 @@ def test_cli_writes_subsets_and_mteb_results(vidore_dir: Path, tmp_path: Path) -
     args = parse_args(["--model", str(tmp_path / "toy"), "--tasks", f"{TASK}={vidore_dir}", "--out",
                        str(tmp_path / "out"), "--k", "1,5,10", "--mteb_results", str(tmp_path / "mteb")])
     [spec] = resolve_tasks(args.tasks)
-    summary = evaluate_spec(KnownAnswerEncoder(True), spec, args, init_distributed(60), torch.device("cpu"))
+    summary = evaluate_spec(KnownAnswerEncoder(True), spec, args, RankInfo(), ScoringSettings())
     written = json.loads((tmp_path / "out" / TASK / "metrics.json").read_text())
     assert written["main_score"] == "ndcg_at_5" and sorted(written["subsets"]) == sorted(QUERIES)
     assert written["aggregate"] == summary["aggregate"]
@@ -128,7 +130,7 @@ def test_v3_layout_equals_mteb(tmp_path: Path) -> None:
     root = make_vidore_v3(tmp_path / "v3")
     task = get_task(task_name, str(root))
     encoder = KnownAnswerEncoder(True)
-    _, native = evaluate_subsets(encoder, load_subsets(task), init_distributed(60), k_values=[1, 5, 10])
+    _, native = evaluate_subsets(encoder, load_subsets(task), RankInfo(), k_values=[1, 5, 10])
     ours = task_result(task, "test", {s: m["aggregate"] for s, m in native.items()}, 0.0)
     theirs = _mteb_result(MtebRetriever(encoder), get_task(task_name, str(root)))
     assert task.metadata.main_score == "ndcg_at_10"

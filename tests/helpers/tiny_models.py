@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retriever.tiny import unavailable_reason
+from retriever.model.tiny_checkpoints import unavailable_reason
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma")
 ARCH_PARAMS = [pytest.param(arch, marks=pytest.mark.skipif(reason is not None, reason=str(reason)))

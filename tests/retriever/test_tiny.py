@@ -8,7 +8,8 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
 from retriever.model.saved import load_image_processor
-from retriever.tiny import BUILDERS, build_tiny, main
+from retriever.model.tiny_checkpoints import BUILDERS, build_tiny
+from retriever.tiny import main
 from tests.helpers.tiny_models import ARCHS, ARCH_PARAMS
 
 IMAGE_TOKENS = {

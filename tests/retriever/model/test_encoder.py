@@ -209,7 +209,7 @@ def test_saved_dir_missing_heads_is_named(encoder, tmp_path):
 
 
 def test_maxsim_of_encoder_outputs_matches_naive_loop(encoder):
-    scoring = pytest.importorskip("retriever.model.scoring")
+    scoring = pytest.importorskip("retriever.scoring")
     enc = encoder("qwen2_vl", torch.float64, head="multi")
     with torch.no_grad():
         q, d = enc(enc.prepare_queries(QUERIES)), enc(enc.prepare_pages(pages()))

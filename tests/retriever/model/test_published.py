@@ -19,7 +19,7 @@ from tests.helpers.published_refs import (REFERENCES, build_reference, colpali_e
                             sample_images, write_adapter)
 from retriever.merge import main as merge_main
 from retriever.model.saved import load_encoder
-from retriever.model.scoring import maxsim_lists
+from retriever.scoring import maxsim_lists
 
 QUERIES = ["hello world", "what was the revenue in 2023?"]
 ENGINE = [name for name in REFERENCES if name.startswith("engine_")]

@@ -21,11 +21,13 @@ if not CUDA and tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9
     pytest.skip("Triton's interpreter needs triton >= 3.9 (loop bounds loaded from memory)", allow_module_level=True)
 
 from retriever.model.embeddings import MultiVector, pad_multivector  # noqa: E402
-from retriever.training.losses import ContrastiveLoss, chunked_maxsim  # noqa: E402
-from retriever.model.maxsim_triton import (  # noqa: E402
-    MAX_PARTS_PER_TILE, BlockConfig, PackedPages, QueryTiles, _launch_forward, block_config, fused_maxsim,
-    maxsim_packed, maxsim_padded_fused)
-from retriever.model.scoring import maxsim, maxsim_blocked, maxsim_lists  # noqa: E402
+from retriever.scoring import chunked_maxsim, maxsim, maxsim_blocked, maxsim_lists  # noqa: E402
+from retriever.scoring.fused.autograd import fused_maxsim  # noqa: E402
+from retriever.scoring.fused.config import BlockConfig, block_config  # noqa: E402
+from retriever.scoring.fused.evaluation import maxsim_packed, maxsim_padded_fused  # noqa: E402
+from retriever.scoring.fused.launch import launch_forward  # noqa: E402
+from retriever.scoring.fused.packing import MAX_PARTS_PER_TILE, PackedPages, QueryTiles  # noqa: E402
+from retriever.training.losses import ContrastiveLoss  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPE = torch.float32 if CUDA else torch.float64  # the "exact" dtype of each mode
@@ -103,7 +105,7 @@ def test_argmax_is_the_winning_page_token() -> None:
     flat = torch.cat(queries).to(DEVICE, DTYPE)
     tiles = QueryTiles.build(flat, torch.arange(flat.shape[0], device=DEVICE), [5, 19, 2], SMALL.block_q)
     packed = PackedPages.pack([p.to(DEVICE, DTYPE) for p in pages])
-    _, idx = _launch_forward(tiles, packed, True, SMALL)
+    _, idx = launch_forward(tiles, packed, True, SMALL)
     filled = (tiles.source >= 0).cpu()
     rows = torch.cat(queries)[tiles.source.cpu()[filled]]
     for j, page in enumerate(pages):
@@ -135,11 +137,11 @@ def test_page_gradient_with_concentrated_argmax_and_page_chunks(monkeypatch: pyt
     """Most rows pick one dominant page token (one block's row list spans many ``BLOCK_Q`` steps, the others are
     short or empty); the page-gradient pass runs one page per chunk, sorts 16 rows per step into 64-bit row lists,
     and forward programs take three pages each (the second program one live page): gradients stay exact."""
-    import retriever.model.maxsim_triton as fused
+    import retriever.scoring.fused.launch as launch
 
-    monkeypatch.setattr(fused, "SORTED_ENTRIES", 1)
-    monkeypatch.setattr(fused, "SORT_STEP", 1)
-    monkeypatch.setattr(fused, "INT32_ENTRIES", 0)  # the 64-bit row lists of very large batches
+    monkeypatch.setattr(launch, "SORTED_ENTRIES", 1)
+    monkeypatch.setattr(launch, "SORT_STEP", 1)
+    monkeypatch.setattr(launch, "INT32_ENTRIES", 0)  # the 64-bit row lists of very large batches
     gen = torch.Generator().manual_seed(9)
     q, qm = _padded(6, 23, 16, gen)
     q = q.abs() + 0.1  # positive queries: a large positive page token wins their rows
@@ -201,7 +203,7 @@ def test_fp32_scored_as_three_fp16_products(scale: float) -> None:
 def test_fp16_halves_round_like_torch() -> None:
     """The split kernel's halves equal torch's round-to-nearest conversions bit for bit (odd sizes, a zero row,
     tiny and large entries), and an all-zero or empty input needs no scaling."""
-    from retriever.model.maxsim_triton import LO_SCALE, _split_fp16
+    from retriever.scoring.fused.launch import LO_SCALE, _split_fp16
 
     gen = torch.Generator().manual_seed(12)
     x = torch.randn(37, 129, generator=gen) * torch.logspace(-6, 2, 129)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from retriever.model.embeddings import pad_multivector
-from retriever.model.scoring import dense_scores, maxsim, maxsim_blocked, maxsim_lists
+from retriever.scoring import dense_scores, maxsim, maxsim_blocked, maxsim_lists
 
 
 def _random_batch(n: int, max_len: int, dim: int, gen: torch.Generator, scattered: bool = False):
@@ -96,7 +96,7 @@ def test_score_dtype_flag_applies_on_cuda_only() -> None:
     dtype (None); anything else is refused by argparse."""
     import argparse
 
-    from retriever.model.scoring import add_score_dtype_argument, score_dtype
+    from retriever.scoring import add_score_dtype_argument, score_dtype
 
     parser = argparse.ArgumentParser()
     add_score_dtype_argument(parser)

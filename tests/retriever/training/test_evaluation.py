@@ -35,7 +35,7 @@ def _store(root):
 @pytest.mark.distributed
 def test_zero3_two_ranks_eval_during_training_keeps_the_best_checkpoint(tiny_model_dir, tmp_path):
     from eval.datasets import load_retrieval_data
-    from eval.retrieval import evaluate_task
+    from eval.evaluate import evaluate_task
     from retriever.model.saved import load_encoder
     from retriever.process_group import RankInfo
 
@@ -68,6 +68,7 @@ def test_zero3_two_ranks_eval_during_training_keeps_the_best_checkpoint(tiny_mod
 
 
 def test_eval_flags_are_checked_before_training(tmp_path):
+    from retriever.process_group import RankInfo
     from retriever.training.args import parse_args
     from retriever.training.evaluation import TrainingEvaluation
 
@@ -75,10 +76,10 @@ def test_eval_flags_are_checked_before_training(tmp_path):
     with pytest.raises(SystemExit):
         parse_args(base + ["--save_best"])  # without --eval_data
     with pytest.raises(ValueError, match="--metric_for_best ndcg_at_3: choose one of"):
-        TrainingEvaluation(None, None, tmp_path, 5, 8, "ndcg_at_3", True)
-    evaluation = TrainingEvaluation(None, None, tmp_path, 5, 8, "recall_at_10", True)
+        TrainingEvaluation(None, RankInfo(), tmp_path, 5, 8, "ndcg_at_3", True)
+    evaluation = TrainingEvaluation(None, RankInfo(), tmp_path, 5, 8, "recall_at_10", True)
     assert [s for s in range(1, 13) if evaluation.due(s, 12)] == [5, 10, 12]
     assert evaluation.best is None
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "best.json").write_text(json.dumps({"step": 5, "value": 0.25}))
-    assert TrainingEvaluation(None, None, tmp_path, 5, 8, "recall_at_10", True).best == 0.25  # a resumed run
+    assert TrainingEvaluation(None, RankInfo(), tmp_path, 5, 8, "recall_at_10", True).best == 0.25  # a resumed run

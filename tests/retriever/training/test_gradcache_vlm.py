@@ -15,7 +15,7 @@ from tests.helpers.grad_check import assert_close, gradcache_grads, grads_of, re
 from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 from retriever.model.saved import load_encoder
 from retriever.model.training_modes import LoraSettings
-from retriever.tiny import build_tiny
+from retriever.model.tiny_checkpoints import build_tiny
 from retriever.training.strategy import build_strategy
 from retriever.training.gradcache import GradCache
 from retriever.training.losses import ContrastiveLoss

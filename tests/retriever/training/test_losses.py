@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from retriever.model.embeddings import MultiVector
-from retriever.training.losses import ContrastiveLoss, chunked_maxsim
-from retriever.model.scoring import maxsim
+from retriever.scoring import chunked_maxsim, maxsim
+from retriever.training.losses import ContrastiveLoss
 
 T = 0.05
 

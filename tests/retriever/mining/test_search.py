@@ -1,0 +1,48 @@
+"""Candidate search: FAISS and brute-force MaxSim search equal brute force; pooled vectors with the exact rerank
+equal brute-force MaxSim."""
+from __future__ import annotations
+
+import torch
+
+from retriever.mining.candidates import rank_candidates
+from retriever.mining.search import find_candidates, search_dense, search_multi
+from retriever.scoring import maxsim
+
+
+def _brute_maxsim(q: torch.Tensor, pages: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([maxsim(q[None], torch.ones(1, len(q), dtype=torch.bool), p[None],
+                               torch.ones(1, len(p), dtype=torch.bool))[0, 0] for p in pages])
+
+
+def test_dense_search_matches_brute_force():
+    torch.manual_seed(0)
+    queries, pages = torch.randn(7, 16), torch.randn(50, 16)
+    found = search_dense(queries, pages, 5, "Flat")
+    assert torch.equal(found, (queries @ pages.T).topk(5, dim=1).indices)
+
+
+def test_multi_search_matches_brute_force():
+    torch.manual_seed(0)
+    queries = [torch.randn(n, 8, dtype=torch.float64) for n in (3, 5, 2)]
+    pages = [torch.randn(n, 8, dtype=torch.float64) for n in (4, 9, 1, 6, 3, 7)]
+    found = search_multi(queries, pages, 3, block=2)
+    for q, row in zip(queries, found):
+        assert row.tolist() == _brute_maxsim(q, pages).topk(3).indices.tolist()
+
+
+def test_pooled_candidates_with_exact_rerank_equal_brute_force_maxsim():
+    torch.manual_seed(0)
+    # pages in 4 topics (token vectors near a topic centre); a query's tokens near one topic centre
+    centres = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1) * 3
+    pages = [centres[i % 4] + 0.5 * torch.randn(3 + i % 5, 16) for i in range(40)]
+    queries = [centres[t] + 0.5 * torch.randn(4, 16) for t in (0, 1, 2, 3, 1)]
+    ids = [f"p{i}" for i in range(40)]
+    pooled = find_candidates(queries, pages, True, depth=5, multi_search="pooled", pool_depth=10)
+    for q, row in zip(queries, pooled):
+        ranked = [c.page for c in rank_candidates(q, pages, row, ids, True)[:5]]
+        brute = _brute_maxsim(q, pages).topk(5).indices.tolist()
+        assert ranked == [ids[i] for i in brute]
+    everything = find_candidates(queries, pages, True, depth=40, multi_search="pooled", pool_depth=40)
+    for q, row in zip(queries, everything):  # with the whole corpus pooled, the full ranking is exact MaxSim
+        assert [c.page for c in rank_candidates(q, pages, row, ids, True)] == \
+            [ids[i] for i in _brute_maxsim(q, pages).argsort(descending=True).tolist()]
