@@ -15,6 +15,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/torchrun.sh"
 EVAL_MODULE="${EVAL_MODULE:-eval.retrieval}"
 case "$EVAL_MODULE" in
   eval.retrieval|eval.image_text) ;;
-  *) echo "error: EVAL_MODULE must be eval.retrieval or eval.image_text, got '$EVAL_MODULE'" >&2; exit 2 ;;
+  *) fail "EVAL_MODULE must be eval.retrieval or eval.image_text, got '$EVAL_MODULE'" ;;
 esac
 DEFAULT_PORT=29501 CPU_PROCS=2 torchrun_module "$EVAL_MODULE" "$@"

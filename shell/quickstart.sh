@@ -3,17 +3,27 @@
 #   sample PDFs -> pages.jsonl -> HDF5 page store -> text-layer queries -> leak-free train/test split
 #   -> tiny random-weight Qwen2-VL -> baseline evaluation -> training with GradCache -> hard-negative mining
 #   -> evaluation of the trained model on the held-out split.
-# Everything is written to $QUICKSTART_OUT (default: quickstart_out/), which is emptied first.
-# MODEL=/path/to/checkpoint uses a real checkpoint directory instead of the tiny model (then prefer a GPU).
+# Everything is written to $QUICKSTART_OUT (default: quickstart_out/), which is emptied first; it must be missing,
+# empty or the output of an earlier quickstart (which leaves a .quickstart marker in it), so that a mistyped path
+# is never deleted. MODEL=/path/to/checkpoint uses a real checkpoint directory instead of the tiny model (then
+# prefer a GPU). The script takes no arguments.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=shell/checks.sh
+source shell/checks.sh
+[ $# -eq 0 ] || fail "takes no arguments, got '$1' (set MODEL or QUICKSTART_OUT in the environment instead)"
+OUT="${QUICKSTART_OUT:-$ROOT/quickstart_out}"
+if [ -e "$OUT" ] && [ ! -e "$OUT/.quickstart" ] && [ -n "$(ls -A "$OUT" 2>&1)" ]; then
+  fail "QUICKSTART_OUT $OUT is not empty and not an earlier quickstart output (no .quickstart marker)," \
+    "and it would be deleted: choose another folder"
+fi
 # shellcheck source=shell/venv.sh
 source shell/venv.sh
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-OUT="${QUICKSTART_OUT:-$ROOT/quickstart_out}"
 rm -rf "$OUT"
 mkdir -p "$OUT"
+touch "$OUT/.quickstart"
 step() { printf '\n== %s\n' "$*"; }
 
 step "1/9 sample PDFs"

@@ -16,56 +16,69 @@
 # run the pages and render stages once before (--until render), and the same command once more without slurm
 # afterwards to merge, filter and split. See docs/QUERIES.md.
 #
-# Errors (docs/ERRORS.md): a bad argument or a stage run out of order prints `error: <message>` on stderr and
-# exits with 2; a stage that stops on a user error has printed its own `error:` line, and the script exits with 2.
+# --generate_args / --filter_args: more flags for query_generation.generate / query_generation.filter, split on
+# whitespace and passed literally (no globbing, no quotes).
+#
+# Errors (docs/ERRORS.md): a bad argument (a flag without its value, a number that is not one, a slurm variable
+# out of range) or a stage run out of order prints `error: <message>` on stderr and exits with 2 before anything
+# runs; a stage that stops on a user error has printed its own `error:` line, and the script exits with 2.
 set -euo pipefail
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0; }
-die() { echo "error: $*" >&2; exit 2; }
+usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0; }
+# shellcheck source=shell/checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 PDFS="" OUT="" MODEL="" BACKEND="vllm" GPUS=1 TP=1 WORKERS=4 DRY=0 QPP=3 MAX_NEW=512 BATCH="" DPI=144
 TEST_FRACTION=0.1 GENERATE_ARGS="" FILTER_ARGS="--rules" UNTIL=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --pdfs) PDFS="$2"; shift 2 ;;
-    --out) OUT="$2"; shift 2 ;;
-    --model) MODEL="$2"; shift 2 ;;
-    --backend) BACKEND="$2"; shift 2 ;;
-    --gpus) GPUS="$2"; shift 2 ;;
-    --tp) TP="$2"; shift 2 ;;
-    --workers) WORKERS="$2"; shift 2 ;;
-    --queries_per_page) QPP="$2"; shift 2 ;;
-    --max_new_tokens) MAX_NEW="$2"; shift 2 ;;
-    --batch_size) BATCH="$2"; shift 2 ;;
-    --dpi) DPI="$2"; shift 2 ;;
-    --test_fraction) TEST_FRACTION="$2"; shift 2 ;;
-    --generate_args) GENERATE_ARGS="$2"; shift 2 ;;
-    --filter_args) FILTER_ARGS="$2"; shift 2 ;;
-    --until) UNTIL="$2"; shift 2 ;;
-    --dry-run) DRY=1; shift ;;
+    --pdfs) flag_value PDFS "$@" ;;
+    --out) flag_value OUT "$@" ;;
+    --model) flag_value MODEL "$@" ;;
+    --backend) flag_value BACKEND "$@" ;;
+    --gpus) flag_value GPUS "$@" ;;
+    --tp) flag_value TP "$@" ;;
+    --workers) flag_value WORKERS "$@" ;;
+    --queries_per_page) flag_value QPP "$@" ;;
+    --max_new_tokens) flag_value MAX_NEW "$@" ;;
+    --batch_size) flag_value BATCH "$@" ;;
+    --dpi) flag_value DPI "$@" ;;
+    --test_fraction) flag_value TEST_FRACTION "$@" ;;
+    --generate_args) flag_words GENERATE_ARGS "$@" ;;
+    --filter_args) flag_words FILTER_ARGS "$@" ;;
+    --until) flag_value UNTIL "$@" ;;
+    --dry-run) DRY=1; shift; continue ;;
     -h|--help) usage ;;
-    *) die "render_and_generate.sh: unknown argument '$1' (see --help)" ;;
+    *) fail "unknown argument '$1' (see --help)" ;;
   esac
+  shift 2
 done
 if [ -z "$PDFS" ] || [ -z "$OUT" ] || [ -z "$MODEL" ]; then
-  die "render_and_generate.sh: --pdfs, --out and --model are required (see --help)"
+  fail "--pdfs, --out and --model are required (see --help)"
 fi
-for flag in "--gpus $GPUS" "--tp $TP" "--workers $WORKERS"; do
-  case "${flag#* }" in
-    ''|*[!0-9]*|0*) die "render_and_generate.sh: ${flag% *} must be a positive integer, got '${flag#* }'" ;;
-  esac
-done
+need_int --gpus "$GPUS" 1
+need_int --tp "$TP" 1
+need_int --workers "$WORKERS" 1
+need_int --queries_per_page "$QPP" 1
+need_int --max_new_tokens "$MAX_NEW" 1
+[ -z "$BATCH" ] || need_int --batch_size "$BATCH" 1
+need_number --dpi "$DPI"
+need_fraction --test_fraction "$TEST_FRACTION"
 if [ $((GPUS % TP)) -ne 0 ]; then
-  die "render_and_generate.sh: --gpus ($GPUS) must be a positive multiple of --tp ($TP)"
+  fail "--gpus ($GPUS) must be a positive multiple of --tp ($TP)"
 fi
+case "$BACKEND" in
+  vllm|transformers|openai) ;;
+  *) fail "--backend must be vllm, transformers or openai, got '$BACKEND'" ;;
+esac
 case "$UNTIL" in
   ""|pages|render|generate|filter) ;;
-  *) die "render_and_generate.sh: --until must be pages, render, generate or filter, got '$UNTIL'" ;;
+  *) fail "--until must be pages, render, generate or filter, got '$UNTIL'" ;;
 esac
 ENGINES=$((GPUS / TP))
 DONE="$OUT/.done"
-# shellcheck disable=SC2206
-GEN_EXTRA=($GENERATE_ARGS) FILTER_EXTRA=($FILTER_ARGS)
+split_words GEN_EXTRA "$GENERATE_ARGS"
+split_words FILTER_EXTRA "$FILTER_ARGS"
 [ -n "$BATCH" ] && GEN_EXTRA+=(--batch_size "$BATCH")
 [ "$BACKEND" = "vllm" ] && GEN_EXTRA+=(--tensor_parallel_size "$TP")
 
@@ -139,9 +152,20 @@ split_pairs() {
 TASK="" TASKS=""
 if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
   [ -n "${SLURM_ARRAY_TASK_COUNT:-}" ] || die "slurm array task: SLURM_ARRAY_TASK_COUNT is not set"
-  TASK=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0})) TASKS="$SLURM_ARRAY_TASK_COUNT"
-elif [ -n "${SLURM_PROCID:-}" ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
-  TASK="$SLURM_PROCID" TASKS="$SLURM_NTASKS"
+  need_int SLURM_ARRAY_TASK_ID "$SLURM_ARRAY_TASK_ID" 0
+  need_int SLURM_ARRAY_TASK_COUNT "$SLURM_ARRAY_TASK_COUNT" 1
+  need_int SLURM_ARRAY_TASK_MIN "${SLURM_ARRAY_TASK_MIN:-0}" 0 "$SLURM_ARRAY_TASK_ID"
+  need_int SLURM_ARRAY_TASK_STEP "${SLURM_ARRAY_TASK_STEP:-1}" 1
+  TASK=$(((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0}) / ${SLURM_ARRAY_TASK_STEP:-1}))
+  TASKS="$SLURM_ARRAY_TASK_COUNT"
+  need_int "the array task index (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP" "$TASK" 0 \
+    $((TASKS - 1))
+elif [ -n "${SLURM_PROCID:-}" ]; then
+  need_int SLURM_NTASKS "${SLURM_NTASKS:-1}" 1
+  if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
+    need_int SLURM_PROCID "$SLURM_PROCID" 0 $((SLURM_NTASKS - 1))
+    TASK="$SLURM_PROCID" TASKS="$SLURM_NTASKS"
+  fi
 fi
 if [ -n "$TASK" ]; then
   is_done render || die "slurm task $TASK: the render stage is not done; run this script once with --until render first"

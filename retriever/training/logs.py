@@ -3,9 +3,12 @@
 Evaluation metrics (``eval_*`` keys, see ``evaluation.py``) share the step's record; TensorBoard and W&B show them
 under ``eval/`` and ``loss.png`` gets a second panel with held-out nDCG@10 and recall@10.
 
-Only rank 0 writes. ``log.jsonl`` has one record per optimizer step (loss, lr, grad norm, pairs/s, and a digest of
-the step's page ids) and is appended to on resume, so a resumed run's records can be compared with an
-uninterrupted run's; the last record of a step wins.
+Only rank 0 writes. ``log.jsonl`` has one record per logged optimizer step (loss, lr, grad norm, pairs/s, and a
+digest of the step's page ids), each step once, in order. A run that starts at step N (resumed from checkpoint-N;
+N = 0 for a fresh run) first drops the records of steps after N, which an interrupted run wrote and which are
+trained again, and a last line torn by a kill, then appends; so a resumed run's log has the same steps as an
+uninterrupted run's and can be compared with it record by record. TensorBoard events after step N are purged the
+same way (``purge_step``); W&B keeps what it was sent.
 """
 from __future__ import annotations
 
@@ -14,14 +17,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from data_prep.outputs import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 
 class TrainLog:
-    """Per-step metrics sink for rank 0 (a no-op on other ranks)."""
+    """Per-step metrics sink for rank 0 (a no-op on other ranks) of a run that starts after ``start_step``."""
 
     def __init__(self, output_dir: str | Path, enabled: bool, report_to: list[str], run_name: str | None,
-                 config: dict[str, Any]):
+                 config: dict[str, Any], start_step: int):
         self.enabled = enabled
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / "log.jsonl"
@@ -30,10 +35,11 @@ class TrainLog:
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        truncate_log(self.path, start_step)
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(log_dir=str(self.output_dir / "runs"))
+            self.tensorboard = SummaryWriter(log_dir=str(self.output_dir / "runs"), purge_step=start_step + 1)
         if "wandb" in report_to:
             self.wandb = _start_wandb(run_name, config)
 
@@ -65,15 +71,19 @@ def _tag(key: str) -> str:
 
 
 def read_log(path: str | Path) -> dict[int, dict[str, Any]]:
-    """The records of a ``log.jsonl`` by step (the last record of a step wins, as after a resume)."""
-    records: dict[int, dict[str, Any]] = {}
+    """The records of a ``log.jsonl`` by step, in step order (a last line torn by a kill is left out; in a log
+    written before steps were kept once, the last record of a step wins)."""
     path = Path(path)
+    lines = path.read_text().split("\n") if path.exists() else []
+    records = (json.loads(line) for line in lines[:-1] if line.strip())  # after the last newline: a torn line
+    return dict(sorted({record["step"]: record for record in records}.items()))
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep one record of each step up to ``step`` in the ``log.jsonl`` at ``path``, dropping later steps."""
     if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                records[record["step"]] = record
-    return records
+        kept = [record for number, record in read_log(path).items() if number <= step]
+        write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def plot_loss(log_path: str | Path, out: str | Path) -> None:

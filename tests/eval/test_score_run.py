@@ -9,7 +9,7 @@ import pytest
 
 from eval.metrics import evaluate_run
 from eval.score_run import main
-from eval.trec import FormatError, read_qrels, read_run, write_run
+from eval.trec import FormatError, decode_id, encode_id, read_qrels, read_run, write_run
 
 RUN = {"q1": {"d1": 2.0, "d2": 1.0, "d3": 1.0}, "q2": {"d3": 0.5, "d1": 0.25}}
 QRELS = {"q1": {"d3": 1}, "q2": {"d3": 2, "d2": 1}}
@@ -57,3 +57,60 @@ def test_bad_lines_name_file_and_line(tmp_path, capsys) -> None:
         main(["--run", str(bad), "--qrels", str(qrels)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: {bad}:2: document 'd1' appears twice for query 'q1'\n"
+
+
+ODD_IDS = ["scan 1.pdf/3", "a\tb", "50%", "a%20b", "x\u3000y\n", "a%2Fb"]
+
+
+def test_ids_with_whitespace_and_percent_round_trip(tmp_path) -> None:
+    run = {"q 1": {d: float(i) for i, d in enumerate(ODD_IDS)}, "q\t%2": {"50%": 1.0}}
+    path = tmp_path / "run.trec"
+    write_run(path, run, tag="my model")
+    assert all(len(line.split()) == 6 for line in path.read_text().splitlines())
+    assert "q%201 Q0 scan%201.pdf/3 6 0.0 my%20model\n" in path.read_text()
+    assert read_run(path) == run
+    write_run(path, run, tag="")  # `--model .` has an empty name
+    assert read_run(path) == run
+
+    qrels = {"q 1": {"a\tb": 1, "50%": 2}, "q\t%2": {"x\u3000y\n": 1}}
+    trec = tmp_path / "qrels.trec"
+    trec.write_text("".join(f"{encode_id(q)} 0 {encode_id(d)} {r}\n" for q, ds in qrels.items() for d, r in ds.items()))
+    assert read_qrels(trec) == qrels
+    beir = tmp_path / "qrels.tsv"  # tab-separated: ids with spaces and '%' are read literally
+    beir.write_text("query-id\tcorpus-id\tscore\nq 1\tscan 1.pdf/3\t1\nq 1\ta%20b\t1\n")
+    assert read_qrels(beir) == {"q 1": {"scan 1.pdf/3": 1, "a%20b": 1}}
+    out = tmp_path / "m.json"
+    assert main(["--run", str(path), "--qrels", str(trec), "--k", "1,3", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(json.dumps(evaluate_run(qrels, run, [1, 3])))
+
+
+def test_every_field_separator_is_encoded() -> None:
+    """Each character str.split() splits on (and '%') stays inside one field and decodes back."""
+    for char in (chr(c) for c in range(sys.maxunicode + 1)):
+        if char.isspace() or char == "%":
+            field = encode_id(f"a{char}b")
+            assert field.split() == [field] and decode_id(field) == f"a{char}b"
+    assert decode_id("a%2Fb%41") == "a%2Fb%41" and decode_id("a%2520") == "a%20" and decode_id("a%09") == "a\t"
+
+
+def test_evaluator_run_scores_the_same_with_odd_ids(tmp_path, monkeypatch) -> None:
+    """eval.retrieval's run.trec on ids with a space, a tab and a '%', scored by eval.score_run against the task's
+    qrels as a TREC file: the evaluator's own per-query metrics."""
+    import eval.retrieval
+    from tests.helpers.toy_retrieval import KnownAnswerEncoder, make_beir
+
+    beir = make_beir(tmp_path / "beir", query_prefix="query 50%\t", page_prefix="scan 1.pdf\t%")
+    monkeypatch.setattr(eval.retrieval, "load_encoder_from_args", lambda args, device: KnownAnswerEncoder(True))
+    assert eval.retrieval.main(["--model", "toy model", "--tasks", str(beir), "--out", str(tmp_path / "out"),
+                                "--k", "1,5", "--chunk_pages", "4"]) == 0
+    expected = json.loads((tmp_path / "out" / "beir" / "metrics.json").read_text())["per_query"]
+    run_path = tmp_path / "out" / "beir" / "run.trec"
+    assert all(len(line.split()) == 6 for line in run_path.read_text().splitlines())
+
+    from datasets import load_from_disk
+    rows = load_from_disk(str(beir / "qrels"))
+    trec = tmp_path / "qrels.trec"
+    trec.write_text("".join(f"{encode_id(r['query-id'])} 0 {encode_id(r['corpus-id'])} {r['score']}\n" for r in rows))
+    out = tmp_path / "m.json"
+    assert main(["--run", str(run_path), "--qrels", str(trec), "--k", "1,5", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["per_query"] == expected

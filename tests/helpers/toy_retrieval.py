@@ -60,21 +60,22 @@ class KnownAnswerEncoder:
         return self._stack([self._vectors(n, f"page{n}") for n in numbers])
 
 
-def make_beir(root: Path, extra_qrels: bool = False) -> Path:
-    """A BEIR folder of N_PAGES pages; q_i is about page i, q_0 also about page 1."""
+def make_beir(root: Path, extra_qrels: bool = False, query_prefix: str = "q", page_prefix: str = "p") -> Path:
+    """A BEIR folder of N_PAGES pages; q_i is about page i, q_0 also about page 1 (ids ``<prefix><i>``)."""
     from datasets import Dataset, Features, Image as ImageFeature, Value
 
-    corpus = Dataset.from_dict({"corpus-id": [f"p{i}" for i in range(N_PAGES)],
+    q, p = query_prefix, page_prefix
+    corpus = Dataset.from_dict({"corpus-id": [f"{p}{i}" for i in range(N_PAGES)],
                                 "image": [page_image(i) for i in range(N_PAGES)]},
                                features=Features({"corpus-id": Value("string"), "image": ImageFeature()}))
     corpus.save_to_disk(str(root / "corpus"))
-    Dataset.from_dict({"query-id": [f"q{i}" for i in range(0, N_PAGES, 2)],
+    Dataset.from_dict({"query-id": [f"{q}{i}" for i in range(0, N_PAGES, 2)],
                        "query": [f"about page {i}" for i in range(0, N_PAGES, 2)]}).save_to_disk(str(root / "queries"))
-    qrels = {"query-id": [f"q{i}" for i in range(0, N_PAGES, 2)] + ["q0"],
-             "corpus-id": [f"p{i}" for i in range(0, N_PAGES, 2)] + ["p1"],
+    qrels = {"query-id": [f"{q}{i}" for i in range(0, N_PAGES, 2)] + [f"{q}0"],
+             "corpus-id": [f"{p}{i}" for i in range(0, N_PAGES, 2)] + [f"{p}1"],
              "score": [1] * (N_PAGES // 2 + 1) + [1]}
     if extra_qrels:
-        extra = {"query-id": ["q2", "q4"], "corpus-id": ["p_gone", "p_gone2"], "score": [1, 1]}
+        extra = {"query-id": [f"{q}2", f"{q}4"], "corpus-id": [f"{p}_gone", f"{p}_gone2"], "score": [1, 1]}
         qrels = {k: v + extra[k] for k, v in qrels.items()}
     Dataset.from_dict(qrels).save_to_disk(str(root / "qrels"))
     return root

@@ -50,6 +50,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, train_data, t
 
     expected, got = read_log(tmp_path / "reference" / "log.jsonl"), read_log(out / "log.jsonl")
     assert sorted(got) == sorted(expected) == list(range(1, 7))
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 7))  # each step once, none repeated
     for step in expected:
         assert got[step]["pages_sha1"] == expected[step]["pages_sha1"], f"step {step} drew other pages"
         assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-6), f"step {step}"
@@ -62,7 +64,7 @@ def test_two_nodes_on_localhost(tiny_model_dir, train_data, tmp_path):
     port = str(29500 + os.getpid() % 1000)
     env = {**train_env(), "NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
            "PYTHON": sys.executable}
-    nodes = [subprocess.Popen(["bash", "shell/train_multinode.sh", *args], cwd=REPO, env={**env, "NODE_RANK": str(r)},
+    nodes = [subprocess.Popen(["bash", "shell/train_multinode.sh", *args], cwd=REPO_ROOT, env={**env, "NODE_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
@@ -97,14 +99,14 @@ def test_deepspeed_zero3_two_ranks_checkpoint_resume_and_final_save(tiny_model_d
 
     model, out = tiny_model_dir("qwen2_vl"), tmp_path / "zero3"
     args = train_args(model, train_data, out, "--max_steps", "3", "--save_steps", "2", "--per_device_train_batch_size", "2",
-                 "--gc_chunk_size", "1", "--deepspeed", str(REPO / "ds_configs" / "zero3.json"))
+                 "--gc_chunk_size", "1", "--deepspeed", str(REPO_ROOT / "ds_configs" / "zero3.json"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_port", str(30500 + os.getpid() % 1000), "-m", "retriever.train"]
-    first = subprocess.run([*torchrun, *args], env=train_env(), cwd=REPO, capture_output=True, text=True, timeout=400)
+    first = subprocess.run([*torchrun, *args], env=train_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
     assert first.returncode == 0, first.stderr[-4000:]
     reference = read_log(out / "log.jsonl")
     resumed = subprocess.run([*torchrun, *args, "--resume_from_checkpoint", str(out / "checkpoint-2")], env=train_env(),
-                             cwd=REPO, capture_output=True, text=True, timeout=400)
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     again = read_log(out / "log.jsonl")[3]
     assert again["pages_sha1"] == reference[3]["pages_sha1"]
