@@ -46,9 +46,10 @@ from typing import Any, Callable, Iterator
 from PIL import Image
 from tqdm import tqdm
 
-from data_prep.errors import InputError, MissingInputError, cli
+from data_prep.errors import InputError, MissingInputError, cli, read_text_input
 from data_prep.jsonl import iter_jsonl
-from data_prep.outputs import atomic_output
+from data_prep.flags import positive_int
+from data_prep.outputs import atomic_output, check_outputs
 from data_prep.store import PageStoreWriter
 
 SETS = ("arxivqa", "chartqa", "docvqa", "infographicvqa", "plotqa", "slidevqa")
@@ -76,7 +77,7 @@ class FormatError(InputError):
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text_input(path, "annotation file"))
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
 
@@ -349,8 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", help="split to read where the input holds several (e.g. train, val, test)")
     ap.add_argument("--store", required=True, help="page store directory to add the images to")
     ap.add_argument("--pairs", required=True, help="output pairs JSONL")
-    ap.add_argument("--limit", type=int, help="convert only the first N questions")
+    ap.add_argument("--limit", type=positive_int, help="convert only the first N questions")
     args = ap.parse_args(argv)
+    check_outputs({"--store": args.store, "--pairs": args.pairs}, {"--input": args.input}, directories=("--store",))
     convert(args.set, args.input, args.store, args.pairs, args.split, args.limit)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
-from data_prep.outputs import atomic_output, write_text_atomic
+from data_prep.flags import fraction, non_negative_int
+from data_prep.outputs import atomic_output, check_outputs, flag_paths, write_text_atomic
 
 
 class _UnionFind:
@@ -103,6 +104,10 @@ def build_splits(paths: list[str | os.PathLike], train_out: str | os.PathLike, t
         raise InputError(f"--test_fraction must be in [0, 1], got {test_fraction}")
     pairs = read_pairs(paths)
     train, test = split_pairs(pairs, test_fraction, test_per_source, seed)
+    if not train:
+        raise InputError(f"no train pairs: all {len(pairs)} pairs of {', '.join(map(str, paths))} went to the test "
+                         "split (pairs sharing a document or a page stay together); nothing to train on: lower "
+                         "--test_fraction or --test_per_source, or give more pairs")
     _write(train_out, pairs, train)
     _write(test_out, pairs, test)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "test": 0})
@@ -123,11 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", nargs="+", required=True, help="pairs JSONL files (query, pos, neg, source, doc_id)")
     ap.add_argument("--train", required=True, help="output train JSONL")
     ap.add_argument("--test", required=True, help="output test JSONL")
-    ap.add_argument("--test_fraction", type=float, default=0.1, help="share of each source's pairs in test")
-    ap.add_argument("--test_per_source", type=int, help="instead of a fraction: about N test pairs per source")
+    ap.add_argument("--test_fraction", type=fraction, default=0.1, help="share of each source's pairs in test")
+    ap.add_argument("--test_per_source", type=non_negative_int,
+                    help="instead of a fraction: about N test pairs per source")
     ap.add_argument("--seed", type=int, default=0, help="shuffling seed (same seed, same split)")
     ap.add_argument("--report", help="also write the per-source counts as JSON here")
     args = ap.parse_args(argv)
+    check_outputs({"--train": args.train, "--test": args.test, "--report": args.report},
+                  flag_paths("--pairs", args.pairs))
     counts = build_splits(args.pairs, args.train, args.test, args.test_fraction, args.test_per_source, args.seed)
     if args.report:
         write_text_atomic(args.report, json.dumps(counts, indent=1) + "\n")

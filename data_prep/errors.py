@@ -23,7 +23,9 @@ Which exceptions are user errors
     One built-in is mapped deliberately: an ``OSError`` whose errno is ENOSPC, EDQUOT or EFBIG (no space left, quota
     exceeded, file-size limit), wherever it was raised: a full disk is never a bug. A plain ``FileNotFoundError``,
     ``ValueError`` or ``KeyError`` is *not* mapped, because a bug raises those too; an input that may be missing is
-    opened with :func:`open_input`, which raises :class:`MissingInputError`.
+    opened with :func:`open_input`, which raises :class:`MissingInputError`, and a text input is read with
+    :func:`read_text_input` or :func:`iter_text_lines`, which name the file and the line of bytes that are not
+    UTF-8.
 
 Full disks
     Long jobs write through :func:`stop_on_full_disk`, which turns a failed write (also when HDF5 or torch report it
@@ -42,8 +44,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
 
-__all__ = ["DEBUG_ENV", "DiskFullError", "InputError", "MissingInputError", "UserError", "cli", "is_disk_full",
-           "open_input", "read_json_input", "stop_on_full_disk"]
+__all__ = ["DEBUG_ENV", "DiskFullError", "InputError", "MissingInputError", "UserError", "cli", "decode_text",
+           "is_disk_full", "iter_text_lines", "open_input", "read_json_input", "read_text_input", "stop_on_full_disk"]
 
 DEBUG_ENV = "VLMRET_DEBUG"
 EXIT_USER_ERROR = 2
@@ -116,11 +118,34 @@ def open_input(path: str | os.PathLike, what: str, mode: str = "r") -> IO[Any]:
         raise InputError(f"{what} {path} is a directory, expected a file") from None
 
 
+def decode_text(data: bytes, path: str | os.PathLike, what: str, first_line: int = 1) -> str:
+    """``data`` decoded as UTF-8; bytes that are not raise :class:`InputError` naming the file and the line (``data``
+    starts at line ``first_line`` of ``path``)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        raise InputError(f"{path}: line {line}: {what} is not UTF-8 text ({err.reason} 0x{data[err.start]:02x}); "
+                         "convert it to UTF-8") from None
+
+
+def read_text_input(path: str | os.PathLike, what: str) -> str:
+    """The whole text of a UTF-8 input file (missing, a directory or not UTF-8: one-line user errors)."""
+    with open_input(path, what, "rb") as fh:
+        return decode_text(fh.read(), path, what)
+
+
+def iter_text_lines(path: str | os.PathLike, what: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 input file, read lazily; a line that is not UTF-8 is a one-line error."""
+    with open_input(path, what, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            yield number, decode_text(raw, path, what, number)
+
+
 def read_json_input(path: str | os.PathLike, what: str) -> Any:
-    """The JSON value of an input file: missing -> :class:`MissingInputError`, malformed -> :class:`InputError`
-    naming the file, the line and ``what`` it is."""
-    with open_input(path, what) as fh:
-        text = fh.read()
+    """The JSON value of an input file: missing -> :class:`MissingInputError`, malformed or not UTF-8 ->
+    :class:`InputError` naming the file, the line and ``what`` it is."""
+    text = read_text_input(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

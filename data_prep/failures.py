@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import InputError
 from data_prep.outputs import JsonlAppender
 
 
@@ -23,11 +24,22 @@ def read_failures(path: str | os.PathLike) -> list[dict[str, Any]]:
         return []
     records = []
     with open(p, "rb") as fh:
-        for raw in fh:
+        for number, raw in enumerate(fh, 1):
             if not raw.endswith(b"\n"):
                 break  # torn by a kill: the writer re-reports that page on resume
-            records.append(json.loads(raw))
+            records.append(_record(p, number, raw))
     return records
+
+
+def _record(path: Path, number: int, raw: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        record = None
+    if not isinstance(record, dict) or "reason" not in record:
+        raise InputError(f"{path}: line {number}: not a failure record (the failures log is read to skip the pages "
+                         "that failed before; give a new --failures path, or the log an earlier run wrote)")
+    return record
 
 
 class FailureLog:
@@ -35,8 +47,8 @@ class FailureLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._out = JsonlAppender(self.path, fsync=True)  # drops a torn last line first
-        self.records = read_failures(self.path)
+        self.records = read_failures(self.path)  # before anything is cut from a file that is not a failures log
+        self._out = JsonlAppender(self.path, fsync=True)  # drops a torn last line
         self.failed_ids = {r["id"] for r in self.records if r.get("id")}
 
     def add(self, reason: str, *, stage: str, doc: str, source: str, page: int | None = None,

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.errors import cli
+from data_prep.outputs import check_outputs
 from data_prep.store import PageStore, StoreReport, verify_store
 
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(store.ids()))
         return 0
     if args.dump:
+        check_outputs({"--png": args.png}, {"STORE": args.store})
         store.get_image(args.dump).save(args.png, "PNG")
         print(f"wrote {args.png} ({args.dump}: {json.dumps(store.meta(args.dump))})")
         return 0

@@ -9,7 +9,12 @@
   line torn by a kill is truncated when the file is reopened, so the file only ever holds complete lines.
 * :func:`check_outputs`: every CLI calls it before writing anything, so an output path that names one of the
   command's inputs (the same file, a file inside an input directory such as a page store or a model, or the
-  same path given to two outputs) is refused with one line instead of destroying the input.
+  same path given to two outputs) is refused with one line instead of destroying the input; so is an output that
+  cannot be written (a directory given as a file or the reverse, a path under a file, a directory without write
+  permission).
+* :func:`check_settings` / :func:`record_settings`: the settings that produced a resumable state (a page store's
+  rendering, a queries journal's model and decoding) are recorded beside it; a rerun with other settings is
+  refused with one line naming each difference instead of mixing two kinds of output in one file.
 * :func:`lock_directory`: an exclusive ``flock`` on ``DIR/.lock`` for a job that owns a directory (a page store's
   writer, a training run's ``--output_dir``); a second job on the same directory stops with :class:`BusyError`
   instead of interleaving its files with the first one's. The lock dies with its process, so a ``kill -9`` leaves
@@ -22,13 +27,14 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from data_prep.errors import DiskFullError, InputError, UserError, is_disk_full, stop_on_full_disk
+from data_prep.errors import DiskFullError, InputError, UserError, is_disk_full, read_json_input, stop_on_full_disk
 
-__all__ = ["BusyError", "JsonlAppender", "atomic_output", "check_outputs", "lock_directory", "write_text_atomic"]
+__all__ = ["BusyError", "JsonlAppender", "atomic_output", "check_outputs", "check_settings", "flag_paths",
+           "lock_directory", "record_settings", "write_text_atomic"]
 
 logger = logging.getLogger(__name__)
 RESUME_HINT = "free space and run the same command again to resume"
@@ -156,13 +162,20 @@ def _same_or_inside(path: Path, other: Path) -> bool:
         return False
 
 
-def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg]) -> None:
-    """Refuse, before anything is written, an output that would overwrite an input or another output.
+def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg],
+                  directories: Collection[str] = ()) -> None:
+    """Refuse, before anything is written, an output that would overwrite an input or another output, or that
+    cannot be written where it is.
 
     ``outputs`` and ``inputs`` map a flag name (``"--out"``) to its path (``None``: not given). An output is
     refused when it is an input (same path after resolving links, or the same file through a hard link), when it
     lies inside an input directory (a page store's shard, a file of the model being exported), when an input lies
     inside an output directory, or when two outputs name the same path.
+
+    ``directories`` names the output flags that are directories (a page store, a training run); every other output
+    is a file. An output is also refused when it is of the other kind (an existing directory given as a file, an
+    existing file given as a directory), when a path above it is a file, or when it lies in a directory this user
+    may not write to.
     """
     outs = [(flag, Path(path).resolve()) for flag, path in outputs.items() if path is not None]
     ins = [(flag, Path(path).resolve()) for flag, path in inputs.items() if path is not None]
@@ -178,6 +191,61 @@ def check_outputs(outputs: Mapping[str, PathArg], inputs: Mapping[str, PathArg])
             if out in source.parents:
                 raise InputError(f"{out}: {flag} contains the input {in_flag} ({source}); writing it could destroy "
                                  "the input: choose another output path")
+    for flag, out in outs:
+        _check_writable(flag, out, flag in directories)
+
+
+def flag_paths(flag: str, paths: Sequence[PathArg]) -> dict[str, PathArg]:
+    """``{flag: path}`` for the paths of a flag that takes several (``--pairs``, ``--pairs (2)``, ...), for
+    :func:`check_outputs`."""
+    return {flag if i == 0 else f"{flag} ({i + 1})": path for i, path in enumerate(paths)}
+
+
+def _check_writable(flag: str, path: Path, directory: bool) -> None:
+    """``path`` (resolved) can be written as a directory (``directory``) or as a file; see :func:`check_outputs`."""
+    if path.is_dir() and not directory:
+        raise InputError(f"{path}: {flag} is a directory, expected a file: give a file path")
+    if path.exists() and not path.is_dir() and directory:
+        raise InputError(f"{path}: {flag} is a file, expected a directory: give a directory path")
+    if path.exists() and not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
+        raise InputError(f"{path}: {flag}: no permission to write it: give a path you may write")
+    above = next((parent for parent in path.parents if parent.exists()), path)
+    if not above.is_dir():
+        raise InputError(f"{path}: {flag} cannot be created: {above} is a file, not a directory")
+    if not (directory and path.exists()) and not os.access(above, os.W_OK | os.X_OK):  # files are replaced by rename
+        raise InputError(f"{path}: {flag}: no permission to write in {above}: give a path you may write")
+
+
+def check_settings(record: Path, settings: Mapping[str, Any], resuming: bool, state: str) -> None:
+    """Refuse to resume ``state`` (``"page store work/store"``) when ``record``, the settings it was made with,
+    differs from this run's ``settings`` (``{flag: value}``; a flag missing from either side is not compared).
+
+    ``resuming``: the state holds output already (otherwise nothing is compared and the caller records the new
+    settings with :func:`record_settings`). A state without a record (made before records existed) is resumed
+    with a warning.
+    """
+    if not resuming:
+        return
+    if not record.exists():
+        logger.warning("%s: no record of the settings it was made with (%s is missing); resuming it with this "
+                       "run's settings", state, record)
+        return
+    saved = read_json_input(record, "settings record")
+    if not isinstance(saved, dict):
+        raise InputError(f"{record}: not a settings record (a JSON object of flags); delete it to resume {state} "
+                         "with this run's settings")
+    now = json.loads(json.dumps(dict(settings)))  # compared as they were stored: tuples become lists
+    changed = [f"{key} {saved[key]!r} (this run: {now[key]!r})" for key in sorted(saved.keys() & now.keys())
+               if saved[key] != now[key]]
+    if changed:
+        raise InputError(f"{record}: {state} was made with other settings than this run: {', '.join(changed)}; "
+                         "resuming would mix the outputs of both: write to a new output path, or rerun with the "
+                         "settings it was made with")
+
+
+def record_settings(record: Path, settings: Mapping[str, Any]) -> None:
+    """Write ``settings`` as the record beside a state (all or nothing), for :func:`check_settings`."""
+    write_text_atomic(record, json.dumps(dict(settings), indent=1, sort_keys=True) + "\n")
 
 
 class BusyError(UserError, RuntimeError):

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.errors import InputError, MissingInputError
+from data_prep.errors import InputError, MissingInputError, iter_text_lines
 from data_prep.jsonl import iter_jsonl
 
 REQUIRED = ("id", "doc_id", "page", "source")
@@ -72,7 +72,7 @@ def find_pdfs(inputs: list[str]) -> list[tuple[Path, str]]:
                 raise MissingInputError(f"PDF not found: {p}")
             found.setdefault(p.resolve(), p.name)
         elif p.is_file():
-            for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            for lineno, line in iter_text_lines(p, "list of PDF paths"):
                 line = line.strip()
                 if not line or line.startswith("#"):
                     continue

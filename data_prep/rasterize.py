@@ -38,6 +38,11 @@ class RenderSettings:
             raise InputError(f"need --dpi > 0, --max_side >= 16 and 1 <= --quality <= 100; got {self.dpi}, "
                              f"{self.max_side}, {self.quality}")
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that decide a page's bytes, by flag (PNG ignores the quality)."""
+        return {"--dpi": self.dpi, "--max_side": self.max_side, "--format": self.fmt,
+                "--quality": None if self.fmt == "png" else self.quality}
+
 
 def encode(img: Image.Image, settings: RenderSettings) -> bytes:
     """Encode deterministically: JPEG/WebP at ``quality``, PNG at zlib level 6 (``quality`` ignored)."""

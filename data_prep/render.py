@@ -13,7 +13,11 @@ Design
       ``rendered + failed == listed``.
     * Resume: committed shards and the failures log are the journal. Re-running the same command after any kill
       (even ``kill -9``) renders only the missing pages; since encoding is deterministic, the store then holds
-      the same ids with the same bytes as an uninterrupted run.
+      the same ids with the same bytes as an uninterrupted run. Pages that failed are not tried again, except
+      those that failed by a timeout, when the rerun gives a longer ``--page_timeout``.
+    * Settings: the settings that decide a page's bytes (``--dpi``, ``--max_side``, ``--format``, ``--quality``)
+      are recorded in ``STORE/render_settings.json``; resuming a store with other settings is refused with one line
+      naming each difference, so that a store never mixes two renderings.
     * Repair: on resume the shards found are verified first (``--verify pages``, the default: every page decoded;
       ``--verify shards``: structure only, faster). A corrupt shard (truncated, not HDF5, offsets past the data,
       a page that does not decode) is moved aside into ``STORE/corrupt/``, never deleted, and its pages are
@@ -33,11 +37,15 @@ from tqdm import tqdm
 
 from data_prep.errors import cli
 from data_prep.failures import FailureLog
+from data_prep.flags import positive_float, positive_int
+from data_prep.outputs import check_outputs, check_settings, record_settings
 from data_prep.page_list import read_pages
 from data_prep.pdf import load_passwords
 from data_prep.rasterize import FORMATS, RenderSettings, page_renderer
 from data_prep.store import PageStoreWriter, shard_paths
-from data_prep.supervisor import Supervisor
+from data_prep.supervisor import Supervisor, is_timeout
+
+SETTINGS_RECORD = "render_settings.json"
 
 
 def make_tasks(pages: list[dict[str, Any]], chunk_pages: int) -> deque[list[dict[str, Any]]]:
@@ -52,11 +60,13 @@ def make_tasks(pages: list[dict[str, Any]], chunk_pages: int) -> deque[list[dict
     return tasks
 
 
-def _sink(writer: PageStoreWriter, flog: FailureLog, bar: tqdm):
-    """Parent-side callbacks of the supervisor: store rendered pages, log failed ones."""
+def _sink(writer: PageStoreWriter, flog: FailureLog, bar: tqdm, page_timeout: float):
+    """Parent-side callbacks of the supervisor: store rendered pages, log failed ones (with the timeout that a
+    page took longer than, so that a rerun with a longer one tries it again)."""
 
     def on_fail(rec: dict[str, Any], reason: str) -> None:
-        flog.add(reason, stage="render", doc=rec["doc_id"], source=rec["source"], page=rec["page"], page_id=rec["id"])
+        flog.add(reason, stage="render", doc=rec["doc_id"], source=rec["source"], page=rec["page"], page_id=rec["id"],
+                 extra={"timeout": page_timeout} if is_timeout(reason) else None)
         bar.update(1)
 
     def on_result(rec: dict[str, Any], result: tuple) -> None:
@@ -80,23 +90,42 @@ def render(pages_path: str | Path, out: str | Path, settings: RenderSettings, wo
     """
     pages = read_pages(pages_path)
     failures = Path(failures) if failures else Path(out) / "failures.jsonl"
+    record = Path(out) / SETTINGS_RECORD
+    check_settings(record, settings.fingerprint(), _has_output(out, failures), f"page store {out}")
     with _open_store(out, shard_pages, shard_bytes, verify) as writer, FailureLog(failures) as flog:
-        todo = [r for r in pages if not writer.has(r["id"]) and r["id"] not in flog.failed_ids]
+        record_settings(record, settings.fingerprint())
+        given_up = flog.failed_ids - timed_out_before(flog.records, page_timeout)
+        todo = [r for r in pages if not writer.has(r["id"]) and r["id"] not in given_up]
         done_before = len(pages) - len(todo)
         with tqdm(total=len(pages), initial=done_before, desc="render", unit="page", smoothing=0.1) as bar:
             if todo:
-                on_result, on_fail = _sink(writer, flog, bar)
+                on_result, on_fail = _sink(writer, flog, bar, page_timeout)
                 Supervisor(page_renderer, (settings, passwords or {}), workers, page_timeout, on_result,
                            on_fail).run(make_tasks(todo, chunk_pages))
         writer.commit()
         listed = {r["id"] for r in pages}
         rendered = len(listed & writer.committed_ids())
-        failed = len(listed & flog.failed_ids)
+        failed = len(listed & (flog.failed_ids - writer.committed_ids()))
     print(f"render: {len(listed)} pages listed = {rendered} rendered + {failed} failed "
           f"({done_before} were done before this run); store {out}, failures {failures}")
     if rendered + failed != len(listed):
         raise RuntimeError(f"accounting error: {rendered} rendered + {failed} failed != {len(listed)} listed")
     return {"listed": len(listed), "rendered": rendered, "failed": failed}
+
+
+def timed_out_before(failures: list[dict[str, Any]], page_timeout: float) -> set[str]:
+    """Pages whose every failure was a timeout shorter than ``page_timeout``: this run tries them again."""
+    shorter, other = set(), set()
+    for rec in failures:
+        if rec.get("id"):
+            (shorter if rec.get("timeout", page_timeout) < page_timeout else other).add(rec["id"])
+    return shorter - other
+
+
+def _has_output(out: str | Path, failures: Path) -> bool:
+    """Whether the store holds shards or the failures log records: a rerun resumes them."""
+    has_shards = Path(out).is_dir() and bool(shard_paths(out))
+    return has_shards or (failures.is_file() and failures.stat().st_size > 0)
 
 
 def _open_store(out: str | Path, shard_pages: int, shard_bytes: int, verify: str) -> PageStoreWriter:
@@ -120,22 +149,26 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", required=True, help="page list written by data_prep.split_pdfs")
     ap.add_argument("--out", required=True, help="page store directory (created; re-run the same command to resume)")
-    ap.add_argument("--dpi", type=float, default=144.0, help="render resolution (default 144)")
-    ap.add_argument("--max_side", type=int, default=4096, help="cap on the longest side in pixels (default 4096)")
+    ap.add_argument("--dpi", type=positive_float, default=144.0, help="render resolution (default 144)")
+    ap.add_argument("--max_side", type=positive_int, default=4096,
+                    help="cap on the longest side in pixels (default 4096)")
     ap.add_argument("--format", choices=sorted(FORMATS), default="jpeg", help="image encoding (default jpeg)")
-    ap.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality 1-100 (default 90)")
-    ap.add_argument("--workers", type=int, default=1, help="render processes (default 1)")
-    ap.add_argument("--page_timeout", type=float, default=120.0,
-                    help="seconds a page may take before its worker is killed and the page failed (default 120)")
-    ap.add_argument("--chunk_pages", type=int, default=16, help="pages of one document per task (default 16)")
-    ap.add_argument("--shard_pages", type=int, default=2048, help="pages per shard file (default 2048)")
-    ap.add_argument("--shard_mb", type=int, default=512, help="max MiB per shard file (default 512)")
+    ap.add_argument("--quality", type=positive_int, default=90, help="JPEG/WebP quality 1-100 (default 90)")
+    ap.add_argument("--workers", type=positive_int, default=1, help="render processes (default 1)")
+    ap.add_argument("--page_timeout", type=positive_float, default=120.0,
+                    help="seconds a page may take before its worker is killed and the page failed (default 120); "
+                         "a rerun with a longer timeout tries the pages that timed out again")
+    ap.add_argument("--chunk_pages", type=positive_int, default=16, help="pages of one document per task (default 16)")
+    ap.add_argument("--shard_pages", type=positive_int, default=2048, help="pages per shard file (default 2048)")
+    ap.add_argument("--shard_mb", type=positive_int, default=512, help="max MiB per shard file (default 512)")
     ap.add_argument("--failures", help="failures JSONL (default STORE/failures.jsonl)")
     ap.add_argument("--passwords", help="JSON map {relative_path | file name | sha256: password} for encrypted PDFs")
     ap.add_argument("--verify", choices=("pages", "shards"), default="pages",
                     help="on resume, check the shards found: decode every page (default) or the structure only; "
                          "corrupt shards are moved aside to STORE/corrupt/ and their pages rendered again")
     args = ap.parse_args(argv)
+    check_outputs({"--out": args.out, "--failures": args.failures},
+                  {"--pages": args.pages, "--passwords": args.passwords}, directories=("--out",))
     signal.signal(signal.SIGTERM, _sigterm)
     settings = RenderSettings(args.dpi, args.max_side, args.format, args.quality)
     render(args.pages, args.out, settings, args.workers, args.failures, load_passwords(args.passwords),

@@ -13,7 +13,9 @@ from typing import Sequence
 
 import pymupdf
 
-from data_prep.errors import InputError, cli
+from data_prep.errors import cli
+from data_prep.flags import positive_int
+from data_prep.outputs import check_outputs
 
 CITIES = ["Lisbon", "Osaka", "Nairobi", "Quito", "Tallinn", "Hobart", "Tromso", "Cusco", "Dakar", "Perth", "Lyon",
           "Busan", "Krakow", "Recife", "Oulu", "Galway"]
@@ -49,15 +51,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep.sample_pdfs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write report_XX.pdf files into")
-    parser.add_argument("--docs", type=int, default=8)
-    parser.add_argument("--pages", type=int, default=4, help="pages per document")
+    parser.add_argument("--docs", type=positive_int, default=8)
+    parser.add_argument("--pages", type=positive_int, default=4, help="pages per document")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.docs < 1 or args.pages < 1:
-        raise InputError(f"--docs and --pages must be at least 1, got {args.docs} and {args.pages}")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder to write the PDFs into")
+    check_outputs({"--out": out}, {}, directories=("--out",))
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     for doc in range(1, args.docs + 1):

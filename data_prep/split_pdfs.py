@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from data_prep.errors import cli
 from data_prep.failures import FailureLog
-from data_prep.outputs import atomic_output
+from data_prep.flags import positive_float, positive_int
+from data_prep.outputs import atomic_output, check_outputs, flag_paths
 from data_prep.page_list import find_pdfs, make_doc_id, page_id
 from data_prep.pdf import PdfError, load_passwords, open_pdf, password_for, sha256_file
 from data_prep.supervisor import Supervisor
@@ -85,10 +86,13 @@ def split_pdfs(inputs: list[str], out: str | os.PathLike, failures: str | os.Pat
                workers: int = 1, doc_timeout: float = 600.0) -> dict[str, int]:
     """Write the page list (in sorted path order); returns ``{"documents", "pages", "failed_documents"}``."""
     pdfs = find_pdfs(inputs)
-    order = {rel: i for i, (_, rel) in enumerate(pdfs)}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     failures = Path(failures) if failures else out.with_name(out.stem + ".failures.jsonl")
+    listings = [item for item in inputs if not Path(item).is_dir()]  # outputs beside the PDFs are fine
+    check_outputs({"--out": out, "--failures": failures},
+                  {**flag_paths("--pdfs", listings), **flag_paths("a PDF of --pdfs", [path for path, _ in pdfs])})
+    order = {rel: i for i, (_, rel) in enumerate(pdfs)}
+    out.parent.mkdir(parents=True, exist_ok=True)
     if failures.exists():
         failures.unlink()  # the page list is rewritten from scratch, so is its failures log
     done: dict[int, list[dict]] = {}
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--with_text", action="store_true", help="store each page's text layer in the 'text' field")
     ap.add_argument("--id_scheme", choices=("path", "sha256"), default="path",
                     help="doc id = relative path without .pdf (default) or the first 16 hex of the sha256")
-    ap.add_argument("--workers", type=int, default=1, help="processes for listing (default 1)")
-    ap.add_argument("--doc_timeout", type=float, default=600.0,
+    ap.add_argument("--workers", type=positive_int, default=1, help="processes for listing (default 1)")
+    ap.add_argument("--doc_timeout", type=positive_float, default=600.0,
                     help="seconds one document may take to list (and extract text) before it is failed (default 600)")
     args = ap.parse_args(argv)
     split_pdfs(args.pdfs, args.out, args.failures, load_passwords(args.passwords), args.with_text,

@@ -18,6 +18,12 @@ from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable
 
 Handler = Callable[[list[Any]], Iterable[Any]]
+TIMEOUT = "timeout"  # how the reason of an item failed for taking longer than ``timeout`` starts
+
+
+def is_timeout(reason: str) -> bool:
+    """Whether an item failed for taking too long (not because its worker died)."""
+    return reason.startswith(f"{TIMEOUT}:")
 
 
 def _worker_main(conn, factory: Callable[..., Handler], args: tuple) -> None:
@@ -74,10 +80,12 @@ class Supervisor:
 
     def __init__(self, factory: Callable[..., Handler], args: tuple, workers: int, timeout: float,
                  on_result: Callable[[Any, Any], None], on_fail: Callable[[Any, str], None]):
+        if workers < 1 or not timeout > 0:
+            raise ValueError(f"need workers >= 1 and timeout > 0, got {workers} and {timeout}")
         self.ctx = _context(factory)
         self.factory, self.args, self.timeout = factory, args, timeout
         self.on_result, self.on_fail = on_result, on_fail
-        self.workers = [self._start() for _ in range(max(1, workers))]
+        self.workers = [self._start() for _ in range(workers)]
 
     def _start(self) -> _Worker:
         return _Worker(self.ctx, self.factory, self.args)
@@ -125,7 +133,7 @@ class Supervisor:
                 now = time.monotonic()
                 for w in list(self.workers):
                     if w.task is not None and now - w.since > self.timeout:
-                        self._replace(w, f"timeout: no result within {self.timeout:g} s", tasks)
+                        self._replace(w, f"{TIMEOUT}: no result within {self.timeout:g} s", tasks)
         finally:
             for w in self.workers:
                 w.kill()

@@ -29,11 +29,13 @@ from typing import Any
 
 from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
-from data_prep.outputs import write_text_atomic
+from data_prep.flags import positive_int
+from data_prep.outputs import check_outputs, write_text_atomic
 from data_prep.store import PageStore
 from query_generation.generator_args import add_generator_arguments, generator_options
 from query_generation.generators import GENERATORS, make_generator
 from query_generation.prompt import DEFAULT_JUDGE_PROMPT, JUDGE_SLOTS, PromptFile
+from query_generation.provenance import local_model
 from query_generation.query_rules import RuleSettings, apply_rules
 
 PROVENANCE = ("kind", "backend", "model", "prompt", "seed", "page_id")
@@ -98,9 +100,9 @@ def retrieval_stage(args: argparse.Namespace) -> Stage:
     def run(items: list[tuple[int, dict[str, Any]]]) -> list[str | None]:
         if not items:
             return []
-        return consistency_reasons(load_retriever(args.retriever), store, [p["query"] for _, p in items],
-                                   [p["pos"] for _, p in items], args.top_k, args.retriever_batch_size,
-                                   args.chunk_pages)
+        encoder = load_retriever(args.retriever, args.trust_remote_code)
+        return consistency_reasons(encoder, store, [p["query"] for _, p in items], [p["pos"] for _, p in items],
+                                   args.top_k, args.retriever_batch_size, args.chunk_pages)
 
     return "retrieval", run
 
@@ -145,14 +147,16 @@ def print_table(total: int, kept: int, table: Sequence[tuple[str, int, int]]) ->
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse flags that cannot work together, before anything is read or loaded."""
+    """Refuse flags that cannot work together and outputs that would overwrite an input (``--out`` on the queries
+    journal of generate, say), before anything is read or loaded."""
     if args.retriever and not args.store:
         raise InputError("--retriever needs --store (the page store the retriever searches)")
     if args.min_words > args.max_words:
         raise InputError(f"--min_words {args.min_words} is more than --max_words {args.max_words}: no query could "
                          "be kept")
-    if min(args.judge_batch_size, args.top_k, args.retriever_batch_size, args.chunk_pages) < 1:
-        raise InputError("--judge_batch_size, --top_k, --retriever_batch_size and --chunk_pages must be >= 1")
+    check_outputs({"--out": args.out, "--rejected": args.rejected},
+                  {"--queries": args.queries, "--judge_prompt": args.judge_prompt, "--store": args.store,
+                   "--retriever": args.retriever, "--judge_model": local_model(args.judge_model)})
 
 
 def filter_queries(args: argparse.Namespace) -> dict[str, int]:
@@ -177,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--rejected", required=True, help="rejected queries JSONL (with line, stage, reason)")
     rules = ap.add_argument_group("stage 1: rules")
     rules.add_argument("--rules", action="store_true", help="apply the rule filters")
-    rules.add_argument("--min_words", type=int, default=3, help="shortest query kept, in words (default 3)")
-    rules.add_argument("--max_words", type=int, default=40, help="longest query kept, in words (default 40)")
+    rules.add_argument("--min_words", type=positive_int, default=3,
+                       help="shortest query kept, in words (default 3)")
+    rules.add_argument("--max_words", type=positive_int, default=40,
+                       help="longest query kept, in words (default 40)")
     rules.add_argument("--no_near_duplicates", action="store_true",
                        help="drop exact duplicates only, not queries with the same content words")
     judge = ap.add_argument_group("stage 2: LLM judge")
@@ -186,16 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--judge_backend", choices=GENERATORS, default="vllm", help="judge backend (default vllm)")
     judge.add_argument("--judge_prompt", help=f"few-shot prompt file with a {{query}} slot "
                        f"(default: the packaged {DEFAULT_JUDGE_PROMPT.name})")
-    judge.add_argument("--judge_batch_size", type=int, default=64, help="queries per judge batch (default 64)")
+    judge.add_argument("--judge_batch_size", type=positive_int, default=64,
+                       help="queries per judge batch (default 64)")
     add_generator_arguments(ap, "judge_")
     retrieval = ap.add_argument_group("stage 3: retrieval consistency")
     retrieval.add_argument("--retriever", help="retriever checkpoint directory (enables the stage)")
     retrieval.add_argument("--store", help="page store: the corpus the retriever searches")
-    retrieval.add_argument("--top_k", type=int, default=10, help="keep when a positive page ranks in the top K "
-                           "(default 10)")
-    retrieval.add_argument("--retriever_batch_size", type=int, default=8, help="encoding batch size (default 8)")
-    retrieval.add_argument("--chunk_pages", type=int, default=256, help="pages encoded and scored per chunk "
-                           "(default 256)")
+    retrieval.add_argument("--trust_remote_code", action="store_true",
+                           help="run Python code shipped with the retriever checkpoint (MiniCPM-V); the judge's "
+                           "is --judge_trust_remote_code")
+    retrieval.add_argument("--top_k", type=positive_int, default=10,
+                           help="keep when a positive page ranks in the top K (default 10)")
+    retrieval.add_argument("--retriever_batch_size", type=positive_int, default=8,
+                           help="encoding batch size (default 8)")
+    retrieval.add_argument("--chunk_pages", type=positive_int, default=256,
+                           help="pages encoded and scored per chunk (default 256)")
     return ap
 
 

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
-from data_prep.outputs import atomic_output
+from data_prep.flags import positive_int
+from data_prep.outputs import atomic_output, check_outputs
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", required=True, help="pages.jsonl written by data_prep.split_pdfs --with_text")
     parser.add_argument("--out", required=True, help="pairs JSONL ({'query', 'pos', 'neg', 'source', 'doc_id'})")
-    parser.add_argument("--min_words", type=int, default=5)
-    parser.add_argument("--max_words", type=int, default=40)
+    parser.add_argument("--min_words", type=positive_int, default=5)
+    parser.add_argument("--max_words", type=positive_int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    check_outputs({"--out": args.out}, {"--pages": args.pages})
+    if args.min_words > args.max_words:
+        raise InputError(f"--min_words {args.min_words} is more than --max_words {args.max_words}: no sentence "
+                         "could be a query")
     out = Path(args.out)
     with atomic_output(out, f"{out} was not replaced; free space and run the same command again") as handle:
         written, skipped = write_pairs(args, handle)

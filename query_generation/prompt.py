@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_prep.errors import InputError, open_input
+from data_prep.errors import InputError, read_text_input
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 DEFAULT_QUERIES_PROMPT = PROMPT_DIR / "queries.txt"
@@ -40,7 +40,7 @@ class PromptFile:
         """Read ``path``, drop comment lines, check that every slot of ``slots`` is present (image: once, and only
         in prompts that take an image); a bad file raises ``InputError`` naming it and the fix."""
         path = Path(path)
-        lines = _read_text(path).splitlines()
+        lines = read_text_input(path, "prompt file").splitlines()
         text = "\n".join(line for line in lines if not line.startswith("#")).strip()
         missing = [slot for slot in slots if slot not in text]
         if missing:
@@ -79,11 +79,3 @@ class PromptFile:
         if after:
             content.append({"type": "text", "text": after})
         return [{"role": "user", "content": content}]
-
-
-def _read_text(path: Path) -> str:
-    with open_input(path, "prompt file") as fh:
-        try:
-            return fh.read()
-        except UnicodeDecodeError as err:
-            raise InputError(f"prompt file {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None

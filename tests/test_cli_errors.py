@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 from data_prep.errors import DEBUG_ENV, InputError, cli
+from tests.helpers.cli import one_error_line
 from tests.helpers.paths import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -26,6 +27,16 @@ def _bad_pages(tmp: Path) -> Path:
 def _bad_json(tmp: Path) -> Path:
     (tmp / "pairs.jsonl").write_text('{"query": "q", "pos": ["a/1"]}\n{"query": "q2", "pos": [\n')
     return tmp / "pairs.jsonl"
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _latin1_pages(tmp: Path) -> Path:
+    (tmp / "pages.jsonl").write_bytes(b'{"id": "a/1", "doc_id": "a"}\n{"id": "caf\xe9/1", "doc_id": "caf\xe9"}\n')
+    return tmp / "pages.jsonl"
 
 
 def _unknown_page(tmp: Path) -> list[str]:
@@ -62,8 +73,20 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "render": ("data_prep.render", lambda t: ["--pages", str(t / "missing.jsonl"), "--out", str(t / "store")],
                "JSONL file {t}/missing.jsonl does not exist"),
     "inspect": ("data_prep.inspect", lambda t: [str(t / "store")], "page store not found: {t}/store"),
-    "sample_pdfs": ("data_prep.sample_pdfs", lambda t: ["--out", str(t), "--docs", "0"],
-                    "--docs and --pages must be at least 1, got 0 and 4"),
+    "sample_pdfs": ("data_prep.sample_pdfs", lambda t: ["--out", str(_bad_json(t))],
+                    "{t}/pairs.jsonl: --out is a file, expected a directory: give a directory path"),
+    "render_out_is_a_file": ("data_prep.render", lambda t: ["--pages", str(_bad_pages(t)), "--out", str(_bad_json(t))],
+                             "{t}/pairs.jsonl: --out is a file, expected a directory"),
+    "from_text_out_is_a_directory": ("query_generation.from_text", lambda t: ["--pages", str(_bad_pages(t)), "--out",
+                                                                              str(_folder(t / "out"))],
+                                     "{t}/out: --out is a directory, expected a file: give a file path"),
+    "from_text_not_utf8": ("query_generation.from_text", lambda t: ["--pages", str(_latin1_pages(t)), "--out",
+                                                                    str(t / "o")],
+                           "{t}/pages.jsonl: line 2: JSONL file is not UTF-8 text (invalid continuation byte 0xe9); "
+                           "convert it to UTF-8"),
+    "split_pdfs_out_under_a_file": ("data_prep.split_pdfs", lambda t: ["--pdfs", str(t), "--out",
+                                                                       str(_bad_json(t) / "pages.jsonl")],
+                                    "{t}/pairs.jsonl/pages.jsonl: --out cannot be created: {t}/pairs.jsonl is a file"),
     "build_splits": ("data_prep.build_splits",
                      lambda t: ["--pairs", str(_bad_json(t)), "--train", str(t / "a"), "--test", str(t / "b")],
                      "{t}/pairs.jsonl: line 2: invalid JSON"),
@@ -199,3 +222,114 @@ def test_sound_json_report_when_nothing_is_wrong(tmp_path, capsys):
     assert main([str(tmp_path / "s"), "--verify", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"path": str(tmp_path / "s"), "shards": 1, "pages": 1,
                                                    "problems": [], "ok": True}
+
+
+def _pdf(path: Path) -> Path:
+    import pymupdf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = pymupdf.open()
+    doc.new_page(width=200, height=200).insert_text((20, 50), "one page")
+    doc.save(path)
+    return path
+
+
+def _journal(path: Path) -> Path:
+    """A queries file as query_generation.generate writes it."""
+    path.write_text('{"page_id": "a/1", "doc_id": "a", "query": "solar power Spain", "kind": "topical"}\n')
+    return path
+
+
+def _release(folder: Path) -> Path:
+    """A DocVQA annotation file (the release's layout) in ``folder``."""
+    folder.mkdir()
+    (folder / "val_v1.0.json").write_text('{"data": []}')
+    return folder / "val_v1.0.json"
+
+
+def _store(tmp: Path) -> Path:
+    from tests.helpers.query_data import make_store
+
+    return make_store(tmp / "store", ["a/1"])
+
+
+# module, arguments and the input they must leave untouched (built in a temporary folder), what the line must contain
+OVERWRITES: dict[str, tuple[str, Callable[[Path], tuple[list, Path]], str]] = {
+    "split_pdfs --out = a PDF of the input folder": (
+        "data_prep.split_pdfs", lambda t: (["--pdfs", t / "pdfs", "--out", _pdf(t / "pdfs" / "a.pdf")],
+                                           t / "pdfs" / "a.pdf"),
+        "{t}/pdfs/a.pdf: --out is the input a PDF of --pdfs"),
+    "build_splits --train = --pairs": (
+        "data_prep.build_splits", lambda t: (["--pairs", _bad_json(t), "--train", t / "pairs.jsonl", "--test",
+                                              t / "te"], t / "pairs.jsonl"),
+        "{t}/pairs.jsonl: --train is the input --pairs"),
+    "build_splits --train = --test": (
+        "data_prep.build_splits", lambda t: (["--pairs", _bad_json(t), "--train", t / "s", "--test", t / "s"],
+                                             t / "pairs.jsonl"),
+        "{t}/s: given as both --train and --test"),
+    "filter --out = --queries": (
+        "query_generation.filter", lambda t: (["--queries", _journal(t / "q.jsonl"), "--out", t / "q.jsonl",
+                                               "--rejected", t / "r.jsonl"], t / "q.jsonl"),
+        "{t}/q.jsonl: --out is the input --queries"),
+    "filter --rejected = --out": (
+        "query_generation.filter", lambda t: (["--queries", _journal(t / "q.jsonl"), "--out", _bad_json(t),
+                                               "--rejected", t / "pairs.jsonl"], t / "pairs.jsonl"),
+        "{t}/pairs.jsonl: given as both --out and --rejected"),
+    "inspect --png onto a shard": (
+        "data_prep.inspect", lambda t: ([_store(t), "--dump", "a/1", "--png", t / "store" / "shard-00000.h5"],
+                                        t / "store" / "shard-00000.h5"),
+        "{t}/store/shard-00000.h5: --png is inside the input STORE"),
+    "generate --failures = --out": (
+        "query_generation.generate", lambda t: (["--store", _store(t), "--out", _journal(t / "q.jsonl"),
+                                                 "--failures", t / "q.jsonl", "--model", "m"], t / "q.jsonl"),
+        "{t}/q.jsonl: given as both --out and --failures"),
+    "generate --out = --pages": (
+        "query_generation.generate", lambda t: (["--store", _store(t), "--pages", _bad_pages(t), "--out",
+                                                 t / "pages.jsonl", "--model", "m"], t / "pages.jsonl"),
+        "{t}/pages.jsonl: --out is the input --pages"),
+    "render --failures = --pages": (
+        "data_prep.render", lambda t: (["--pages", _bad_pages(t), "--out", t / "store", "--failures",
+                                        t / "pages.jsonl"], t / "pages.jsonl"),
+        "{t}/pages.jsonl: --failures is the input --pages"),
+    "from_text --out = --pages": (
+        "query_generation.from_text", lambda t: (["--pages", _bad_pages(t), "--out", t / "pages.jsonl"],
+                                                 t / "pages.jsonl"),
+        "{t}/pages.jsonl: --out is the input --pages"),
+    "academic --store contains --input": (
+        "data_prep.academic", lambda t: (["--set", "docvqa", "--input", _release(t / "work"), "--store", t / "work",
+                                          "--pairs", t / "p.jsonl"], t / "work" / "val_v1.0.json"),
+        "{t}/work: --store contains the input --input"),
+}
+
+
+@pytest.mark.parametrize("name", OVERWRITES)
+def test_an_output_on_an_input_is_refused_and_the_input_kept(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    module, make_args, expected = OVERWRITES[name]
+    args, kept = make_args(tmp_path)
+    before = kept.read_bytes()
+    line = one_error_line(__import__(module, fromlist=["main"]).main, args, capsys)
+    assert line.startswith("error: ") and expected.format(t=tmp_path) in line
+    assert kept.read_bytes() == before
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("data_prep.render", ["--page_timeout", "0"], "argument --page_timeout: must be a number > 0, got '0'"),
+    ("data_prep.render", ["--shard_pages", "0"], "argument --shard_pages: must be a positive integer, got '0'"),
+    ("data_prep.render", ["--workers", "nan"], "argument --workers: must be a positive integer, got 'nan'"),
+    ("data_prep.split_pdfs", ["--workers", "0"], "argument --workers: must be a positive integer, got '0'"),
+    ("data_prep.split_pdfs", ["--doc_timeout", "0"], "argument --doc_timeout: must be a number > 0, got '0'"),
+    ("data_prep.build_splits", ["--test_fraction", "1.5"], "argument --test_fraction: must be a number in [0, 1]"),
+    ("query_generation.generate", ["--max_retries", "-1"], "argument --max_retries: must be an integer >= 0, got '-1'"),
+    ("query_generation.generate", ["--batch_size", "0"], "argument --batch_size: must be a positive integer, got '0'"),
+    ("query_generation.filter", ["--judge_request_timeout", "inf"],
+     "argument --judge_request_timeout: must be a number > 0, got 'inf'"),
+])
+def test_out_of_range_numbers_are_refused_by_argparse(module, args, message, tmp_path, capsys):
+    required = {"data_prep.render": ["--pages", "p", "--out", "s"],
+                "data_prep.split_pdfs": ["--pdfs", "x", "--out", "o"],
+                "data_prep.build_splits": ["--pairs", "p", "--train", "a", "--test", "b"],
+                "query_generation.generate": ["--store", "s", "--out", "o", "--model", "m"],
+                "query_generation.filter": ["--queries", "q", "--out", "o", "--rejected", "r"]}[module]
+    line = one_error_line(__import__(module, fromlist=["main"]).main, [*required, *args], capsys)
+    assert f"error: {message}" in line

@@ -60,3 +60,48 @@ def test_a_locked_directory_refuses_a_second_holder_until_released(tmp_path: Pat
         lock_directory(tmp_path, "busy")
     first.close()
     lock_directory(tmp_path, "busy").close()
+
+
+def test_an_output_of_the_wrong_kind_or_under_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="--out is a directory, expected a file: give a file path"):
+        check_outputs({"--out": tmp_path / "dir"}, {})
+    with pytest.raises(InputError, match="--out is a file, expected a directory: give a directory path"):
+        check_outputs({"--out": tmp_path / "file"}, {}, directories=("--out",))
+    with pytest.raises(InputError, match=rf"--out cannot be created: {tmp_path / 'file'} is a file, not a directory"):
+        check_outputs({"--out": tmp_path / "file" / "sub" / "out.jsonl"}, {})
+    check_outputs({"--out": tmp_path / "dir", "--log": tmp_path / "new" / "sub" / "log.jsonl"}, {},
+                  directories=("--out",))
+
+
+def test_an_output_where_the_user_may_not_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "old.jsonl").write_text("x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))  # root
+    with pytest.raises(InputError, match=rf"--out: no permission to write in {locked}: give a path you may write"):
+        check_outputs({"--out": locked / "new" / "out.jsonl"}, {})
+    with pytest.raises(InputError, match=rf"{locked}: --store: no permission to write it"):
+        check_outputs({"--store": locked}, {}, directories=("--store",))
+    with pytest.raises(InputError, match=rf"--out: no permission to write in {locked}"):
+        check_outputs({"--out": locked / "old.jsonl"}, {})  # replaced by a rename in its directory
+
+
+def test_settings_are_recorded_and_a_resume_with_others_refused(tmp_path: Path, caplog) -> None:
+    from data_prep.outputs import check_settings, record_settings
+
+    record = tmp_path / "settings.json"
+    settings = {"--dpi": 144.0, "--format": "jpeg", "--sizes": (1, 2)}
+    check_settings(record, settings, resuming=False, state="page store s")  # a new state: nothing to compare
+    record_settings(record, settings)
+    check_settings(record, {**settings, "--dpi": 144}, resuming=True, state="page store s")
+    with pytest.raises(InputError) as err:
+        check_settings(record, {**settings, "--dpi": 72.0, "--format": "png"}, resuming=True, state="page store s")
+    assert str(err.value) == (f"{record}: page store s was made with other settings than this run: --dpi 144.0 "
+                              "(this run: 72.0), --format 'jpeg' (this run: 'png'); resuming would mix the outputs of "
+                              "both: write to a new output path, or rerun with the settings it was made with")
+    record.unlink()
+    check_settings(record, settings, resuming=True, state="page store s")  # made before records existed
+    assert "page store s: no record of the settings it was made with" in caplog.text

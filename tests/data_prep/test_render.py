@@ -15,9 +15,10 @@ import pytest
 from data_prep.page_list import read_pages
 from data_prep.pdf import PdfError, open_pdf
 from data_prep.rasterize import RenderSettings
-from data_prep.render import render
+from data_prep.render import main as render_main, render
 from data_prep.split_pdfs import split_pdfs
 from data_prep.store import PageStore
+from tests.helpers.cli import one_error_line
 
 PASSWORDS = {"005-libreoffice-writer-password_libreoffice-writer-password.pdf": "openpassword",
              "r6-both-passwords.pdf": "foo",
@@ -141,6 +142,33 @@ def test_split_with_text_and_document_timeout(tmp_path):
     assert "page 2 of good.pdf" in pages[1]["text"] and pages[1]["id"] == pages[1]["sha256"][:16] + "/2"
     (fail,) = _failures(tmp_path / "out" / "pages.failures.jsonl")
     assert fail["doc"] == "hang.pdf" and fail["reason"].startswith("timeout")
+
+
+def test_pages_that_timed_out_are_tried_again_only_with_a_longer_timeout(tmp_path):
+    pages_path = tmp_path / "pages.jsonl"
+    split_pdfs([str(_hanging_pdf(tmp_path / "hang.pdf"))], pages_path)
+    store_dir = tmp_path / "store"
+    for timeout, tries in ((1.0, 1), (1.0, 1), (2.0, 2), (1.5, 2)):
+        counts = render(pages_path, store_dir, RenderSettings(dpi=72), page_timeout=timeout)
+        assert counts == {"listed": 3, "rendered": 2, "failed": 1}
+        failed = _failures(store_dir / "failures.jsonl")
+        assert [(r["id"], r["timeout"]) for r in failed] == [("hang/2", 1.0), ("hang/2", 2.0)][:tries], timeout
+
+
+def test_a_store_is_not_resumed_with_other_render_settings(tmp_path, capsys):
+    pages_path = tmp_path / "pages.jsonl"
+    split_pdfs([str(_text_pdf(tmp_path / "a.pdf", 3))], pages_path)
+    store_dir = tmp_path / "store"
+    first = ["--pages", str(pages_path), "--out", str(store_dir), "--dpi", "36"]
+    render_main(first)
+    shards = {p.name: p.read_bytes() for p in store_dir.glob("shard-*.h5")}
+    line = one_error_line(render_main, [*first[:-1], "72", "--format", "png"], capsys)
+    assert line == (f"error: {store_dir / 'render_settings.json'}: page store {store_dir} was made with other settings "
+                    "than this run: --dpi 36.0 (this run: 72.0), --format 'jpeg' (this run: 'png'), --quality 90 (this "
+                    "run: None); resuming would mix the outputs of both: write to a new output path, or rerun with the "
+                    "settings it was made with")
+    assert {p.name: p.read_bytes() for p in store_dir.glob("shard-*.h5")} == shards
+    render_main([*first, "--shard_pages", "2", "--page_timeout", "30"])  # settings that keep the bytes may change
 
 
 def _render_cmd(pages: Path, store: Path) -> list[str]:

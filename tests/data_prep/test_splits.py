@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from data_prep.build_splits import build_splits, read_pairs
+from data_prep.build_splits import build_splits, main, read_pairs
+from tests.helpers.cli import one_error_line
 
 
 def _pairs(n: int = 400, seed: int = 0) -> list[dict]:
@@ -67,3 +68,14 @@ def test_cli_and_bad_line(tmp_path):
     bad.write_text('{"query": "a", "pos": ["x"]}\n{"query": "b", "pos": []}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: line 2: a pair needs"):
         read_pairs([bad])
+
+
+def test_a_split_without_train_pairs_is_an_error_and_writes_nothing(tmp_path, capsys):
+    one_doc = [{"query": f"q{i}", "pos": [f"d/{i}"], "neg": [], "doc_id": "d"} for i in range(5)]
+    src = _write(tmp_path / "pairs.jsonl", one_doc)
+    line = one_error_line(main, ["--pairs", src, "--train", tmp_path / "tr.jsonl", "--test", tmp_path / "te.jsonl",
+                                 "--test_fraction", "0.5"], capsys)
+    assert line == (f"error: no train pairs: all 5 pairs of {src} went to the test split (pairs sharing a document or "
+                    "a page stay together); nothing to train on: lower --test_fraction or --test_per_source, or give "
+                    "more pairs")
+    assert not (tmp_path / "tr.jsonl").exists() and not (tmp_path / "te.jsonl").exists()

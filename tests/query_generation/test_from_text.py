@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from query_generation.from_text import main as from_text, sentences
+from tests.helpers.cli import one_error_line
 
 
 def test_sentences_filter_by_length():
@@ -25,3 +26,10 @@ def test_sample_pdfs_to_pairs(tmp_path):
     for pair in pairs:
         (page,) = pair["pos"]
         assert pair["query"] in " ".join(pages[page]["text"].split())
+
+
+def test_word_bounds_that_keep_nothing_are_refused(tmp_path, capsys):
+    line = one_error_line(from_text, ["--pages", tmp_path / "pages.jsonl", "--out", tmp_path / "pairs.jsonl",
+                                      "--min_words", "9", "--max_words", "3"], capsys)
+    assert line == "error: --min_words 9 is more than --max_words 3: no sentence could be a query"
+    assert not (tmp_path / "pairs.jsonl").exists()
