@@ -25,9 +25,9 @@ from query_generation.generate import build_parser, generate
 from query_generation.prompt import GENERATION_SLOTS, PromptFile
 from query_generation.work import list_pages, load_image, make_batches
 from data_prep.store import PageStore
-from retriever.tiny import build_tiny
-from tests.openai_stub import StubServer
-from tests.query_helpers import SHORT_PROMPT, make_store, teach_json_answer
+from retriever.model.tiny_checkpoints import build_tiny
+from tests.helpers.openai_stub import StubServer
+from tests.helpers.query_data import SHORT_PROMPT, make_store, teach_json_answer
 
 
 def gen_args(store: Path, out: Path, backend: str, model: str, args: argparse.Namespace, *extra: str):

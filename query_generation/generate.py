@@ -14,7 +14,8 @@ interruption (even ``kill -9``) skips finished pages and ends with the same file
 (byte-identical with greedy decoding or a fixed seed). ``--num_shards K --shard_index I`` take a contiguous
 range of fixed batches, so ``cat`` of the K outputs in shard order equals the unsharded output (same
 ``--batch_size``). One process per GPU, each with its shard, is the data-parallel layout
-(``shell/render_and_generate.sh --gpus N``).
+(``shell/render_and_generate.sh --gpus N``). The settings that decide the records are recorded beside the journal
+(:mod:`query_generation.provenance`); resuming it with other settings is refused.
 """
 from __future__ import annotations
 
@@ -28,16 +29,22 @@ from tqdm import tqdm
 
 from data_prep.errors import InputError, cli
 from data_prep.failures import FailureLog
+from data_prep.flags import non_negative_float, non_negative_int, positive_int
 from data_prep.images import ImageDecodeError
+from data_prep.outputs import check_outputs, check_settings, record_settings
 from data_prep.store import PageStore, UnknownPageError
 from query_generation.generator_args import add_generator_arguments, generator_options
-from query_generation.generators import GENERATORS, QueryGenerator, Decoding, Request, make_generator
+from query_generation.generators import GENERATORS, QueryGenerator, Decoding, Request, clip, make_generator
 from query_generation.journal import QueryJournal
 from query_generation.parse import QUERIES_SCHEMA, ParseError, parse_queries
 from query_generation.prompt import DEFAULT_QUERIES_PROMPT, GENERATION_SLOTS, PromptFile
+from query_generation.provenance import generation_settings, has_output, local_model, settings_path
 from query_generation.work import Page, list_pages, load_image, make_batches, page_seed, shard_batches
 
 DEFAULT_BATCH = {"transformers": 4, "vllm": 256, "openai": 64}
+# a failure record quotes at most this much of its reason and of each raw answer
+MAX_REASON_CHARS = 2000
+MAX_RAW_CHARS = 20_000
 
 
 class Run:
@@ -53,11 +60,13 @@ class Run:
         return page.id in self.journal.done or page.id in self.flog.failed_ids
 
     def fail(self, page: Page, reason: str, raw: list[str] | None = None) -> None:
-        """Record the page as failed (once: a resumed run meets again the pages it could not read)."""
+        """Record the page as failed (once: a resumed run meets again the pages it could not read); the reason and
+        the raw answers are clipped, so that a runaway answer cannot fill the failures file."""
         if page.id in self.flog.failed_ids:
             return
-        self.flog.add(reason, stage="generate", doc=page.doc_id, source=page.source or str(self.args.store),
-                      page=page.page, page_id=page.id, extra={"raw": raw} if raw is not None else None)
+        extra = {"raw": [clip(text, MAX_RAW_CHARS) for text in raw]} if raw is not None else None
+        self.flog.add(clip(reason, MAX_REASON_CHARS), stage="generate", doc=page.doc_id,
+                      source=page.source or str(self.args.store), page=page.page, page_id=page.id, extra=extra)
 
     def request(self, page: Page) -> Request | None:
         """The page's chat request, or None (failure recorded) when its image cannot be read."""
@@ -106,17 +115,17 @@ class Run:
         self.journal.append(records)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse flags that cannot work together, before anything is read or loaded."""
-    if min(args.queries_per_page, args.samples_per_page, args.max_new_tokens) < 1:
-        raise InputError("--queries_per_page, --samples_per_page and --max_new_tokens must be >= 1")
+def check_args(args: argparse.Namespace, out: Path, failures: Path) -> None:
+    """Refuse flags that cannot work together and outputs that would overwrite an input or each other (the
+    failures log on the journal, say), before anything is read or loaded (argparse checks each number)."""
     if args.samples_per_page > 1 and args.temperature <= 0:
         raise InputError("--samples_per_page > 1 needs --temperature > 0 (greedy samples would be identical)")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+    if args.shard_index >= args.num_shards:
         raise InputError(f"--shard_index must be in [0, --num_shards), got --shard_index {args.shard_index} with "
                          f"--num_shards {args.num_shards} (shards are numbered from 0)")
+    check_outputs({"--out": out, "--failures": failures, "settings record": settings_path(out)},
+                  {"--store": args.store, "--pages": args.pages, "--prompt": args.prompt,
+                   "--model": local_model(args.model)})
 
 
 def check_pages(pages: list[Page], store: PageStore, pages_path: str | None) -> None:
@@ -129,16 +138,19 @@ def check_pages(pages: list[Page], store: PageStore, pages_path: str | None) -> 
 
 def generate(args: argparse.Namespace, backend: QueryGenerator | None = None) -> dict[str, int]:
     """Run (or resume) generation over this shard's pages; returns the final counts."""
-    check_args(args)
+    out = Path(args.out)
+    failures = Path(args.failures) if args.failures else out.with_name(out.stem + ".failures.jsonl")
+    check_args(args, out, failures)
     prompt = PromptFile.load(args.prompt or DEFAULT_QUERIES_PROMPT, GENERATION_SLOTS)
     store = PageStore(args.store)
     listed = list_pages(store, args.pages)
     check_pages(listed, store, args.pages)
-    batches = shard_batches(make_batches(listed, args.batch_size or DEFAULT_BATCH[args.backend]), args.num_shards,
-                            args.shard_index)
-    out = Path(args.out)
-    failures = Path(args.failures) if args.failures else out.with_name(out.stem + ".failures.jsonl")
+    batch_size = args.batch_size or DEFAULT_BATCH[args.backend]
+    batches = shard_batches(make_batches(listed, batch_size), args.num_shards, args.shard_index)
+    settings = generation_settings(args, prompt.ident, batch_size)
+    check_settings(settings_path(out), settings, has_output(out, failures), f"queries file {out}")
     with QueryJournal(out) as journal, FailureLog(failures) as flog:
+        record_settings(settings_path(out), settings)
         run = Run(args, prompt, store, journal, flog)
         pages = [page for batch in batches for page in batch]
         todo = [batch for batch in batches if not all(run.is_done(page) for page in batch)]
@@ -177,22 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backend", choices=GENERATORS, default="vllm", help="generation backend (default vllm)")
     model.add_argument("--model", required=True, help="checkpoint directory or hub id (vllm, transformers), "
                        "or the served model name (openai)")
-    model.add_argument("--queries_per_page", type=int, default=3, help="queries asked for per page (default 3)")
-    model.add_argument("--samples_per_page", type=int, default=1,
+    model.add_argument("--queries_per_page", type=positive_int, default=3,
+                       help="queries asked for per page (default 3)")
+    model.add_argument("--samples_per_page", type=positive_int, default=1,
                        help="answers sampled per page (vLLM/OpenAI n, transformers num_return_sequences; "
                        "needs --temperature > 0 when > 1; default 1)")
-    model.add_argument("--max_new_tokens", type=int, default=512, help="token budget of an answer (default 512)")
-    model.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default 0)")
+    model.add_argument("--max_new_tokens", type=positive_int, default=512,
+                       help="token budget of an answer (default 512)")
+    model.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default 0)")
     model.add_argument("--seed", type=int, default=0, help="run seed; each page's seed derives from it and its id")
-    model.add_argument("--max_pixels", type=int, help="downscale page images to at most this many pixels")
+    model.add_argument("--max_pixels", type=positive_int, help="downscale page images to at most this many pixels")
     model.add_argument("--no_structured_output", action="store_true",
                        help="do not ask vLLM / the server for JSON-schema-constrained output")
-    model.add_argument("--batch_size", type=int, help="pages per batch, the unit of writing and of sharding "
+    model.add_argument("--batch_size", type=positive_int, help="pages per batch, the unit of writing and of sharding "
                        f"(default: {', '.join(f'{k} {v}' for k, v in DEFAULT_BATCH.items())}); keep it fixed "
                        "across the shards and resumptions of a run")
     shard = ap.add_argument_group("sharding (one process per GPU or per slurm task)")
-    shard.add_argument("--num_shards", type=int, default=1, help="number of shards (default 1)")
-    shard.add_argument("--shard_index", type=int, default=0, help="this process's shard, 0-based (default 0)")
+    shard.add_argument("--num_shards", type=positive_int, default=1, help="number of shards (default 1)")
+    shard.add_argument("--shard_index", type=non_negative_int, default=0,
+                       help="this process's shard, 0-based (default 0)")
     add_generator_arguments(ap)
     return ap
 

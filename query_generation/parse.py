@@ -7,7 +7,8 @@ Accepted answers (the first JSON value in the text that has one of these shapes 
 * a bare JSON list of strings, or of ``{"query": ...}`` objects;
 
 either alone, inside a Markdown code fence (```json ... ```), or surrounded by prose. Anything else raises
-:class:`ParseError`; the caller records the page as failed with the raw text.
+:class:`ParseError`; the caller records the page as failed with the raw text. So does JSON nested deeper than the
+decoder allows (Python's recursion limit, about 1000 levels): such an answer is never searched further.
 """
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def _json_values(text: str):
             yield _DECODER.raw_decode(text, match.start())[0]
         except json.JSONDecodeError:
             continue
+        except RecursionError:  # each later start would nest as deep: stop at the first
+            raise ParseError("the answer nests JSON deeper than the decoder allows") from None
 
 
 def parse_queries(text: str, limit: int | None = None) -> list[Query]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from data_prep.errors import InputError
 
-from .base import QueryGenerator, Decoding, Reply, Request
+from .base import QueryGenerator, Decoding, Reply, Request, clip
 
 GENERATORS = ("vllm", "transformers", "openai")
 
@@ -17,6 +17,7 @@ class GeneratorOptions:
 
     device: str | None = None
     dtype: str = "auto"
+    trust_remote_code: bool = False  # transformers and vllm: run the checkpoint's own code
     tensor_parallel_size: int = 1
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
@@ -33,12 +34,12 @@ def make_generator(name: str, model: str, options: GeneratorOptions) -> QueryGen
     if name == "transformers":
         from .hf_generate import TransformersGenerator
 
-        return TransformersGenerator(model, options.device, options.dtype)
+        return TransformersGenerator(model, options.device, options.dtype, options.trust_remote_code)
     if name == "vllm":
         from .vllm_engine import VllmGenerator
 
         return VllmGenerator(model, options.tensor_parallel_size, options.max_model_len, options.dtype,
-                           options.gpu_memory_utilization)
+                           options.gpu_memory_utilization, options.trust_remote_code)
     if name == "openai":
         from .openai_server import OpenAIGenerator
 
@@ -50,4 +51,4 @@ def make_generator(name: str, model: str, options: GeneratorOptions) -> QueryGen
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(GENERATORS)}")
 
 
-__all__ = ["GENERATORS", "QueryGenerator", "GeneratorOptions", "Decoding", "Reply", "Request", "make_generator"]
+__all__ = ["GENERATORS", "QueryGenerator", "GeneratorOptions", "Decoding", "Reply", "Request", "clip", "make_generator"]

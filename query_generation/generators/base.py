@@ -14,6 +14,9 @@ from typing import Any
 
 from PIL import Image
 
+# the flag that lets the transformers and vllm backends run code shipped with a checkpoint, as errors name it
+REMOTE_CODE_FLAG = "--trust_remote_code (--judge_trust_remote_code for the filter's judge)"
+
 
 @dataclass(frozen=True)
 class Request:
@@ -39,6 +42,11 @@ class Decoding:
 class Reply:
     texts: list[str] = field(default_factory=list)
     error: str | None = None
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more characters]"
 
 
 class QueryGenerator(ABC):

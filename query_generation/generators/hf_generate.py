@@ -1,5 +1,6 @@
 """transformers backend: ``AutoModelForImageTextToText.generate`` on batches, the checkpoint's own tokenizer,
-image processor and chat template (see :mod:`.chat_inputs`). Runs anywhere torch runs, CPU included."""
+image processor and chat template (see :mod:`.chat_inputs`). Runs anywhere torch runs, CPU included. Code shipped
+with the checkpoint runs only with ``trust_remote_code`` (see :mod:`retriever.model.remote_code`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,22 +9,27 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
 from retriever.model.dtype import dtype_name, torch_dtype
+from retriever.model.remote_code import remote_code_refused
 from retriever.model.saved import load_image_processor, resolve_checkpoint
 
-from .base import QueryGenerator, Decoding, Reply, Request
+from .base import REMOTE_CODE_FLAG, QueryGenerator, Decoding, Reply, Request
 from .chat_inputs import ChatInputs
+
 
 class TransformersGenerator(QueryGenerator):
     name = "transformers"
 
-    def __init__(self, model: str, device: str | None = None, dtype: str = "auto") -> None:
+    def __init__(self, model: str, device: str | None = None, dtype: str = "auto",
+                 trust_remote_code: bool = False) -> None:
         super().__init__(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         path = resolve_checkpoint(model)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        config = AutoConfig.from_pretrained(path)
-        self.inputs = ChatInputs(model, tokenizer, load_image_processor(path), config)
-        loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype(dtype_name(dtype)))
+        with remote_code_refused(model, REMOTE_CODE_FLAG):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.inputs = ChatInputs(model, tokenizer, load_image_processor(path, trust_remote_code), config)
+            loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype(dtype_name(dtype)),
+                                                                 trust_remote_code=trust_remote_code)
         self.net = loaded.to(self.device).eval()
         self.inputs.bind(self.net)
 

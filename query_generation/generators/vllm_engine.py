@@ -4,7 +4,8 @@ Written against vLLM's documented offline API: ``LLM(model, tensor_parallel_size
 limit_mm_per_prompt={"image": 1}, ...)``, ``LLM.chat(conversations, sampling_params=[...])`` with images as
 ``image_url`` parts (data URLs), ``SamplingParams(n, temperature, seed, max_tokens)`` with one seed per page, and
 JSON-schema structured output through ``StructuredOutputsParams`` (vLLM >= 0.10) or ``GuidedDecodingParams``
-(older releases) when the installed vLLM has either. Data parallelism is one engine per GPU over page shards
+(older releases) when the installed vLLM has either; ``trust_remote_code`` is always passed (``False`` unless
+asked for). Data parallelism is one engine per GPU over page shards
 (``--num_shards`` / ``--shard_index``; ``shell/render_and_generate.sh`` launches them). vLLM cannot run on the
 development machines, so this module is tested against a fake ``vllm`` package that checks every call.
 """
@@ -14,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from data_prep.errors import InputError
+from retriever.model.remote_code import remote_code_refused
 
-from .base import QueryGenerator, Decoding, Reply, Request
+from .base import REMOTE_CODE_FLAG, QueryGenerator, Decoding, Reply, Request
 
 
 def structured_output_kwargs(json_schema: dict[str, Any] | None) -> dict[str, Any]:
@@ -40,7 +42,7 @@ class VllmGenerator(QueryGenerator):
     name = "vllm"
 
     def __init__(self, model: str, tensor_parallel_size: int = 1, max_model_len: int | None = None,
-                 dtype: str = "auto", gpu_memory_utilization: float = 0.9) -> None:
+                 dtype: str = "auto", gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False) -> None:
         super().__init__(model)
         try:
             from vllm import LLM
@@ -51,10 +53,12 @@ class VllmGenerator(QueryGenerator):
         kwargs: dict[str, Any] = {"model": model, "tensor_parallel_size": tensor_parallel_size,
                                   "limit_mm_per_prompt": {"image": 1},
                                   "dtype": dtype,
-                                  "gpu_memory_utilization": gpu_memory_utilization}
+                                  "gpu_memory_utilization": gpu_memory_utilization,
+                                  "trust_remote_code": trust_remote_code}
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        self.llm = LLM(**kwargs)
+        with remote_code_refused(model, REMOTE_CODE_FLAG):
+            self.llm = LLM(**kwargs)
 
     def sampling_params(self, decoding: Decoding, seed: int) -> Any:
         from vllm import SamplingParams

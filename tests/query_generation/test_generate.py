@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from data_prep.errors import InputError, MissingInputError
 from query_generation.generators.hf_generate import TransformersGenerator
 from query_generation.generate import build_parser, generate
 from query_generation.prompt import GENERATION_SLOTS, JUDGE_SLOTS, PromptFile
+from query_generation.provenance import settings_path
 from tests.helpers.query_data import ANSWER, SHORT_PROMPT, make_store, teach_json_answer, write_pages_jsonl
 
 from tests.helpers.paths import REPO_ROOT
@@ -146,8 +148,6 @@ def test_unknown_and_undecodable_pages_are_failures(tmp_path, taught_model, taug
 
 
 def test_model_without_chat_template_is_refused(tiny_model_dir, tmp_path):
-    import shutil
-
     model = shutil.copytree(tiny_model_dir("qwen2_vl"), tmp_path / "m")
     (model / "chat_template.jinja").unlink()
     config = json.loads((model / "tokenizer_config.json").read_text())
@@ -163,13 +163,27 @@ def test_model_without_chat_template_is_refused(tiny_model_dir, tmp_path):
     (("--samples_per_page", "2"), "--samples_per_page > 1 needs --temperature > 0 (greedy samples would be "
                                   "identical)"),
     (("--num_shards", "2", "--shard_index", "2"), "--shard_index must be in [0, --num_shards), got --shard_index 2 "
-                                                  "with --num_shards 2 (shards are numbered from 0)"),
-    (("--batch_size", "0"), "--batch_size must be >= 1, got 0")])
+                                                  "with --num_shards 2 (shards are numbered from 0)")])
 def test_contradicting_flags_are_refused_before_anything_runs(flags, message, tmp_path, short_prompt):
     out = tmp_path / "q.jsonl"
     with pytest.raises(InputError) as err:
         generate(args_for(tmp_path / "no_store", out, tmp_path / "no_model", short_prompt, *flags))
     assert str(err.value) == message and not out.exists()
+
+
+def test_a_journal_is_not_resumed_with_other_settings(reference, tmp_path, store, taught_model, short_prompt):
+    out = tmp_path / "queries.jsonl"
+    out.write_bytes(reference.read_bytes())
+    shutil.copy(settings_path(reference), settings_path(out))
+    other_prompt = tmp_path / "other.txt"
+    other_prompt.write_text(SHORT_PROMPT + "Be brief.\n")
+    for flags, changed in [(("--max_new_tokens", "32"), rf"--max_new_tokens {MAX_NEW} \(this run: 32\)"),
+                           (("--prompt", str(other_prompt)), r"--prompt 'short.txt@\w+' \(this run: 'other.txt@\w+'\)"),
+                           (("--batch_size", "3"), r"--batch_size 2 \(this run: 3\)")]:
+        with pytest.raises(InputError, match=rf"^{settings_path(out)}: queries file {out} was made with other settings "
+                                             rf"than this run: {changed}; resuming would mix"):
+            generate(args_for(store, out, taught_model, short_prompt, *flags))
+    assert out.read_bytes() == reference.read_bytes() and not (tmp_path / "queries.failures.jsonl").exists()
 
 
 def test_pages_list_of_another_store_is_refused(store, tmp_path, taught_model, short_prompt):
