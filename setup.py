@@ -25,7 +25,7 @@ CORE = [
 EXTRAS = {
     "gpu": ["flash-attn>=2.6", "faiss-gpu-cu12>=1.8", "vllm>=0.8"],
     # triton: the fused MaxSim kernels, tested on CPU in Triton's interpreter (needs >= 3.9 there; no dependencies)
-    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pandas>=2.0", "psutil>=5.9",
+    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "pandas>=2.0", "psutil>=5.9",
             "triton>=3.2; platform_system == 'Linux'"],
     # Reference classes of the published-checkpoint tests. Install it with --no-deps (shell/venv.sh does): its
     # dependencies include torchvision, which breaks the pinned torch. The tests skip without it.

@@ -34,7 +34,7 @@ from typing import IO, Any
 from data_prep.errors import DiskFullError, InputError, UserError, is_disk_full, read_json_input, stop_on_full_disk
 
 __all__ = ["BusyError", "JsonlAppender", "atomic_output", "check_outputs", "check_settings", "flag_paths",
-           "lock_directory", "record_settings", "write_text_atomic"]
+           "lock_directory", "record_settings", "settings_changes", "write_text_atomic"]
 
 logger = logging.getLogger(__name__)
 RESUME_HINT = "free space and run the same command again to resume"
@@ -234,13 +234,19 @@ def check_settings(record: Path, settings: Mapping[str, Any], resuming: bool, st
     if not isinstance(saved, dict):
         raise InputError(f"{record}: not a settings record (a JSON object of flags); delete it to resume {state} "
                          "with this run's settings")
-    now = json.loads(json.dumps(dict(settings)))  # compared as they were stored: tuples become lists
-    changed = [f"{key} {saved[key]!r} (this run: {now[key]!r})" for key in sorted(saved.keys() & now.keys())
-               if saved[key] != now[key]]
+    changed = settings_changes(saved, settings)
     if changed:
         raise InputError(f"{record}: {state} was made with other settings than this run: {', '.join(changed)}; "
                          "resuming would mix the outputs of both: write to a new output path, or rerun with the "
                          "settings it was made with")
+
+
+def settings_changes(saved: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """Each setting of ``saved`` (as read back from JSON) that this run's ``settings`` gives another value, as
+    ``"KEY SAVED (this run: NOW)"``; a key missing from either side is not compared."""
+    now = json.loads(json.dumps(dict(settings)))  # compared as they were stored: tuples become lists
+    return [f"{key} {saved[key]!r} (this run: {now[key]!r})" for key in sorted(saved.keys() & now.keys())
+            if saved[key] != now[key]]
 
 
 def record_settings(record: Path, settings: Mapping[str, Any]) -> None:

@@ -15,13 +15,15 @@ Design
   one :class:`ScoringSettings`, passed whole from the CLIs and training down to :func:`score_shard`; how many
   results to keep (``k``) is the caller's question, not a setting.
 * Resumable: after every chunk a rank saves its top-k state (``torch.save`` of tensors, reloaded with
-  ``weights_only=True``) under ``state_dir``, replacing the previous one atomically; a rerun with the same
-  settings continues from the next chunk. A full disk stops the run with one line naming the state file, whose
-  previous version is intact.
+  ``weights_only=True``) under ``state_dir``, replacing the previous one atomically, with the fingerprint of what
+  produced it: the encoder's (checkpoint identity, dtype, head, pooling, dimensions, prompts, resolution), the
+  query and page ids, ``k``, the world size, the chunk size and the score dtype. A rerun with the same fingerprint
+  continues from the next chunk; with another one, it warns naming each difference and scores from the first
+  chunk (the state is a cache: recomputing is always right). A full disk stops the run with one line naming the
+  state file, whose previous version is intact.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -35,9 +37,10 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from data_prep.outputs import RESUME_HINT, atomic_output
+from data_prep.outputs import RESUME_HINT, atomic_output, settings_changes
 from eval.topk import RunningTopK, merge_across_ranks
 from retriever.model.embeddings import pad_multivector
+from retriever.model.identity import ids_digest
 from retriever.process_group import RankInfo, shard_range
 from retriever.scoring import dense_scores, maxsim_lists
 
@@ -48,9 +51,11 @@ Embeddings = Tensor | list[Tensor]
 
 
 class Encoder(Protocol):
-    """What the evaluators need from a model."""
+    """What the evaluators need from a model; ``fingerprint`` (what decides its embeddings, see
+    :attr:`retriever.model.encoder.RetrieverEncoder.fingerprint`) only for a resumable state."""
 
     multi_vector: bool
+    fingerprint: dict[str, Any]
 
     def encode_queries(self, texts: Sequence[str], batch_size: int, progress: bool) -> Embeddings: ...
 
@@ -101,29 +106,59 @@ def trec_tie_key(ids: Sequence[str]) -> Tensor:
     return key
 
 
-def _state_key(settings: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+def _state_fingerprint(encoder: Encoder, query_ids: Sequence[str], page_ids: Sequence[str], k: int, info: RankInfo,
+                       settings: ScoringSettings) -> dict[str, Any]:
+    """What decides a rank's running top-k (see the module docstring)."""
+    return {**encoder.fingerprint, "query ids": ids_digest(query_ids), "queries": len(query_ids),
+            "page ids": ids_digest(page_ids), "pages": len(page_ids), "k": k, "world size": info.world,
+            "chunk_pages": settings.chunk_pages, "score dtype": str(settings.compute_dtype)}
 
 
-def _save_state(state_file: Path, top: RunningTopK, next_chunk: int) -> None:
+def _load_state(state_file: Path, fingerprint: dict[str, Any], top: RunningTopK) -> int:
+    """The next chunk to score: the saved one, with ``top`` restored, when ``state_file`` was made with
+    ``fingerprint``; else 0 (a state made otherwise is warned about, naming what changed, and scored again)."""
+    if not state_file.exists():
+        return 0
+    saved = torch.load(state_file, weights_only=True)
+    changed = settings_changes(json.loads(saved["fingerprint"]), fingerprint)
+    if changed:
+        logger.warning("%s: made by another evaluation than this one: %s; scoring from the first chunk again",
+                       state_file, ", ".join(changed))
+        return 0
+    top.values, top.indices = saved["values"], saved["indices"]
+    return int(saved["next_chunk"])
+
+
+def _save_state(state_file: Path, top: RunningTopK, next_chunk: int, fingerprint: dict[str, Any]) -> None:
     """The running top-k after ``next_chunk`` chunks, replacing the previous state all or nothing."""
     state_file.parent.mkdir(parents=True, exist_ok=True)
     done = next_chunk - 1
     kept = f"the state saved after {done} scored chunk(s) is intact; {RESUME_HINT}" if done else RESUME_HINT
     with atomic_output(state_file, kept) as handle:
-        torch.save({"values": top.values, "indices": top.indices, "next_chunk": next_chunk}, handle)
+        torch.save({"values": top.values, "indices": top.indices, "next_chunk": next_chunk,
+                    "fingerprint": json.dumps(fingerprint)}, handle)
+
+
+def _remove_states(state_file: Path, info: RankInfo) -> None:
+    """After the merge: this rank's state, and on the main rank any left by a run of another world size."""
+    state_file.unlink(missing_ok=True)
+    if info.is_main:
+        for stale in state_file.parent.glob("topk_rank*.pt"):
+            stale.unlink(missing_ok=True)
 
 
 def score_shard(encoder: Encoder, query_emb: Embeddings, page_ids: Sequence[str],
                 load_pages: Callable[[Sequence[int]], list[Image.Image]], k: int, info: RankInfo,
                 settings: ScoringSettings = ScoringSettings(),
-                on_chunk: Callable[[Tensor, range], None] | None = None) -> list[list[tuple[int, float]]]:
+                on_chunk: Callable[[Tensor, range], None] | None = None,
+                query_ids: Sequence[str] = ()) -> list[list[tuple[int, float]]]:
     """Global top-``k`` corpus positions per query ``[(position, score), ...]``, identical on all ranks.
 
     ``load_pages(positions)`` gives the images of those positions of ``page_ids``. This rank encodes and scores its
     shard of the corpus in chunks of ``settings.chunk_pages``. ``on_chunk(scores, span)`` sees every ``[Nq, C]``
     score chunk (used for image->text ranking). With ``settings.state_dir`` the running top-k is checkpointed per
-    chunk and resumed (only when ``on_chunk`` is None, since its state is not saved).
+    chunk and resumed (only when ``on_chunk`` is None, since its state is not saved), and ``query_ids`` (the ids
+    of ``query_emb``'s rows) are part of the state's fingerprint.
     """
     multi = encoder.multi_vector
     device = torch.device(settings.device)
@@ -137,13 +172,14 @@ def score_shard(encoder: Encoder, query_emb: Embeddings, page_ids: Sequence[str]
     n_pages, chunk = len(page_ids), settings.chunk_pages
     shard = shard_range(n_pages, info.rank, info.world)
     chunks = [shard[i:i + chunk] for i in range(0, len(shard), chunk)]
-    state_file, start = None, 0
+    state_file, fingerprint, start = None, {}, 0
     if settings.state_dir is not None and on_chunk is None:
-        key = _state_key({"n_q": n_queries, "n_pages": n_pages, "k": k, "world": info.world, "chunk": chunk})
-        state_file = Path(settings.state_dir) / f"topk_{key}_rank{info.rank}.pt"
-        if state_file.exists():
-            saved = torch.load(state_file, weights_only=True)
-            top.values, top.indices, start = saved["values"], saved["indices"], int(saved["next_chunk"])
+        if len(query_ids) != n_queries:
+            raise ValueError(f"a resumable state needs the ids of the {n_queries} queries, got {len(query_ids)}")
+        fingerprint = _state_fingerprint(encoder, query_ids, page_ids, k, info, settings)
+        state_file = Path(settings.state_dir) / f"topk_rank{info.rank}.pt"
+        start = _load_state(state_file, fingerprint, top)
+        if start:
             logger.info("rank %d: resuming at chunk %d/%d from %s", info.rank, start, len(chunks), state_file)
     for ci in tqdm(range(start, len(chunks)), desc=f"scoring pages (rank {info.rank})", disable=not info.is_main,
                    initial=start, total=len(chunks)):
@@ -155,8 +191,8 @@ def score_shard(encoder: Encoder, query_emb: Embeddings, page_ids: Sequence[str]
             on_chunk(scores, span)
         top.update(scores, torch.tensor(list(span)))
         if state_file is not None:
-            _save_state(state_file, top, ci + 1)
+            _save_state(state_file, top, ci + 1, fingerprint)
     result = merge_across_ranks(top)
-    if state_file is not None and state_file.exists():
-        state_file.unlink()
+    if state_file is not None:
+        _remove_states(state_file, info)
     return result

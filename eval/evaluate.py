@@ -28,7 +28,7 @@ def rank_task(encoder: Encoder, data: RetrievalData, info: RankInfo, depth: int,
     scored, so they are not encoded). Every rank returns the same run."""
     qids = [q for q in data.queries if q in data.qrels]
     query_emb = encode_sharded_queries(encoder, [data.queries[q] for q in qids], settings.batch_size, info)
-    top = score_shard(encoder, query_emb, data.corpus_ids, data.load_images, depth, info, settings)
+    top = score_shard(encoder, query_emb, data.corpus_ids, data.load_images, depth, info, settings, query_ids=qids)
     return {qid: {data.corpus_ids[pos]: score for pos, score in hits} for qid, hits in zip(qids, top)}
 
 

@@ -40,12 +40,13 @@ from PIL import Image
 from torch import Tensor
 
 from data_prep.errors import InputError, MissingInputError, cli, read_json_input
+from data_prep.flags import positive_float, positive_int
 from data_prep.images import ImageDecodeError
-from data_prep.outputs import write_text_atomic
+from data_prep.outputs import check_outputs, write_text_atomic
 from eval.engine import Encoder, ScoringSettings, encode_sharded_queries, score_shard
 from eval.metrics import parse_k
 from eval.topk import select_topk
-from retriever.model.saved import add_model_arguments, load_encoder_from_args
+from retriever.model.saved import add_model_arguments, checkpoint_inputs, load_encoder_from_args
 from retriever.process_group import RankInfo, joined_process_group
 from retriever.scoring import add_score_dtype_argument, score_dtype
 
@@ -166,10 +167,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="Karpathy split (default: test)")
     p.add_argument("--k", type=parse_k, default=[1, 5, 10], help="recall cutoffs (default 1,5,10)")
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here (default: stdout only)")
-    p.add_argument("--batch_size", type=int, default=8, help="encoder batch size")
-    p.add_argument("--chunk_images", type=int, default=256, help="images encoded and scored per chunk")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="encoder batch size")
+    p.add_argument("--chunk_images", type=positive_int, default=256, help="images encoded and scored per chunk")
     add_score_dtype_argument(p)
-    p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
+    p.add_argument("--timeout", type=positive_float, default=1800,
+                   help="seconds a collective waits for the other ranks")
     return p.parse_args(argv)
 
 
@@ -177,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_outputs({"--out": args.out},
+                  {"--karpathy_json": args.karpathy_json, **checkpoint_inputs("--model", args.model)})
     with joined_process_group(timedelta(seconds=args.timeout)) as info:
         data = load_karpathy(args.karpathy_json, args.image_root, args.split)
         encoder = load_encoder_from_args(args, info.device)

@@ -5,7 +5,8 @@ The installed mteb's task class decides everything about the data: :func:`load_s
 ``metadata.eval_langs``; ViDoRe v3: one ``<subset>-corpus`` / ``-queries`` / ``-qrels`` config per subset; ViDoRe
 v1: a single ``default`` subset) and converts each subset to a :class:`eval.datasets.RetrievalData`; nothing here
 lists languages or columns. A local copy of the task's dataset (the hub repository's layout: a ``README.md``
-whose ``configs`` name the parquet files) can replace the hub path.
+whose ``configs`` name the parquet files) can replace the hub path; a dataset that is neither cached nor
+downloadable (``HF_HUB_OFFLINE=1``, no reachable hub) is one error line saying how to give that copy.
 
 :func:`task_result` turns per-subset metrics into mteb's own ``TaskResult``, whose ``get_score`` gives the task's
 score as MTEB aggregates it (the mean over subsets and splits); :func:`save_task_result` writes it with mteb's
@@ -23,7 +24,7 @@ from mteb.cache import ResultCache
 from mteb.models.model_meta import ModelMeta
 from mteb.results import TaskResult
 
-from data_prep.errors import InputError
+from data_prep.errors import InputError, MissingInputError
 from eval.datasets import RetrievalData
 from eval.trec import Qrels
 
@@ -62,10 +63,24 @@ def load_subsets(task: AbsTask, split: str = "test") -> dict[str, RetrievalData]
     """``{hf_subset: data}`` for ``split`` of ``task``, loaded by the task's own ``load_data``."""
     if split not in task.metadata.eval_splits:
         raise InputError(f"--split {split}: task {task.metadata.name} is evaluated on {task.metadata.eval_splits}")
-    task.load_data()
+    try:
+        task.load_data()
+    except ConnectionError as err:  # datasets' "Couldn't reach ... on the Hub", huggingface_hub's offline errors
+        raise _unavailable(task, err) from err
     task.convert_v1_dataset_format_to_v2(num_proc=None)
     return {subset: _subset_data(f"{task.metadata.name}/{subset}", splits[split])
             for subset, splits in task.dataset.items() if subset in task.hf_subsets}
+
+
+def _unavailable(task: AbsTask, err: ConnectionError) -> MissingInputError:
+    """The error for a task whose dataset is not cached and cannot be downloaded."""
+    from huggingface_hub import constants
+
+    name, path = task.metadata.name, task.metadata.dataset["path"]
+    why = "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else f"no reachable hub: {type(err).__name__}"
+    return MissingInputError(f"{name}: its dataset {path} is not available offline ({why}); download it where the "
+                             f"hub is reachable (huggingface-cli download {path} --repo-type dataset --local-dir DIR) "
+                             f"and give the local copy as {name}=DIR")
 
 
 def task_result(task: AbsTask, split: str, subset_metrics: Mapping[str, Mapping[str, float]],

@@ -2,9 +2,11 @@
 
 Per task it writes ``<out>/<task>/metrics.json`` (aggregate, per-subset and per-query metrics),
 ``<out>/<task>/run.trec`` (top ``--depth`` pages per query), and overall ``<out>/metrics.json`` (per task and their
-average) and ``<out>/results.md`` (a short markdown table, one row per task and per language subset). Finished
-tasks are skipped on rerun; an interrupted task resumes from its last scored chunk. See eval.engine for the
-sharding design. This module is only the command line: tasks are loaded by :mod:`eval.tasks` and evaluated by
+average) and ``<out>/results.md`` (a short markdown table, one row per task and per language subset). A rerun
+reuses a finished task whose metrics.json was made with the same model and flags (its ``made_with``), and an
+interrupted task resumes from its last scored chunk when its state was made by the same model on the same data;
+otherwise the task is evaluated again, with a warning naming what changed. See eval.engine for the sharding and
+resume design. This module is only the command line: tasks are loaded by :mod:`eval.tasks` and evaluated by
 :mod:`eval.evaluate` (as training's evaluation does), the table comes from :mod:`eval.report`.
 
 MTEB tasks (ViDoRe v2/v3) are scored per language subset as MTEB scores them (:mod:`eval.mteb_tasks`): the task's
@@ -27,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.errors import cli
-from data_prep.outputs import write_text_atomic
+from data_prep.flags import positive_float, positive_int
+from data_prep.outputs import check_outputs, flag_paths, settings_changes, write_text_atomic
 from eval.datasets import TaskSource, resolve_tasks
 from eval.engine import Encoder, ScoringSettings
 from eval.evaluate import evaluate_subsets
@@ -37,7 +40,7 @@ from eval.mteb_wrapper import model_meta
 from eval.report import markdown_table
 from eval.tasks import load_task
 from eval.trec import write_run
-from retriever.model.saved import add_model_arguments, load_encoder_from_args
+from retriever.model.saved import add_model_arguments, checkpoint_inputs, load_encoder_from_args
 from retriever.process_group import RankInfo, joined_process_group
 from retriever.scoring import add_score_dtype_argument, score_dtype
 
@@ -57,18 +60,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--page_store", default=None, help="page store to use as the corpus (one task only)")
     p.add_argument("--k", type=parse_k, default=list(DEFAULT_K), help="metric cutoffs (default 1,3,5,10,100)")
-    p.add_argument("--depth", type=int, default=None, help="pages kept per query in the run (default: max k)")
-    p.add_argument("--batch_size", type=int, default=8, help="encoder batch size")
-    p.add_argument("--chunk_pages", type=int, default=256, help="pages encoded and scored per chunk")
+    p.add_argument("--depth", type=positive_int, default=None,
+                   help="pages kept per query in the run (default and least: the largest k)")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="encoder batch size")
+    p.add_argument("--chunk_pages", type=positive_int, default=256, help="pages encoded and scored per chunk")
     add_score_dtype_argument(p)
-    p.add_argument("--timeout", type=float, default=1800, help="seconds a collective waits for the other ranks")
+    p.add_argument("--timeout", type=positive_float, default=1800,
+                   help="seconds a collective waits for the other ranks")
     p.add_argument("--mteb_results", type=Path, default=None,
                    help="also write each evaluated task as mteb's result JSON (TaskResult), in mteb's results layout "
                         "DIR/results/<model>/<revision>/<task>.json")
     args = p.parse_args(argv)
     if args.page_store and len(args.tasks) != 1:
         p.error("--page_store needs exactly one task")
+    if args.depth is not None and args.depth < max(args.k):
+        p.error(f"--depth {args.depth} is below the largest --k {max(args.k)}: metrics at that cutoff would count "
+                "only the kept pages")
     return args
+
+
+def check_paths(args: argparse.Namespace, specs: list[TaskSource]) -> None:
+    """Refuse, before anything is written, an output directory that is, lies in or contains an input (the model,
+    a local task, the page store) or cannot be written."""
+    tasks = [spec.source for spec in specs if spec.source is not None and Path(spec.source).exists()]
+    inputs = {**checkpoint_inputs("--model", args.model), **flag_paths("--tasks", tasks),
+              "--page_store": args.page_store}
+    check_outputs({"--out": args.out, "--mteb_results": args.mteb_results}, inputs,
+                  directories=("--out", "--mteb_results"))
 
 
 def _per_query(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -88,7 +106,8 @@ def evaluate_spec(encoder: Encoder, spec: TaskSource, args: argparse.Namespace, 
                                     replace(settings, state_dir=args.out / ".state" / spec.name))
     result = task_result(task, args.split, {s: m["aggregate"] for s, m in metrics.items()}, time.time() - start)
     summary = {"aggregate": subset_average(result), "main_score": task.metadata.main_score,
-               "subsets": {s: m["aggregate"] for s, m in metrics.items()}, "per_query": _per_query(metrics)}
+               "subsets": {s: m["aggregate"] for s, m in metrics.items()}, "per_query": _per_query(metrics),
+               "made_with": made_with(encoder, spec, args)}
     if info.is_main:
         task_dir = args.out / spec.name
         task_dir.mkdir(parents=True, exist_ok=True)
@@ -100,14 +119,38 @@ def evaluate_spec(encoder: Encoder, spec: TaskSource, args: argparse.Namespace, 
     return summary
 
 
+def made_with(encoder: Encoder, spec: TaskSource, args: argparse.Namespace) -> dict[str, Any]:
+    """What decides a task's metrics besides the code: the model's fingerprint, the task's source and the flags
+    that change the run (recorded in its metrics.json as ``made_with``)."""
+    return {**encoder.fingerprint, "task": spec.source, "--split": args.split, "--page_store": args.page_store,
+            "--k": args.k, "--depth": args.depth, "--score_dtype": args.score_dtype}
+
+
+def finished_summary(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics.json of a task finished by an earlier run made with ``settings`` (see :func:`made_with`); None
+    when there is none, or when it was made otherwise (a warning names what changed: the task is evaluated
+    again). One written before metrics.json recorded ``made_with`` is reused with a warning."""
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    if "made_with" not in summary:
+        logger.warning("%s: no record of the model and flags it was made with; reusing it", path)
+    changed = settings_changes(summary.get("made_with", {}), settings)
+    if changed:
+        logger.warning("%s: made by another evaluation than this one: %s; evaluating the task again", path,
+                       ", ".join(changed))
+        return None
+    return summary
+
+
 def run_tasks(encoder: Encoder, tasks: list[TaskSource], args: argparse.Namespace, info: RankInfo,
               settings: ScoringSettings) -> dict[str, dict[str, float]]:
-    """Evaluate each task (skipping finished ones). Returns the table's rows: task (and ``task/subset`` when there
-    are several subsets) -> aggregate metrics."""
+    """Evaluate each task (reusing those finished with the same model and flags). Returns the table's rows: task
+    (and ``task/subset`` when there are several subsets) -> aggregate metrics."""
     rows: dict[str, dict[str, float]] = {}
     for spec in tasks:
-        done = args.out / spec.name / "metrics.json"
-        summary = json.loads(done.read_text()) if done.exists() else evaluate_spec(encoder, spec, args, info, settings)
+        summary = finished_summary(args.out / spec.name / "metrics.json", made_with(encoder, spec, args)) \
+            or evaluate_spec(encoder, spec, args, info, settings)
         rows[spec.name] = summary["aggregate"]
         if len(summary["subsets"]) > 1:
             rows.update({f"{spec.name}/{s}": agg for s, agg in summary["subsets"].items()})
@@ -132,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     with joined_process_group(timedelta(seconds=args.timeout)) as info:
         try:
             specs = resolve_tasks(args.tasks)
+            check_paths(args, specs)
             encoder = load_encoder_from_args(args, info.device)
             settings = ScoringSettings(args.batch_size, args.chunk_pages, info.device,
                                        score_dtype(args.score_dtype, info.device))

@@ -10,9 +10,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from data_prep.errors import cli
+from data_prep.errors import InputError, cli
+from data_prep.outputs import check_outputs, write_text_atomic
 from eval.metrics import DEFAULT_K, evaluate_run, parse_k
-from eval.trec import read_qrels, read_run
+from eval.trec import Qrels, Run, read_qrels, read_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,16 +30,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_scorable(run: Run, qrels: Qrels, run_path: Path, qrels_path: Path) -> None:
+    """Refuse a run or qrels without lines, and a run none of whose queries has qrels: each would be scored as
+    an empty set of metrics, which reads like a result."""
+    for table, path, what in ((run, run_path, "run file"), (qrels, qrels_path, "qrels file")):
+        if not table:
+            raise InputError(f"{path}: the {what} has no lines; nothing to score")
+    if not set(run) & set(qrels):
+        raise InputError(f"{run_path}: none of its {len(run)} queries has qrels in {qrels_path} (e.g. run query "
+                         f"{next(iter(run))!r}, qrels query {next(iter(qrels))!r}); score a run against its own qrels")
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_outputs({"--out": args.out}, {"--run": args.run, "--qrels": args.qrels})
     run, qrels = read_run(args.run), read_qrels(args.qrels)
+    check_scorable(run, qrels, args.run, args.qrels)
     missing = set(run) - set(qrels)
     if missing:
         warnings.warn(f"{len(missing)} of {len(run)} run queries have no qrels and are not scored", stacklevel=1)
     text = json.dumps(evaluate_run(qrels, run, args.k), indent=2)
     if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(args.out, text + "\n")
     else:
         print(text)
     return 0

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
-from data_prep.errors import InputError, open_input
+from data_prep.errors import InputError, iter_text_lines
 from data_prep.outputs import write_text_atomic
 
 Run = dict[str, dict[str, float]]
@@ -55,23 +55,22 @@ def decode_id(field: str) -> str:
 def read_run(path: str | Path) -> Run:
     """Parse a TREC run file into ``{qid: {docid: score}}``; a repeated (qid, docid) pair is an error."""
     run: Run = {}
-    with open_input(path, "run file") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != 6:
-                raise FormatError(f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}")
-            qid, docid, rank, score = decode_id(fields[0]), decode_id(fields[2]), fields[3], fields[4]
-            try:
-                int(rank)
-                value = float(score)
-            except ValueError:
-                raise FormatError(f"{path}:{lineno}: rank {rank!r} / score {score!r} is not a number") from None
-            docs = run.setdefault(qid, {})
-            if docid in docs:
-                raise FormatError(f"{path}:{lineno}: document {docid!r} appears twice for query {qid!r}")
-            docs[docid] = value
+    for lineno, line in iter_text_lines(path, "run file"):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 6:
+            raise FormatError(f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}")
+        qid, docid, rank, score = decode_id(fields[0]), decode_id(fields[2]), fields[3], fields[4]
+        try:
+            int(rank)
+            value = float(score)
+        except ValueError:
+            raise FormatError(f"{path}:{lineno}: rank {rank!r} / score {score!r} is not a number") from None
+        docs = run.setdefault(qid, {})
+        if docid in docs:
+            raise FormatError(f"{path}:{lineno}: document {docid!r} appears twice for query {qid!r}")
+        docs[docid] = value
     return run
 
 
@@ -79,19 +78,18 @@ def read_qrels(path: str | Path) -> Qrels:
     """Parse TREC (``qid 0 docid rel``) or BEIR TSV (header ``query-id corpus-id score``) qrels."""
     qrels: Qrels = {}
     beir = None
-    with open_input(path, "qrels file") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
+    for lineno, line in iter_text_lines(path, "qrels file"):
+        if not line.strip():
+            continue
+        if beir is None:
+            beir = line.split("\t")[0].strip() == "query-id"
+            if beir:
                 continue
-            if beir is None:
-                beir = line.split("\t")[0].strip() == "query-id"
-                if beir:
-                    continue
-            qid, docid, rel = _qrels_row(f"{path}:{lineno}", line, beir)
-            try:
-                qrels.setdefault(qid, {})[docid] = int(float(rel))
-            except ValueError:
-                raise FormatError(f"{path}:{lineno}: relevance {rel!r} is not a number") from None
+        qid, docid, rel = _qrels_row(f"{path}:{lineno}", line, beir)
+        try:
+            qrels.setdefault(qid, {})[docid] = int(float(rel))
+        except ValueError:
+            raise FormatError(f"{path}:{lineno}: relevance {rel!r} is not a number") from None
     return qrels
 
 

@@ -1,20 +1,19 @@
-"""What a queries file was generated with: the settings recorded beside the journal, and a checkpoint's identity.
+"""What a queries file was generated with: the settings recorded beside the journal.
 
 ``query_generation.generate`` records the settings that decide what the model writes (backend, model and the
 identity of a local checkpoint, prompt, decoding, batch layout) in ``<OUT stem>.settings.json`` beside ``--out``.
 A rerun onto an existing journal with other settings is refused (:func:`data_prep.outputs.check_settings`), so
-that one queries file never mixes the answers of two models, prompts or decodings.
+that one queries file never mixes the answers of two models, prompts or decodings. A local checkpoint is
+recorded by its identity (:func:`retriever.model.identity.checkpoint_identity`).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-SAMPLE_BYTES = 1 << 20
+from retriever.model.identity import checkpoint_identity
 
 
 def settings_path(out: str | os.PathLike) -> Path:
@@ -28,31 +27,9 @@ def local_model(model: str | None) -> Path | None:
     return Path(model) if model and Path(model).is_dir() else None
 
 
-def model_identity(model: str) -> str | None:
-    """A local checkpoint's identity: a hash of its ``config.json`` and of the size, first and last MiB of each
-    weight file, so that a checkpoint retrained in place differs and a copy does not (None for a hub id or a
-    served model name)."""
-    directory = local_model(model)
-    if directory is None:
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if path.name == "config.json" or path.suffix in WEIGHT_SUFFIXES:
-            digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-            digest.update(_ends(path))
-    return digest.hexdigest()[:16]
-
-
-def _ends(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        head = fh.read(SAMPLE_BYTES)
-        fh.seek(max(0, path.stat().st_size - SAMPLE_BYTES))
-        return head + fh.read(SAMPLE_BYTES)
-
-
 def generation_settings(args: argparse.Namespace, prompt_ident: str, batch_size: int) -> dict[str, Any]:
     """The settings of a generation run that decide the records it writes, by flag."""
-    return {"--backend": args.backend, "--model": args.model, "model checkpoint": model_identity(args.model),
+    return {"--backend": args.backend, "--model": args.model, "model checkpoint": checkpoint_identity(args.model),
             "--dtype": args.dtype, "--prompt": prompt_ident, "--queries_per_page": args.queries_per_page,
             "--samples_per_page": args.samples_per_page, "--max_new_tokens": args.max_new_tokens,
             "--temperature": args.temperature, "--seed": args.seed, "--max_pixels": args.max_pixels,

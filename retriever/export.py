@@ -15,7 +15,8 @@ so the model's input settings (query prefix, augmentation tokens, page prompt, p
 projection size) must be the ones the format implies, which is the case for a model loaded from, or trained
 on, that format; otherwise the export is refused with the differing settings (its embeddings would differ).
 A README.md model card is generated (:mod:`retriever.model_card`). ``--push_to_hub`` uploads the folder with
-``huggingface_hub``; without a reachable hub the folder is written and the push is reported as not done.
+``huggingface_hub``; a push that fails (no reachable hub, no permission) is one error line and exit status 2, the
+folder being written. An ``--out`` that is, lies in or contains the model (or a LoRA model's base) is refused first.
 """
 from __future__ import annotations
 
@@ -30,17 +31,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from data_prep.errors import InputError, MissingInputError, cli
-from data_prep.outputs import write_text_atomic
+from data_prep.errors import InputError, MissingInputError, UserError, cli
+from data_prep.outputs import check_outputs, write_text_atomic
 from retriever.model.dtype import add_dtype_argument
 from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 from retriever.model.published import FORMATS, PublishedFormat, published_key
-from retriever.model.saved import CONFIG_FILE, TRAINING_ARGS_FILE, load_encoder, resolve_checkpoint
+from retriever.model.saved import CONFIG_FILE, TRAINING_ARGS_FILE, checkpoint_inputs, load_encoder, resolve_checkpoint
 from retriever.model_card import model_card, read_metrics
 
-__all__ = ["export", "main", "target_format"]
+__all__ = ["PushError", "export", "main", "target_format"]
 
 LIBRARIES = {"colpali": "colpali-engine", "transformers": "transformers"}
+
+
+class PushError(UserError):
+    """``--push_to_hub`` did not upload the checkpoint (it is written locally)."""
 
 
 def target_format(config: EncoderConfig, choice: str) -> PublishedFormat:
@@ -122,7 +127,8 @@ def export(encoder: RetrieverEncoder, fmt: PublishedFormat, out: Path) -> None:
 
 
 def push_to_hub(folder: Path, repo: str) -> str:
-    """Upload ``folder`` to the model repository ``repo``; a line saying what happened."""
+    """Upload ``folder`` to the model repository ``repo``; the line to print. A failed upload raises
+    :class:`PushError`."""
     from huggingface_hub import HfApi
 
     try:
@@ -131,8 +137,9 @@ def push_to_hub(folder: Path, repo: str) -> str:
         api.upload_folder(repo_id=repo, folder_path=str(folder))
     except Exception as err:  # offline, unreachable, unauthorised: all mean "the folder was not uploaded"
         first_line = str(err).splitlines()[0] if str(err) else ""
-        return f"not pushed to {repo} (no reachable hub: {type(err).__name__}: {first_line}); the checkpoint is " \
-               f"written in {folder} only"
+        raise PushError(f"not pushed to {repo} ({type(err).__name__}: {first_line}); the checkpoint is written in "
+                        f"{folder} only: upload it once the hub is reachable (huggingface-cli upload {repo} "
+                        f"{folder})") from err
     return f"pushed {folder} to https://huggingface.co/{repo}"
 
 
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.metrics is not None and not args.metrics.exists():
         raise MissingInputError(f"--metrics {args.metrics} does not exist (the metrics.json eval.retrieval wrote)")
+    check_outputs({"--out": args.out}, {**checkpoint_inputs("--model", args.model), "--metrics": args.metrics},
+                  directories=("--out",))
     metrics = read_metrics(args.metrics) if args.metrics is not None else None
     source = resolve_checkpoint(args.model)
     encoder = load_encoder(source, dtype=args.dtype)

@@ -14,16 +14,19 @@ from pathlib import Path
 import torch
 
 from data_prep.errors import MissingInputError, cli
+from data_prep.outputs import check_outputs
 from retriever.model.dtype import add_dtype_argument
-from retriever.model.saved import ADAPTER_FILE, load_encoder, save_merged
+from retriever.model.saved import ADAPTER_FILE, checkpoint_inputs, load_encoder, save_merged
 
 
 def merge(model_dir: Path, out_dir: Path, dtype: torch.dtype | str | None = None,
           trust_remote_code: bool = False) -> Path:
-    """Merges the LoRA run in ``model_dir`` into a full checkpoint at ``out_dir``; returns ``out_dir``."""
+    """Merges the LoRA run in ``model_dir`` into a full checkpoint at ``out_dir``; returns ``out_dir``. An
+    ``out_dir`` that is, lies in or contains the run or its base model is refused before anything is loaded."""
     if not (model_dir / ADAPTER_FILE).exists():
         raise MissingInputError(f"{model_dir / ADAPTER_FILE} is missing: {model_dir} is not a LoRA run to merge "
                                 "(only --training_mode lora runs have adapters)")
+    check_outputs({"--out": out_dir}, checkpoint_inputs("--model", model_dir), directories=("--out",))
     encoder = load_encoder(model_dir, training_mode="lora", dtype=dtype, trust_remote_code=trust_remote_code)
     save_merged(encoder, out_dir, in_place=True)
     return out_dir

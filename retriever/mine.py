@@ -3,7 +3,10 @@
 1. Every page of the corpus (all ids of the given page sources, or only the pages the pairs name with
    ``--corpus pairs``) is encoded once; embeddings are cached in ``--cache_dir`` in safetensors shards, so an
    interrupted or repeated run re-encodes only what is missing. Under torchrun each rank encodes every
-   ``world``-th shard, then all ranks read the whole cache.
+   ``world``-th shard, then all ranks read the whole cache. The cache records what made it in ``made_with.json``
+   (the model's fingerprint: checkpoint identity, dtype, head and the other encoder settings; the page ids;
+   ``--shard_size``); a run with another model or corpus warns naming the difference and encodes every page
+   again, so it never mines with another model's embeddings.
 2. Each rank takes a contiguous slice of the queries, encodes them and finds candidates: dense heads with a FAISS
    inner-product index (exact ``Flat`` by default, any ``--faiss_index`` factory string such as ``IVF4096,Flat``
    for large corpora; on the GPU when faiss has GPUs); multi-vector heads from pooled (mean token) vectors in
@@ -23,26 +26,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
-from data_prep.errors import InputError, cli
-from data_prep.outputs import atomic_output
+from data_prep.errors import cli, read_json_input
+from data_prep.flags import non_negative_float, positive_int
+from data_prep.outputs import atomic_output, check_outputs, flag_paths, record_settings, settings_changes
 from retriever.mining.candidates import rank_candidates
 from retriever.mining.duplicates import NearDuplicates, pdf_page_keys
 from retriever.mining.search import find_candidates
 from retriever.mining.selection import MiningRules, select_negatives
 from retriever.mining.statistics import MiningStats
-from retriever.model.saved import add_model_arguments, load_encoder_from_args
+from retriever.model.identity import ids_digest
+from retriever.model.saved import add_model_arguments, checkpoint_inputs, load_encoder_from_args
+from retriever.model.tensor_files import load_safetensors
 from retriever.page_sources import ImageFolder, PageResolver, StorePages
 from retriever.pairs import Pair, read_jsonl_pairs, validate_pairs
 from retriever.process_group import RankInfo, barrier, joined_process_group, shard_range
+
+logger = logging.getLogger(__name__)
+CACHE_RECORD = "made_with.json"  # what made a cache's embeddings (prepare_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(positions range_min..range_max-1)")
     rules.add_argument("--relative_margin", type=float, default=None,
                        help="drop candidates scoring above (1 - margin) x the positive's score (e.g. 0.05)")
-    rules.add_argument("--absolute_margin", type=float, default=None,
+    rules.add_argument("--absolute_margin", type=non_negative_float, default=None,
                        help="drop candidates scoring above the positive's score minus this margin")
     rules.add_argument("--max_score", type=float, default=None, help="drop candidates scoring above this value")
     rules.add_argument("--sampling", choices=["top", "random"], default="top",
@@ -75,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pages.jsonl file(s): pages with the same source-PDF sha256 and page number are one page")
     dup.add_argument("--same_bytes", action=argparse.BooleanOptionalAction, default=True,
                      help="pages whose encoded image bytes are identical are one page")
-    dup.add_argument("--hash_distance", type=int, default=-1,
+    dup.add_argument("--hash_distance", type=_hash_distance, default=-1,
                      help="pages whose 64-bit average hashes differ in at most this many bits are one page "
                      "(-1: off; 4 is a reasonable value)")
     search = parser.add_argument_group("search")
@@ -83,12 +92,36 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--multi_search", choices=["pooled", "exact"], default="pooled",
                         help="multi-vector heads: FAISS over pooled vectors then exact MaxSim rerank, or brute-force "
                         "MaxSim over every page")
-    search.add_argument("--pool_depth", type=int, default=None,
+    search.add_argument("--pool_depth", type=positive_int, default=None,
                         help="candidates taken from the pooled vectors and reranked (default: 4 x search depth)")
-    parser.add_argument("--batch_size", type=int, default=16, help="encoding batch size")
+    parser.add_argument("--batch_size", type=positive_int, default=16, help="encoding batch size")
     parser.add_argument("--cache_dir", default=None, help="page-embedding cache (default: OUT.cache/)")
-    parser.add_argument("--shard_size", type=int, default=1024, help="pages per cached embedding shard")
+    parser.add_argument("--shard_size", type=positive_int, default=1024, help="pages per cached embedding shard")
     return parser
+
+
+def _hash_distance(text: str) -> int:
+    """``--hash_distance``: -1 (off) or a number of bits, 0 to 64."""
+    wrong = argparse.ArgumentTypeError(f"must be -1 (off) or a number of bits from 0 to 64, got {text!r}")
+    try:
+        value = int(text)
+    except ValueError:
+        raise wrong from None
+    if not -1 <= value <= 64:
+        raise wrong
+    return value
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse, before anything is written, an output (``--out``, the cache) that is, lies in or contains an input
+    (the pairs, the model, a page store, a pages.jsonl), or cannot be written."""
+    inputs = {"--train_data": args.train_data, **checkpoint_inputs("--model", args.model),
+              **flag_paths("--page_store", args.page_store), **flag_paths("--pages_jsonl", args.pages_jsonl)}
+    check_outputs({"--out": args.out, "--cache_dir": _cache_dir(args)}, inputs, directories=("--cache_dir",))
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    return Path(args.cache_dir or f"{args.out}.cache")
 
 
 def encode_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, batch_size: int,
@@ -96,16 +129,16 @@ def encode_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, 
     """Page embeddings in ``ids`` order, one tensor per page (``[D]`` dense, ``[L, D]`` multi), cached by shard.
 
     With ``world > 1`` this rank encodes only the missing shards ``rank, rank + world, ...`` (others are skipped
-    and the result is incomplete: read the finished cache afterwards with ``rank=0, world=1``)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    _check_cache_ids(cache, ids, rank)
+    and the result is incomplete: read the finished cache afterwards with ``rank=0, world=1``). The cache was
+    made ready for this model and corpus by :func:`prepare_cache`."""
     vectors: list[torch.Tensor] = []
     shards = range(0, len(ids), shard_size)
     for shard, start in enumerate(tqdm(shards, desc="encoding pages", unit="shard", disable=rank != 0)):
         path = cache / f"pages-{shard:05d}.safetensors"
         chunk = ids[start:start + shard_size]
         if path.exists():
-            stored = load_file(str(path))
+            stored = load_safetensors(path, "a cached embedding shard", "delete it and run the same command again "
+                                      "(only the missing shards are encoded)")
             vectors.extend(stored[str(i)] for i in range(len(chunk)))
             continue
         if shard % world != rank:
@@ -125,14 +158,28 @@ def _save_shard(encoded: list[torch.Tensor], path: Path) -> None:
         handle.write(safetensors_bytes({str(i): v.contiguous() for i, v in enumerate(encoded)}))
 
 
-def _check_cache_ids(cache: Path, ids: list[str], rank: int) -> None:
-    """The cache must belong to this corpus (same ids, same order); rank 0 records the ids on first use."""
-    listing = cache / "ids.json"
-    if listing.exists() and json.loads(listing.read_text()) != ids:
-        raise InputError(f"{cache} caches embeddings of another corpus (its ids.json differs); "
-                         "delete it or pass another --cache_dir")
-    if rank == 0 and not listing.exists():
-        listing.write_text(json.dumps(ids))
+def cache_settings(encoder, ids: list[str], shard_size: int) -> dict[str, Any]:
+    """What decides the cached embeddings: the encoder's fingerprint (checkpoint identity, dtype, head, pooling,
+    dimensions, prompts, resolution), the corpus (its ids, in order) and the shard layout."""
+    return {**encoder.fingerprint, "page ids": ids_digest(ids), "pages": len(ids), "--shard_size": shard_size}
+
+
+def prepare_cache(cache: Path, settings: dict[str, Any]) -> None:
+    """Rank 0, before any shard is read: shards made with other settings than ``settings`` (or by a version that
+    recorded none) are deleted, with a warning naming what changed, and ``settings`` is recorded in
+    ``CACHE/made_with.json``; the pages are then encoded again instead of reusing another model's embeddings."""
+    cache.mkdir(parents=True, exist_ok=True)
+    record = cache / CACHE_RECORD
+    shards = sorted(cache.glob("pages-*.safetensors"))
+    if shards:
+        saved = read_json_input(record, "cache record") if record.exists() else None
+        changed = settings_changes(saved, settings) if isinstance(saved, dict) else ["no record of what made it"]
+        if changed:
+            logger.warning("%s: page embeddings made by another model or corpus than this run's: %s; encoding the "
+                           "pages again", cache, ", ".join(changed))
+            for shard in shards:
+                shard.unlink()
+    record_settings(record, settings)
 
 
 def mine_queries(pairs: list[Pair], first: int, queries, pages, ids: list[str], multi: bool, depth: int,
@@ -165,6 +212,7 @@ def search_depth(rules: MiningRules, pairs: list[Pair], pdf_keys: dict[str, tupl
 @cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    check_paths(args)
     rules = MiningRules(args.num_negatives, args.range_min, args.range_max, args.relative_margin,
                         args.absolute_margin, args.max_score, args.sampling, args.seed)
     with joined_process_group(timedelta(minutes=30)) as env:
@@ -183,7 +231,7 @@ def mine(args: argparse.Namespace, rules: MiningRules, env: RankInfo) -> None:
     else:
         ids = list(dict.fromkeys(page for source in sources for page in source.ids()))
     encoder = load_encoder_from_args(args, env.device if env.device.type == "cuda" else None)
-    pages = load_corpus(encoder, resolver, ids, Path(args.cache_dir or f"{args.out}.cache"), args, env)
+    pages = load_corpus(encoder, resolver, ids, _cache_dir(args), args, env)
     pdf_keys = pdf_page_keys(args.pages_jsonl)
     depth = search_depth(rules, pairs, pdf_keys)
     part = shard_range(len(pairs), env.rank, env.world)
@@ -206,6 +254,9 @@ def mine(args: argparse.Namespace, rules: MiningRules, env: RankInfo) -> None:
 def load_corpus(encoder, resolver: PageResolver, ids: list[str], cache: Path, args,
                 env: RankInfo) -> list[torch.Tensor]:
     """All page embeddings: the ranks encode the missing cache shards between them, then each reads the cache."""
+    if env.is_main:
+        prepare_cache(cache, cache_settings(encoder, ids, args.shard_size))
+    barrier()
     vectors = encode_corpus(encoder, resolver, ids, cache, args.batch_size, args.shard_size, env.rank, env.world)
     if env.world == 1:
         return vectors

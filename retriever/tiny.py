@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from data_prep.errors import InputError, cli
+from data_prep.flags import fraction
 from retriever.model.tiny_checkpoints import BUILDERS, build_tiny
 
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         "that loads like a hub checkpoint; for offline tests and smoke runs.")
     parser.add_argument("--arch", required=True, choices=sorted(BUILDERS), help="architecture to build")
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
-    parser.add_argument("--dropout", type=float, default=0.0, help="attention/hidden dropout (default 0)")
+    parser.add_argument("--dropout", type=fraction, default=0.0, help="attention/hidden dropout (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():

@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random-weight checkpoints built offline, once per test session."""
+"""Shared fixtures (tiny random-weight checkpoints built offline once per test session, toy training data) and the
+suite's scheduling: under pytest-xdist (``shell/test.sh`` runs two workers), every test that launches several
+ranks runs on one worker, one after the other, so that two torchrun jobs never share the two cores at once."""
 from __future__ import annotations
 
 import json
@@ -16,6 +18,12 @@ if not torch.cuda.is_available():
     # first imported (other test modules import it indirectly, e.g. through peft), so it is set here, first.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Multi-rank tests form one xdist group (honoured with ``--dist loadgroup``)."""
+    for item in items:
+        if item.get_closest_marker("distributed") is not None:
+            item.add_marker(pytest.mark.xdist_group("torchrun"))
 
 
 @pytest.fixture(scope="session")

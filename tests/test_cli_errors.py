@@ -2,15 +2,18 @@
 its traceback; ``VLMRET_DEBUG=1`` / ``--debug`` show the traceback of user errors too; torchrun ranks all report."""
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from data_prep.errors import DEBUG_ENV, InputError, cli
 from tests.helpers.cli import one_error_line
@@ -66,6 +69,33 @@ def _not_a_lora_run(tmp: Path) -> Path:
     return tmp / "full_run"
 
 
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _run(tmp: Path, qid: bytes) -> Path:
+    """A TREC run of one line for query ``qid``."""
+    return _write(tmp / "run.trec", qid + b" Q0 d1 1 0.5 tag\n")
+
+
+def _qrels(tmp: Path) -> Path:
+    return _write(tmp / "qrels.tsv", b"q1 0 d1 1\n")
+
+
+def _lora_run(folder: Path, base: Path | None = None) -> Path:
+    """A directory that looks like a LoRA run (its adapter config naming ``base``) to the path checks."""
+    config = {"base_model_name_or_path": str(base or folder.parent / "hub-base")}
+    _write(folder / "adapter_config.json", json.dumps(config).encode())
+    return folder
+
+
+def _model(folder: Path) -> Path:
+    """A directory that stands for a checkpoint in the path checks."""
+    return _write(folder / "config.json", b"{}").parent
+
+
 # module, arguments (built in a temporary folder), what the one line must contain
 CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "split_pdfs": ("data_prep.split_pdfs", lambda t: ["--pdfs", str(t / "nowhere"), "--out", str(t / "p.jsonl")],
@@ -104,7 +134,7 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
                "or pairs)"),
     "train": ("retriever.train", _unknown_page,
               "{t}/pairs.jsonl: line 1: unknown page id 'nope/1' (looked in: "),
-    "mine": ("retriever.mine", lambda t: ["--model", str(t), "--train_data", str(t / "missing.jsonl"),
+    "mine": ("retriever.mine", lambda t: ["--model", str(t / "model"), "--train_data", str(t / "missing.jsonl"),
                                           "--image_root", str(t), "--out", str(t / "o.jsonl")],
              "training data {t}/missing.jsonl does not exist"),
     "merge": ("retriever.merge", lambda t: ["--model", str(_not_a_lora_run(t)), "--out", str(t / "m")],
@@ -113,7 +143,7 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
              "--out {t}/pairs.jsonl is a file; give a directory"),
     "score_run": ("eval.score_run", lambda t: ["--run", str(t / "run.trec"), "--qrels", str(t / "q.tsv")],
                   "run file {t}/run.trec does not exist"),
-    "retrieval": ("eval.retrieval", lambda t: ["--model", str(_incomplete_checkpoint(t)), "--tasks", str(t),
+    "retrieval": ("eval.retrieval", lambda t: ["--model", str(_incomplete_checkpoint(t)), "--tasks", str(t / "task"),
                                                "--out", str(t / "eval")],
                   "{t}/run/checkpoint-3 is an incomplete training checkpoint (no COMPLETE marker"),
     "retrieval_mteb_copy": ("eval.retrieval", lambda t: ["--model", str(t), "--tasks",
@@ -126,6 +156,34 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "image_text": ("eval.image_text", lambda t: ["--model", str(t), "--karpathy_json", str(_bad_json(t)),
                                                  "--image_root", str(t)],
                    "{t}/pairs.jsonl: line 2: invalid JSON"),
+    "score_run_empty_run": ("eval.score_run", lambda t: ["--run", str(_write(t / "run.trec", b"\n")), "--qrels",
+                                                         str(_qrels(t))],
+                            "{t}/run.trec: the run file has no lines; nothing to score"),
+    "score_run_no_query_with_qrels": ("eval.score_run", lambda t: ["--run", str(_run(t, b"q9")), "--qrels",
+                                                                   str(_qrels(t))],
+                                      "{t}/run.trec: none of its 1 queries has qrels in {t}/qrels.tsv"),
+    "score_run_run_not_utf8": ("eval.score_run", lambda t: ["--run", str(_run(t, b"caf\xe9")), "--qrels",
+                                                            str(_qrels(t))],
+                               "{t}/run.trec: line 1: run file is not UTF-8 text (invalid continuation byte 0xe9)"),
+    "score_run_qrels_not_utf8": ("eval.score_run", lambda t: ["--run", str(_run(t, b"q1")), "--qrels",
+                                                              str(_write(t / "q.tsv", b"q1 0 d\xe9 1\n"))],
+                                 "{t}/q.tsv: line 1: qrels file is not UTF-8 text"),
+    "retrieval_out_is_a_file": ("eval.retrieval", lambda t: ["--model", str(t / "m"), "--tasks", str(t / "task"),
+                                                             "--out", str(_bad_json(t))],
+                                "{t}/pairs.jsonl: --out is a file, expected a directory"),
+    "mine_out_is_a_directory": ("retriever.mine", lambda t: ["--model", str(t / "m"), "--train_data", str(_bad_json(t)),
+                                                             "--image_root", str(t), "--out", str(_folder(t / "o"))],
+                                "{t}/o: --out is a directory, expected a file"),
+    "export_out_is_a_file": ("retriever.export", lambda t: ["--model", str(t / "m"), "--format", "colpali", "--out",
+                                                            str(_bad_json(t))],
+                             "{t}/pairs.jsonl: --out is a file, expected a directory"),
+    "train_mixture_file_missing": ("retriever.train", lambda t: ["--model_name_or_path", str(t / "m"), "--output_dir",
+                                                                 str(t / "out"), "--train_data", str(t / "mix.yaml")],
+                                   "mixture file {t}/mix.yaml does not exist"),
+    "train_mixture_file_not_yaml": ("retriever.train", lambda t: ["--model_name_or_path", str(t / "m"),
+                                                                  "--output_dir", str(t / "out"), "--train_data",
+                                                                  str(_write(t / "mix.yaml", b"sources: [a, \n"))],
+                                    "{t}/mix.yaml: invalid YAML in the mixture file"),
 }
 
 
@@ -193,7 +251,9 @@ def test_every_torchrun_rank_reports_and_the_script_exits_2(tmp_path):
     ckpt = _incomplete_checkpoint(tmp_path)
     env = {**os.environ, "PYTHON": sys.executable, "NPROC_PER_NODE": "2", "PYTHONPATH": str(REPO),
            "MASTER_PORT": str(29700 + os.getpid() % 200)}
-    proc = subprocess.run(["bash", "shell/eval_dist.sh", "--model", str(ckpt), "--tasks", str(tmp_path), "--out",
+    tasks = tmp_path / "beir"
+    tasks.mkdir()
+    proc = subprocess.run(["bash", "shell/eval_dist.sh", "--model", str(ckpt), "--tasks", str(tasks), "--out",
                            str(tmp_path / "eval")], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr[-3000:]
     for rank in (0, 1):
@@ -299,6 +359,59 @@ OVERWRITES: dict[str, tuple[str, Callable[[Path], tuple[list, Path]], str]] = {
         "data_prep.academic", lambda t: (["--set", "docvqa", "--input", _release(t / "work"), "--store", t / "work",
                                           "--pairs", t / "p.jsonl"], t / "work" / "val_v1.0.json"),
         "{t}/work: --store contains the input --input"),
+    "mine --out = --train_data": (
+        "retriever.mine", lambda t: (["--model", t / "m", "--train_data", _bad_json(t), "--image_root", t, "--out",
+                                      t / "pairs.jsonl"], t / "pairs.jsonl"),
+        "{t}/pairs.jsonl: --out is the input --train_data"),
+    "mine --cache_dir = a page store": (
+        "retriever.mine", lambda t: (["--model", t / "m", "--train_data", _bad_json(t), "--page_store", _store(t),
+                                      "--out", t / "o.jsonl", "--cache_dir", t / "store"],
+                                     t / "store" / "shard-00000.h5"),
+        "{t}/store: --cache_dir is the input --page_store"),
+    "score_run --out = --run": (
+        "eval.score_run", lambda t: (["--run", _run(t, b"q1"), "--qrels", _qrels(t), "--out", t / "run.trec"],
+                                     t / "run.trec"),
+        "{t}/run.trec: --out is the input --run"),
+    "merge --out = --model": (
+        "retriever.merge", lambda t: (["--model", _lora_run(t / "lora"), "--out", t / "lora"],
+                                      t / "lora" / "adapter_config.json"),
+        "{t}/lora: --out is the input --model"),
+    "merge --out inside --model": (
+        "retriever.merge", lambda t: (["--model", _lora_run(t / "lora"), "--out", t / "lora" / "merged"],
+                                      t / "lora" / "adapter_config.json"),
+        "{t}/lora/merged: --out is inside the input --model"),
+    "merge --out = the LoRA base": (
+        "retriever.merge", lambda t: (["--model", _lora_run(t / "lora", _model(t / "base")), "--out", t / "base"],
+                                      t / "base" / "config.json"),
+        "{t}/base: --out is the input --model's base model"),
+    "export --out = --model": (
+        "retriever.export", lambda t: (["--model", _model(t / "final"), "--format", "colpali", "--out", t / "final"],
+                                       t / "final" / "config.json"),
+        "{t}/final: --out is the input --model"),
+    "export --out contains --model": (
+        "retriever.export", lambda t: (["--model", _model(t / "run" / "final"), "--format", "colpali", "--out",
+                                        t / "run"], t / "run" / "final" / "config.json"),
+        "{t}/run: --out contains the input --model"),
+    "retrieval --out = a --tasks folder": (
+        "eval.retrieval", lambda t: (["--model", t / "m", "--tasks", _qrels(t / "task").parent, "--out", t / "task"],
+                                     t / "task" / "qrels.tsv"),
+        "{t}/task: --out is the input --tasks"),
+    "retrieval --out inside --model": (
+        "eval.retrieval", lambda t: (["--model", _model(t / "final"), "--tasks", t / "task", "--out",
+                                      t / "final" / "eval"], t / "final" / "config.json"),
+        "{t}/final/eval: --out is inside the input --model"),
+    "image_text --out = --karpathy_json": (
+        "eval.image_text", lambda t: (["--model", t / "m", "--karpathy_json", _bad_json(t), "--image_root", t,
+                                       "--out", t / "pairs.jsonl"], t / "pairs.jsonl"),
+        "{t}/pairs.jsonl: --out is the input --karpathy_json"),
+    "train --output_dir = --model_name_or_path": (
+        "retriever.train", lambda t: (["--model_name_or_path", _model(t / "model"), "--output_dir", t / "model",
+                                       "--train_data", _bad_json(t)], t / "model" / "config.json"),
+        "{t}/model: --output_dir is the input --model_name_or_path"),
+    "train --output_dir contains --train_data": (
+        "retriever.train", lambda t: (["--model_name_or_path", t / "m", "--output_dir", t, "--train_data",
+                                       _bad_json(t)], t / "pairs.jsonl"),
+        "{t}: --output_dir contains the input --train_data"),
 }
 
 
@@ -324,12 +437,165 @@ def test_an_output_on_an_input_is_refused_and_the_input_kept(name, tmp_path, cap
     ("query_generation.generate", ["--batch_size", "0"], "argument --batch_size: must be a positive integer, got '0'"),
     ("query_generation.filter", ["--judge_request_timeout", "inf"],
      "argument --judge_request_timeout: must be a number > 0, got 'inf'"),
+    ("retriever.train", ["--learning_rate", "-1"], "argument --learning_rate: must be a number > 0, got '-1'"),
+    ("retriever.train", ["--logging_steps", "0"], "argument --logging_steps: must be a positive integer, got '0'"),
+    ("retriever.train", ["--lora_dropout", "2"], "argument --lora_dropout: must be a number in [0, 1], got '2'"),
+    ("retriever.train", ["--matryoshka_dims", "64,0"],
+     "argument --matryoshka_dims: must be a positive integer, got '0'"),
+    ("retriever.train", ["--gc_memory_fraction", "1.5"], "argument --gc_memory_fraction: must be a number in (0, 1]"),
+    ("retriever.train", ["--eval_page_store", "s"], "--eval_steps, --save_best and --eval_page_store need --eval_data"),
+    ("retriever.mine", ["--batch_size", "0"], "argument --batch_size: must be a positive integer, got '0'"),
+    ("retriever.mine", ["--shard_size", "0"], "argument --shard_size: must be a positive integer, got '0'"),
+    ("retriever.mine", ["--hash_distance", "-2"], "argument --hash_distance: must be -1 (off) or a number of bits"),
+    ("retriever.mine", ["--pool_depth", "0"], "argument --pool_depth: must be a positive integer, got '0'"),
+    ("eval.retrieval", ["--batch_size", "0"], "argument --batch_size: must be a positive integer, got '0'"),
+    ("eval.retrieval", ["--chunk_pages", "0"], "argument --chunk_pages: must be a positive integer, got '0'"),
+    ("eval.retrieval", ["--depth", "5"], "--depth 5 is below the largest --k 100"),
+    ("eval.image_text", ["--batch_size", "0"], "argument --batch_size: must be a positive integer, got '0'"),
+    ("eval.image_text", ["--chunk_images", "0"], "argument --chunk_images: must be a positive integer, got '0'"),
+    ("eval.image_text", ["--timeout", "0"], "argument --timeout: must be a number > 0, got '0'"),
+    ("retriever.tiny", ["--dropout", "1.5"], "argument --dropout: must be a number in [0, 1], got '1.5'"),
 ])
 def test_out_of_range_numbers_are_refused_by_argparse(module, args, message, tmp_path, capsys):
     required = {"data_prep.render": ["--pages", "p", "--out", "s"],
                 "data_prep.split_pdfs": ["--pdfs", "x", "--out", "o"],
                 "data_prep.build_splits": ["--pairs", "p", "--train", "a", "--test", "b"],
                 "query_generation.generate": ["--store", "s", "--out", "o", "--model", "m"],
-                "query_generation.filter": ["--queries", "q", "--out", "o", "--rejected", "r"]}[module]
+                "query_generation.filter": ["--queries", "q", "--out", "o", "--rejected", "r"],
+                "retriever.train": ["--model_name_or_path", "m", "--output_dir", "o", "--train_data", "t"],
+                "retriever.mine": ["--model", "m", "--train_data", "t", "--out", "o"],
+                "eval.retrieval": ["--model", "m", "--tasks", "t", "--out", "o"],
+                "eval.image_text": ["--model", "m", "--karpathy_json", "k", "--image_root", "i"],
+                "retriever.tiny": ["--arch", "qwen2_vl", "--out", "o"]}[module]
     line = one_error_line(__import__(module, fromlist=["main"]).main, [*required, *args], capsys)
     assert f"error: {message}" in line
+
+
+@pytest.mark.parametrize("module, make_args, expected", [
+    ("eval.image_text", lambda t: ["--model", t / "m", "--karpathy_json", _bad_json(t), "--image_root", t, "--out",
+                                   t / "locked" / "m.json"],
+     "{t}/locked/m.json: --out: no permission to write in {t}/locked"),
+    ("eval.retrieval", lambda t: ["--model", t / "m", "--tasks", t / "task", "--out", t / "locked"],
+     "{t}/locked: --out: no permission to write it"),
+    ("retriever.train", lambda t: ["--model_name_or_path", t / "m", "--output_dir", t / "locked" / "run",
+                                   "--train_data", _bad_json(t)],
+     "{t}/locked/run: --output_dir: no permission to write in {t}/locked"),
+])
+def test_an_output_where_this_user_may_not_write_is_one_line(module, make_args, expected, tmp_path, capsys,
+                                                              monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))  # root
+    line = one_error_line(__import__(module, fromlist=["main"]).main, make_args(tmp_path), capsys)
+    assert expected.format(t=tmp_path) in line
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _pickle_an_object(path: Path) -> None:
+    """``path`` holding a pickled Python object, which ``torch.load(weights_only=True)`` refuses."""
+    torch.save(argparse.Namespace(step=1), path)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA retriever of the tiny Qwen2-VL, as a training run's final/ holds it."""
+    from retriever.model.saved import load_encoder, save_encoder
+    from retriever.model.training_modes import LoraSettings
+
+    run = tmp_path_factory.mktemp("lora") / "final"
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl"), settings={"head": "multi"}, training_mode="lora",
+                              lora=LoraSettings(r=2, alpha=4)), run)
+    return run
+
+
+# a checkpoint file cut in half, the command that loads it, what its one line says
+TRUNCATED = {
+    "model.safetensors": ("retriever.export", "{m}/model.safetensors (the weights) is truncated or corrupt (Error "
+                          "while deserializing header: incomplete metadata, file not fully covered); copy or save the "
+                          "checkpoint again"),
+    "heads.safetensors": ("retriever.merge", "{m}/heads.safetensors (the retrieval heads) is truncated or corrupt"),
+    "adapter_model.safetensors": ("retriever.merge", "{m}/adapter_model.safetensors (the LoRA adapter) is truncated "
+                                  "or corrupt"),
+    "adapter_config.json": ("retriever.merge", "{m}/adapter_config.json: line "),
+}
+
+
+@pytest.mark.parametrize("name", TRUNCATED)
+def test_a_truncated_checkpoint_file_is_one_line(name, lora_run, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    module, expected = TRUNCATED[name]
+    model = Path(shutil.copytree(tiny_model_dir("qwen2_vl") if name == "model.safetensors" else lora_run,
+                                 tmp_path / "model"))
+    _truncate(model / name)
+    args = ["--model", model, "--out", tmp_path / "out"] + (["--format", "transformers"] if "export" in module else [])
+    line = one_error_line(__import__(module, fromlist=["main"]).main, args, capsys)
+    assert expected.format(m=model) in line
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny_model_dir, train_data, tmp_path_factory) -> Path:
+    """The output dir of a 2-step training run of the tiny model with a checkpoint after step 1."""
+    from retriever.train import main
+    from tests.helpers.training_runs import train_args
+
+    out = tmp_path_factory.mktemp("run") / "out"
+    main(train_args(tiny_model_dir("qwen2_vl"), train_data, out, "--max_steps", "2", "--save_steps", "1"))
+    return out
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (_truncate, "{c}/backend.pt (the training state) is truncated or corrupt (PytorchStreamReader failed reading "
+                "zip archive: failed finding central directory); delete {c} and resume from an older checkpoint"),
+    (_pickle_an_object,
+     "{c}/backend.pt (the training state) holds pickled Python objects (Unsupported global: GLOBAL "
+     "argparse.Namespace), which are never loaded (torch.load runs with weights_only=True)"),
+])
+def test_a_broken_training_state_is_one_line(damage, expected, checkpointed_run, tiny_model_dir, train_data,
+                                             tmp_path, capsys, monkeypatch):
+    from retriever.train import main
+    from tests.helpers.training_runs import train_args
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    out = Path(shutil.copytree(checkpointed_run, tmp_path / "out"))
+    damage(out / "checkpoint-1" / "backend.pt")
+    args = train_args(tiny_model_dir("qwen2_vl"), train_data, out, "--max_steps", "2", "--save_steps", "1",
+                      "--resume_from_checkpoint", "latest")
+    assert expected.format(c=out / "checkpoint-1") in one_error_line(main, args, capsys)
+
+
+def test_a_truncated_mine_cache_shard_is_one_line(tiny_model_dir, train_data, tmp_path, capsys, monkeypatch):
+    from retriever.mine import main
+    from retriever.model.encoder import EncoderConfig
+    from retriever.model.saved import load_encoder, save_encoder
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="qwen2_vl")), tmp_path / "model")
+    args = ["--model", tmp_path / "model", "--train_data", train_data / "pairs.jsonl", "--image_root",
+            train_data / "images", "--out", tmp_path / "mined.jsonl", "--shard_size", "8", "--num_negatives", "1",
+            "--range_max", "4"]
+    main([str(arg) for arg in args])
+    shard = tmp_path / "mined.jsonl.cache" / "pages-00001.safetensors"
+    _truncate(shard)
+    line = one_error_line(main, args, capsys)
+    assert f"{shard} (a cached embedding shard) is truncated or corrupt" in line
+    assert "delete it and run the same command again (only the missing shards are encoded)" in line
+
+
+def test_an_mteb_task_without_hub_or_local_copy_is_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    from eval.retrieval import main
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    line = one_error_line(main, ["--model", tiny_model_dir("qwen2_vl"), "--tasks", "vidore_v1", "--out",
+                                 tmp_path / "eval"], capsys)
+    assert "is not available offline (HF_HUB_OFFLINE=1); download it where the hub is reachable (huggingface-cli " \
+           "download" in line and "--repo-type dataset --local-dir DIR) and give the local copy as Vidore" in line

@@ -169,10 +169,10 @@ TRAIN_CHILD = textwrap.dedent('''
 
     real_save = recipe.save_checkpoint
 
-    def save_on_a_filling_disk(backend, output_dir, state, limit):
+    def save_on_a_filling_disk(backend, output_dir, state, limit, settings):
         if state.global_step == 3:  # the disk is full from the third checkpoint on
             resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-        return real_save(backend, output_dir, state, limit)
+        return real_save(backend, output_dir, state, limit, settings)
 
     recipe.save_checkpoint = save_on_a_filling_disk
     main(sys.argv[1:])
@@ -217,7 +217,7 @@ def test_incomplete_checkpoint_is_never_loaded_and_latest_skips_it(tmp_path, cap
     (tmp_path / "checkpoint-2" / "COMPLETE").write_text("ok\n")
     incomplete = tmp_path / "checkpoint-4"
     with pytest.raises(IncompleteCheckpointError, match=rf"{incomplete} is not a complete checkpoint"):
-        load_checkpoint(strategy=None, path=incomplete)
+        load_checkpoint(strategy=None, path=incomplete, settings={})
     with pytest.raises(IncompleteCheckpointError, match=rf"{incomplete} is an incomplete training checkpoint"):
         load_encoder(incomplete)
     with pytest.raises(ValueError, match=r"checkpoint-2 is a training checkpoint .*not a model; load the run's final"):

@@ -15,12 +15,14 @@ The indices found here are unranked: only exact scores rank candidates, whatever
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from data_prep.errors import InputError
 from retriever.scoring import fused_maxsim_available, maxsim_scorer
 
 __all__ = ["find_candidates", "pooled_vectors", "search_dense", "search_multi"]
@@ -39,11 +41,16 @@ def search_dense(queries: Tensor, pages: Tensor, k: int, index_spec: str) -> Ten
     import faiss
 
     data = pages.float().numpy()
-    index = faiss.index_factory(data.shape[1], index_spec, faiss.METRIC_INNER_PRODUCT)
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-    if not index.is_trained:
-        index.train(data)
+    try:
+        index = faiss.index_factory(data.shape[1], index_spec, faiss.METRIC_INNER_PRODUCT)
+        if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+            index = faiss.index_cpu_to_all_gpus(index)
+        if not index.is_trained:
+            index.train(data)
+    except RuntimeError as err:  # a factory string FAISS does not parse, or cannot build for these vectors
+        reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(err).strip().splitlines()[0])
+        raise InputError(f"--faiss_index {index_spec!r}: FAISS cannot build this index for {len(data)} vectors of "
+                         f"size {data.shape[1]} ({reason}); give another factory string (Flat always works)") from err
     index.add(data)
     _, found = index.search(queries.float().numpy(), min(k, len(data)))
     return torch.from_numpy(found)

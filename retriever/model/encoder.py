@@ -17,7 +17,7 @@ Design choices
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import torch
@@ -67,9 +67,10 @@ class RetrieverEncoder(nn.Module):
 
     def __init__(self, config: EncoderConfig, backbone: Backbone, model: nn.Module, head: nn.Module,
                  training_mode: str = "full", freeze_vision: bool = False,
-                 lora: LoraSettings | None = None) -> None:
+                 lora: LoraSettings | None = None, identity: str | None = None) -> None:
         super().__init__()
         self.config = config
+        self.identity = identity  # of the checkpoint it was loaded from (retriever.model.identity)
         self.backbone = backbone
         self.model = model
         self.head = head
@@ -122,6 +123,14 @@ class RetrieverEncoder(nn.Module):
     def multi_vector(self) -> bool:
         """Whether this encoder's head is multi-vector (token embeddings scored with MaxSim)."""
         return self.config.head == "multi"
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides this encoder's embeddings: the identity of the checkpoint it was loaded from, the weights'
+        dtype and every encoder setting (head, pooling, dimensions, prompts, resolution). Resumable state built
+        from embeddings (the evaluator's top-k, the miner's cache) records it and is recomputed when it changes."""
+        return {"model checkpoint": self.identity, "dtype": str(self.dtype).removeprefix("torch."),
+                **asdict(self.config)}
 
     @property
     def dtype(self) -> torch.dtype:

@@ -23,7 +23,6 @@ the unused, tied LM head) are errors, as is a projection whose size disagrees wi
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,8 +30,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
+
+from data_prep.errors import read_json_input
+
+from .tensor_files import RESAVE, load_safetensors
 
 __all__ = ["DEFAULT_DIM", "FORMATS", "KeyRename", "Published", "PublishedFormat", "detect_published",
            "load_published_model", "published_key", "supported_formats"]
@@ -226,7 +228,7 @@ def load_published_model(published: Published, **load_kwargs: Any) -> tuple[nn.M
     from transformers.initialization import no_init_weights
 
     fmt = published.format
-    config = AutoConfig.from_pretrained(published.weights_dir)
+    config = AutoConfig.from_pretrained(published.weights_dir, trust_remote_code=False)  # known formats only
     if fmt.nested_config:
         config = getattr(config, fmt.nested_config)
     state = _renamed(_read_weights(published.weights_dir), fmt.renames)
@@ -285,12 +287,12 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
         shards = sorted(set(_read_json(index)["weight_map"].values()))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(str(directory / shard)))
+            state.update(load_safetensors(directory / shard, "the weights", RESAVE))
         return state
     if not (directory / "model.safetensors").exists():
         raise FileNotFoundError(f"{directory}: missing model.safetensors or model.safetensors.index.json "
                                 "(published checkpoints are read from safetensors only)")
-    return load_file(str(directory / "model.safetensors"))
+    return load_safetensors(directory / "model.safetensors", "the weights", RESAVE)
 
 
 def _renamed(state: dict[str, torch.Tensor], renames: tuple[KeyRename, ...]) -> dict[str, torch.Tensor]:
@@ -322,7 +324,7 @@ def _merge_adapter(state: dict[str, torch.Tensor], adapter: Path, renames: tuple
     scaling = config["lora_alpha"] / (rank ** 0.5 if config.get("use_rslora") else rank)
     if not (adapter / ADAPTER_WEIGHTS).exists():
         raise FileNotFoundError(f"{adapter / ADAPTER_WEIGHTS} is missing (adapters are read from safetensors only)")
-    weights = load_file(str(adapter / ADAPTER_WEIGHTS))
+    weights = load_safetensors(adapter / ADAPTER_WEIGHTS, "the LoRA adapter", RESAVE)
     for key, tensor in weights.items():
         name = key.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
         if ".lora_B." in name:
@@ -342,9 +344,5 @@ def _merge_adapter(state: dict[str, torch.Tensor], adapter: Path, renames: tuple
 
 
 def _read_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from err
+    """A checkpoint's JSON file ({} when absent; not JSON or not UTF-8: one-line InputError naming it)."""
+    return read_json_input(path, "checkpoint file") if path.exists() else {}

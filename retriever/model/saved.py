@@ -31,22 +31,25 @@ from typing import Any
 
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-from data_prep.errors import InputError, MissingInputError, UserError
+from data_prep.errors import InputError, MissingInputError, UserError, read_json_input
 
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import add_dtype_argument, default_dtype, torch_dtype
 from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
+from .identity import checkpoint_identity
 from .published import detect_published, load_published_model, supported_formats
+from .remote_code import refuses_remote_code
+from .tensor_files import RESAVE, load_safetensors, readable_weights
 from .training_modes import LoraSettings, apply_training_mode, unwrap
 
 __all__ = ["ADAPTER_FILE", "CONFIG_FILE", "HEADS_FILE", "SavedState", "TRAINING_ARGS_FILE", "add_model_arguments",
-           "check_checkpoint_files", "encoder_config", "infer_backbone", "is_saved_retriever", "load_encoder",
-           "load_encoder_from_args", "load_image_processor", "read_saved_state", "resolve_checkpoint", "save_encoder", "save_merged",
-           "saved_encoder_config"]
+           "check_checkpoint_files", "checkpoint_inputs", "encoder_config", "infer_backbone", "is_saved_retriever",
+           "load_encoder", "load_encoder_from_args", "load_image_processor", "read_saved_state", "resolve_checkpoint",
+           "save_encoder", "save_merged", "saved_encoder_config"]
 
 logger = logging.getLogger(__name__)
 CONFIG_FILE = "retriever_config.json"
@@ -73,6 +76,7 @@ class SavedState:
     lora: dict | None = field(default=None)
 
 
+@refuses_remote_code
 def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
                  settings: Mapping[str, Any] | None = None, override: Mapping[str, Any] | None = None,
                  dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
@@ -106,7 +110,8 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
     else:
         model = load_backbone_weights(path, adapter_cls, training_mode, trust_remote_code=trust_remote_code,
                                       **load_kwargs)
-        head_state = load_file(str(path / HEADS_FILE)) if saved is not None else None
+        head_state = (load_safetensors(path / HEADS_FILE, "the retrieval heads", RESAVE)
+                      if saved is not None else None)
     tokenizer = AutoTokenizer.from_pretrained(files, trust_remote_code=trust_remote_code)
     backbone = adapter_cls(tokenizer, load_image_processor(files, trust_remote_code), unwrap(model).config)
     backbone.set_resolution(config.max_pixels, config.max_visual_tokens)
@@ -125,7 +130,8 @@ def load_encoder(path_or_id: str | Path, config: EncoderConfig | None = None, *,
         head.load_state_dict(head_state)
     elif source is not None:
         logger.warning("%s: head settings differ from the checkpoint's; starting with fresh heads", path)
-    encoder = RetrieverEncoder(config, backbone, model, head, training_mode, freeze_vision, lora)
+    encoder = RetrieverEncoder(config, backbone, model, head, training_mode, freeze_vision, lora,
+                               checkpoint_identity(path))
     return (encoder.to(device) if device is not None else encoder).eval()
 
 
@@ -216,12 +222,14 @@ def load_backbone_weights(path: Path, adapter_cls: type[Backbone], training_mode
         model = load_published_model(base_published, **load_kwargs)[0]
     else:
         check_checkpoint_files(base_path, need_processor=False)
-        model = adapter_cls.load_model(base_path, trust_remote_code=trust_remote_code, **load_kwargs)
+        with readable_weights(base_path, "the weights", RESAVE):
+            model = adapter_cls.load_model(base_path, trust_remote_code=trust_remote_code, **load_kwargs)
     if not is_adapter_dir:
         return model
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(model, path, is_trainable=training_mode == "lora")
+    with readable_weights(path, "the LoRA adapter", RESAVE):
+        model = PeftModel.from_pretrained(model, path, is_trainable=training_mode == "lora")
     return model if training_mode == "lora" else model.merge_and_unload()
 
 
@@ -284,7 +292,7 @@ def read_saved_state(path: Path) -> SavedState:
 
 def lora_base_path(path: Path) -> Path:
     """The base checkpoint an adapter directory was trained on (a directory or a hub repo id)."""
-    base = json.loads((path / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    base = read_json_input(path / ADAPTER_FILE, "LoRA adapter config").get("base_model_name_or_path")
     if not base:
         raise InputError(f"{path / ADAPTER_FILE}: base_model_name_or_path is empty")
     try:
@@ -292,6 +300,16 @@ def lora_base_path(path: Path) -> Path:
     except FileNotFoundError as err:
         raise MissingInputError(f"{path / ADAPTER_FILE}: base model {base!r} (base_model_name_or_path): {err}") \
             from err
+
+
+def checkpoint_inputs(flag: str, model: str | Path | None) -> dict[str, Path]:
+    """The local directories loading ``model`` reads: the checkpoint and, for a LoRA run or adapter, its base model;
+    as ``{flag: path}`` inputs of :func:`data_prep.outputs.check_outputs` (none for a hub id)."""
+    if model is None or not Path(model).is_dir():
+        return {}
+    adapter = Path(model) / ADAPTER_FILE
+    base = read_json_input(adapter, "LoRA adapter config").get("base_model_name_or_path") if adapter.exists() else None
+    return {flag: Path(model), **({f"{flag}'s base model": Path(base)} if base and Path(base).is_dir() else {})}
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")

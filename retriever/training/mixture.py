@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from data_prep.errors import InputError
+from data_prep.errors import InputError, read_text_input
 from retriever.pairs import Pair
 from retriever.training.batching import PlannedQuery, _generator, corpus_of, plan_epoch
 
@@ -67,15 +67,14 @@ def _source(path: str, name: str | None, weight: float, where: str) -> Source:
 
 
 def _read_mixture(path: Path) -> list[Source]:
-    if not path.is_file():
-        raise FileNotFoundError(f"mixture file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        spec = json.loads(text)
-    else:
-        import yaml
+    import yaml
 
-        spec = yaml.safe_load(text)
+    text = read_text_input(path, "mixture file")
+    try:
+        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise InputError(f"{path}: invalid {kind} in the mixture file: {' '.join(str(err).split())}") from None
     entries = spec.get("sources") if isinstance(spec, dict) else spec
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{path}: expected a list of sources (or a 'sources' key holding one)")

@@ -21,17 +21,19 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data_prep.errors import InputError, cli, stop_on_full_disk
-from data_prep.outputs import write_text_atomic
+from data_prep.outputs import lock_directory, write_text_atomic
 from retriever.model.encoder import RetrieverEncoder, text_hidden_size
+from retriever.model.identity import checkpoint_identity
 from retriever.model.saved import TRAINING_ARGS_FILE, load_encoder, save_encoder
 from retriever.model.training_modes import LoraSettings
 from retriever.page_sources import ImageFolder, PageResolver, StorePages
@@ -51,14 +53,29 @@ from retriever.training.optim import (build_scheduler, check_optimizer, optimize
                                       set_drop_path)
 
 logger = logging.getLogger("retriever.train")
+# the encoder settings a checkpoint's weights fit (prompts and resolution may change between resumes)
+RUN_ENCODER_SETTINGS = ("backbone", "head", "pooling", "projection_dim", "multi_dim", "normalize",
+                        "matryoshka_dims")
 
 
 @cli
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with joined_process_group(timedelta(minutes=30), args.deepspeed is not None) as env:
+    with joined_process_group(timedelta(minutes=30), args.deepspeed is not None) as env, \
+            lock_output_dir(Path(args.output_dir), env):
         return train(args, env)
+
+
+def lock_output_dir(output_dir: Path, env: RankInfo) -> contextlib.AbstractContextManager[IO[str] | None]:
+    """The global rank 0 creates ``--output_dir`` and holds its lock for the whole run, so that a second training
+    into the same directory stops with one line (exit 2) instead of interleaving its checkpoints and logs with
+    this one's."""
+    if env.rank != 0:
+        return contextlib.nullcontext()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return lock_directory(output_dir, f"{output_dir}: another training run is writing into this --output_dir "
+                          "(it holds its .lock); wait for it to end, or train into another --output_dir")
 
 
 def train(args, env: RankInfo) -> Path:
@@ -69,16 +86,17 @@ def train(args, env: RankInfo) -> Path:
     data, resolver = load_training_data(args)
     steps = total_steps(args, env, data)
     encoder = build_encoder(args)
+    settings = run_settings(args, encoder)
     loss = build_loss(args)
     strategy = build_training_strategy(args, env, encoder, loss, steps, ds_config)
     gradcache = build_gradcache(args, encoder, loss, strategy, env)
     state = TrainerState()
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
-        state = load_checkpoint(strategy, resume)
+        state = load_checkpoint(strategy, resume, settings)
         _info(env, f"resumed from {resume} at step {state.global_step}")
     evaluation = build_evaluation(args, env)
-    train_loop(args, env, encoder, data, resolver, strategy, gradcache, state, steps, evaluation)
+    train_loop(args, env, encoder, data, resolver, strategy, gradcache, state, steps, settings, evaluation)
     return save_final(args, env, encoder, strategy)
 
 
@@ -116,6 +134,18 @@ def build_encoder(args) -> RetrieverEncoder:
     if args.gradient_checkpointing:
         encoder.enable_activation_checkpointing()
     return encoder.train()
+
+
+def run_settings(args, encoder: RetrieverEncoder) -> dict[str, Any]:
+    """What a checkpoint's weights and optimizer state fit, recorded in every checkpoint (a resume with other
+    settings is refused): the base model's identity (its name for a hub id), the encoder's architecture (backbone,
+    head, pooling, dimensions), the training mode, frozen vision, LoRA, the learnable temperature (a loss
+    parameter) and whether DeepSpeed wrote the state. Prompts and resolution may change between resumes."""
+    model, config = args.model_name_or_path, asdict(encoder.config)
+    return {"base model": checkpoint_identity(model) or str(model), **{k: config[k] for k in RUN_ENCODER_SETTINGS},
+            "--training_mode": args.training_mode, "--freeze_vision": args.freeze_vision,
+            "lora": encoder.lora.to_dict() if encoder.is_peft and encoder.lora else None,
+            "--learnable_temperature": args.learnable_temperature, "deepspeed": args.deepspeed is not None}
 
 
 def _head_settings(args) -> dict:
@@ -228,7 +258,7 @@ def build_evaluation(args, env: RankInfo) -> TrainingEvaluation | None:
 
 
 def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, data: TrainingData, resolver: PageResolver,
-               strategy: Strategy, gradcache: GradCache, state: TrainerState, steps: int,
+               strategy: Strategy, gradcache: GradCache, state: TrainerState, steps: int, settings: dict[str, Any],
                evaluation: TrainingEvaluation | None = None) -> None:
     log = TrainLog(args.output_dir, env.rank == 0, [r for r in args.report_to if r != "none"], args.run_name,
                    vars(args), start_step=state.global_step)
@@ -265,7 +295,7 @@ def train_loop(args, env: RankInfo, encoder: RetrieverEncoder, data: TrainingDat
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", pairs_s=f"{metrics['pairs_per_second']:.1f}")
         progress.update(1)
         if args.save_steps > 0 and state.global_step % args.save_steps == 0 and state.global_step < steps:
-            save_checkpoint(strategy, args.output_dir, state, args.save_total_limit)
+            save_checkpoint(strategy, args.output_dir, state, args.save_total_limit, settings)
     progress.close()
     log.close()
 

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from data_prep.errors import MissingInputError
+from retriever.model.tensor_files import load_torch_file
 from retriever.process_group import RankInfo, barrier, is_distributed
 
 __all__ = ["Strategy", "DDPStrategy", "DeepSpeedStrategy", "MultiInput", "build_strategy"]
@@ -170,8 +172,9 @@ class Strategy:
     def load_checkpoint(self, directory: str | Path) -> None:
         path = Path(directory) / "backend.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"no strategy checkpoint at {path}")
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            raise MissingInputError(f"no strategy checkpoint at {path} (a checkpoint written under DeepSpeed is "
+                                    "resumed under DeepSpeed only)")
+        self.load_state_dict(load_state_file(path))
 
 
 class DDPStrategy(Strategy):
@@ -280,15 +283,23 @@ class DeepSpeedStrategy(Strategy):
     def load_checkpoint(self, directory: str | Path) -> None:
         load_path, _ = self.engine.load_checkpoint(str(directory), tag="engine")
         if load_path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+            raise MissingInputError(f"no DeepSpeed checkpoint under {directory} (a checkpoint written without "
+                                    "DeepSpeed is resumed without it only)")
         if self.extra_params:
-            extra = torch.load(Path(directory) / "extra_params.pt", map_location="cpu", weights_only=True)
+            extra = load_state_file(Path(directory) / "extra_params.pt")
             with torch.no_grad():
                 for param, value in zip(self.extra_params, extra["params"]):
                     param.copy_(value)
             self.extra_optimizer.load_state_dict(extra["optimizer"])
             if self.extra_scheduler is not None:
                 self.extra_scheduler.load_state_dict(extra["scheduler"])
+
+
+def load_state_file(path: Path) -> Any:
+    """A ``torch.save`` file of a training checkpoint, read with ``weights_only=True``; a truncated or corrupt one,
+    or one holding pickled objects, is one line naming it and saying how to resume instead."""
+    return load_torch_file(path, "the training state", f"delete {path.parent} and resume from an older checkpoint "
+                           "(--resume_from_checkpoint latest takes the newest complete one left)")
 
 
 def build_strategy(

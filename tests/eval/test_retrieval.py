@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.datasets import load_retrieval_data
+from eval.datasets import RetrievalData, load_retrieval_data
 from eval.engine import ScoringSettings
 from eval.evaluate import evaluate_task
 from eval.report import markdown_table
@@ -76,6 +77,83 @@ def test_resume_from_saved_state(beir_dir: Path, tmp_path: Path) -> None:
     assert resumed == expected
     assert sum(seen) == N_PAGES - 10  # two chunks of 5 were already scored
     assert not list(tmp_path.glob("*.pt"))
+
+
+class OtherAnswers(KnownAnswerEncoder):
+    """Another model: the query about page i finds page i + 1."""
+
+    def encode_queries(self, texts, batch_size=8, progress=False):
+        return self._stack([self._vectors(int(re.search(r"\d+", t).group()) + 1, t) for t in texts])
+
+
+def _watch_pages(encoder: KnownAnswerEncoder, crash_at: int | None = None) -> list[int]:
+    """Make ``encoder`` record the size of every page batch it encodes (and fail on call ``crash_at``)."""
+    seen: list[int] = []
+    encode = encoder.encode_pages
+
+    def encode_pages(images, batch_size=8, ids=None, progress=False):
+        seen.append(len(images))
+        if len(seen) == crash_at:
+            raise RuntimeError("simulated crash")
+        return encode(images, batch_size, ids, progress)
+
+    encoder.encode_pages = encode_pages
+    return seen
+
+
+def _other_queries(data: RetrievalData) -> RetrievalData:
+    """As many queries as ``data`` has, under other ids, each about the next page."""
+    queries = {f"r{i}": f"about page {i + 1}" for i in range(0, N_PAGES, 2)}
+    qrels = {f"r{i}": {f"p{i + 1}": 1} for i in range(0, N_PAGES - 1, 2)} | {f"r{N_PAGES - 1}": {"p0": 1}}
+    return RetrievalData(data.name, data.corpus_ids, data.load_images, queries, qrels)
+
+
+@pytest.mark.parametrize("change", ["model", "queries"])
+def test_a_state_made_by_another_model_or_queries_is_scored_again(beir_dir: Path, tmp_path: Path, change: str,
+                                                                  caplog) -> None:
+    """A run killed with model A (or other queries) leaves its state; the rerun with model B does not resume it
+    but scores every chunk, warns naming what changed, and gives the same run as B from scratch."""
+    data = load_retrieval_data(str(beir_dir), name="toy")
+    second_model = OtherAnswers if change == "model" else KnownAnswerEncoder
+    second_data = data if change == "model" else _other_queries(data)
+    expected, _ = evaluate_task(second_model(True, "B" if change == "model" else "A"), second_data, RankInfo(),
+                                k_values=[3], settings=ScoringSettings(chunk_pages=5))
+    state = ScoringSettings(chunk_pages=5, state_dir=tmp_path)
+    first = KnownAnswerEncoder(True, "A")
+    _watch_pages(first, crash_at=3)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluate_task(first, data, RankInfo(), k_values=[3], settings=state)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    second = second_model(True, "B" if change == "model" else "A")
+    seen = _watch_pages(second)
+    with caplog.at_level("WARNING", logger="eval.engine"):
+        got, _ = evaluate_task(second, second_data, RankInfo(), k_values=[3], settings=state)
+    assert got == expected
+    assert sum(seen) == N_PAGES
+    named = "model checkpoint 'A' (this run: 'B')" if change == "model" else "query ids '"
+    assert named in caplog.text and "scoring from the first chunk again" in caplog.text
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_a_finished_task_is_reused_only_by_the_same_model(beir_dir: Path, tmp_path: Path, caplog) -> None:
+    """OUT/<task>/metrics.json records what made it: the same model reuses it, another one evaluates again."""
+    from eval.datasets import resolve_tasks
+    from eval.retrieval import parse_args, run_tasks
+
+    def run(encoder: KnownAnswerEncoder, out: Path) -> dict[str, dict[str, float]]:
+        args = parse_args(["--model", str(tmp_path / "toy"), "--tasks", str(beir_dir), "--out", str(out), "--k",
+                           "1,5"])
+        return run_tasks(encoder, resolve_tasks(args.tasks), args, RankInfo(), ScoringSettings(chunk_pages=5))
+
+    first = run(KnownAnswerEncoder(True, "A"), tmp_path / "out")
+    expected = run(OtherAnswers(True, "B"), tmp_path / "fresh")
+    assert expected != first
+    again = KnownAnswerEncoder(True, "A")
+    seen = _watch_pages(again)
+    assert run(again, tmp_path / "out") == first and seen == []
+    with caplog.at_level("WARNING", logger="eval.retrieval"):
+        assert run(OtherAnswers(True, "B"), tmp_path / "out") == expected
+    assert "model checkpoint 'A' (this run: 'B')" in caplog.text and "evaluating the task again" in caplog.text
 
 
 def test_missing_corpus_ids_warn_with_counts(tmp_path: Path) -> None:

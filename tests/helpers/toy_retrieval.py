@@ -34,11 +34,13 @@ class KnownAnswerEncoder:
 
     Dense: one-hot of the page number plus small hashed noise. Multi-vector: the same vector as one token
     among several noise tokens (different counts per item), so MaxSim finds it. All values are multiples of 1/256,
-    so scores are exact in float32 on every machine (see ``_noise``).
+    so scores are exact in float32 on every machine (see ``_noise``). ``identity`` stands for the checkpoint it
+    would be loaded from, in the ``fingerprint`` resumable state records.
     """
 
-    def __init__(self, multi_vector: bool) -> None:
+    def __init__(self, multi_vector: bool, identity: str = "known answers") -> None:
         self.multi_vector = multi_vector
+        self.fingerprint = {"model checkpoint": identity, "head": "multi" if multi_vector else "dense"}
 
     def _vectors(self, number: int, key: str) -> torch.Tensor:
         base = torch.zeros(DIM)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.cli import one_error_line
 from tests.helpers.published_refs import (REFERENCES, build_reference, colpali_engine_available, lenient_processor_init,
                             load_reference, reference_embeddings, sample_images)
-from retriever.export import main, push_to_hub
+from retriever.export import PushError, main, push_to_hub
 from retriever.model.saved import TRAINING_ARGS_FILE, load_encoder, save_encoder
 
 QUERIES = ["hello world", "what was the revenue in 2023?"]
@@ -101,7 +102,29 @@ def test_native_input_format_is_refused(tiny_model_dir, tmp_path, capsys):
     assert not (tmp_path / "export").exists()
 
 
-def test_push_without_hub_writes_folder_only(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    message = push_to_hub(tmp_path, "someone/model")
-    assert message.startswith("not pushed to someone/model") and str(tmp_path) in message
+class _UnreachableHub:
+    """``huggingface_hub.HfApi`` whose upload fails, as without a network."""
+
+    def create_repo(self, repo_id: str, exist_ok: bool = False) -> None:
+        pass
+
+    def upload_folder(self, repo_id: str, folder_path: str) -> None:
+        raise ConnectionError("the hub cannot be reached")
+
+
+def test_a_failed_push_is_one_error_line_and_the_folder_is_kept(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", _UnreachableHub)
+    dse = tmp_path / "dse"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), dse)
+    (dse / "README.md").write_text("# DSE\nDocument Screenshot Embedding (Tevatron)\n")
+    out = tmp_path / "export"
+    line = one_error_line(main, ["--model", dse, "--format", "transformers", "--out", out, "--dtype", "float32",
+                                 "--push_to_hub", "someone/model"], capsys)
+    assert line == (f"error: not pushed to someone/model (ConnectionError: the hub cannot be reached); the checkpoint "
+                    f"is written in {out} only: upload it once the hub is reachable (huggingface-cli upload "
+                    f"someone/model {out})")
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()
+    with pytest.raises(PushError, match="not pushed to someone/model"):
+        push_to_hub(out, "someone/model")

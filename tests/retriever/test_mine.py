@@ -137,6 +137,28 @@ def test_cli_end_to_end_records_scores_and_never_mines_positives(mining_data, tm
     assert len(list((tmp_path / "mined.jsonl.cache").glob("pages-*.safetensors"))) == 3
 
 
+def test_another_model_on_the_same_out_encodes_again(mining_data, tmp_path, caplog):
+    """Mining with model B into the --out of a run with model A does not reuse A's cached page embeddings: B's
+    output is a fresh run of B's, and a warning names what changed."""
+    from retriever.model.saved import load_encoder, save_encoder
+
+    other = tmp_path / "model_b"  # A's weights, pooled otherwise: other embeddings of the same size
+    save_encoder(load_encoder(mining_data / "model", override={"pooling": "mean"}), other)
+    fresh = tmp_path / "fresh.jsonl"
+    main([*_mine_args(mining_data, fresh), "--model", str(other)])
+    out = tmp_path / "mined.jsonl"
+    main(_mine_args(mining_data, out))
+    first = out.read_text()
+    with caplog.at_level("WARNING", logger="retriever.mine"):
+        main([*_mine_args(mining_data, out), "--model", str(other)])
+    assert out.read_text() == fresh.read_text() != first
+    assert "pooling 'last' (this run: 'mean')" in caplog.text and "encoding the pages again" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="retriever.mine"):
+        main([*_mine_args(mining_data, out), "--model", str(other)])  # the same model again: the cache is reused
+    assert out.read_text() == fresh.read_text() and "encoding the pages again" not in caplog.text
+
+
 @pytest.mark.distributed
 def test_two_ranks_mine_the_same_file_as_one(mining_data, tmp_path):
     single, double = tmp_path / "one.jsonl", tmp_path / "two.jsonl"

@@ -2,8 +2,10 @@
 equal brute-force MaxSim."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from data_prep.errors import InputError
 from retriever.mining.candidates import rank_candidates
 from retriever.mining.search import find_candidates, search_dense, search_multi
 from retriever.scoring import maxsim
@@ -46,3 +48,11 @@ def test_pooled_candidates_with_exact_rerank_equal_brute_force_maxsim():
     for q, row in zip(queries, everything):  # with the whole corpus pooled, the full ranking is exact MaxSim
         assert [c.page for c in rank_candidates(q, pages, row, ids, True)] == \
             [ids[i] for i in _brute_maxsim(q, pages).argsort(descending=True).tolist()]
+
+
+@pytest.mark.parametrize("spec, reason", [("Bogus12", "could not parse index string Bogus12"),
+                                          ("IVF16,PQ3", "should be a multiple of the number of subquantizers")])
+def test_a_faiss_index_that_cannot_be_built_is_a_user_error(spec, reason):
+    with pytest.raises(InputError, match=f"--faiss_index '{spec}': FAISS cannot build this index for 4 vectors of "
+                       f"size 8 \\(.*{reason}"):
+        search_dense(torch.zeros(2, 8), torch.zeros(4, 8), 2, spec)

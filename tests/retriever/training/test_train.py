@@ -57,6 +57,42 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_model_dir, train_data, t
         assert got[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-6), f"step {step}"
 
 
+def test_resuming_a_checkpoint_of_another_head_or_mode_is_one_line(tiny_model_dir, train_data, tmp_path):
+    """A checkpoint records the settings its weights fit; a resume with another head and training mode stops with
+    one line naming both differences (not a traceback of state-dict keys), and the checkpoint is left as it was."""
+    model, out = tiny_model_dir("qwen2_vl"), tmp_path / "run"
+    first = run_train(train_args(model, train_data, out, "--max_steps", "2", "--save_steps", "1",
+                                 "--per_device_train_batch_size", "2"))
+    assert first.returncode == 0, first.stderr[-4000:]
+    checkpoint = out / "checkpoint-1"
+    assert json.loads((checkpoint / "run_settings.json").read_text())["head"] == "dense"
+    resumed = run_train(train_args(model, train_data, out, "--max_steps", "2", "--per_device_train_batch_size", "2",
+                                   "--head", "multi", "--training_mode", "lora", "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 2, resumed.stderr[-4000:]
+    assert "Traceback" not in resumed.stderr
+    [line] = [line for line in resumed.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: {checkpoint}: saved by a run with other settings than this one: ")
+    assert "--training_mode 'full' (this run: 'lora')" in line and "head 'dense' (this run: 'multi')" in line
+    assert (checkpoint / "COMPLETE").exists()
+
+
+def test_a_second_run_into_a_busy_output_dir_stops_with_one_line(tiny_model_dir, train_data, tmp_path, capsys):
+    """A running training holds OUTPUT_DIR/.lock; another one into the same --output_dir stops before loading
+    anything (the lock is held here by this process: flock locks belong to an open file)."""
+    from data_prep.outputs import lock_directory
+    from retriever.training.recipe import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with lock_directory(out, "held by the test"), pytest.raises(SystemExit) as stop:
+        main(train_args(tiny_model_dir("qwen2_vl"), train_data, out, "--max_steps", "1"))
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {out}: another training run is writing into this --output_dir (it holds its .lock); "
+                      "wait for it to end, or train into another --output_dir"]
+    assert sorted(path.name for path in out.iterdir()) == [".lock"]
+
+
 @pytest.mark.distributed
 def test_two_nodes_on_localhost(tiny_model_dir, train_data, tmp_path):
     out = tmp_path / "two_nodes"
