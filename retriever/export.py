@@ -3,11 +3,14 @@
 ``python -m retriever.export --model DIR --format {colpali,transformers} --out DIR2 [--metrics metrics.json]
 [--push_to_hub REPO]``
 
-* multi-vector models: ``--format colpali`` writes colpali-engine's ``ColQwen2`` / ``ColQwen2_5`` / ``ColPali`` /
-  ``ColIdefics3`` checkpoint (Qwen2-VL, Qwen2.5-VL, PaliGemma, Idefics3 backbones); ``--format transformers``
+* multi-vector models: ``--format colpali`` writes colpali-engine's ``ColQwen2`` / ``ColQwen2_5`` /
+  ``ColQwen3`` / ``ColQwen3_5`` / ``ColPali`` / ``ColIdefics3`` checkpoint (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+  Qwen3.5, PaliGemma, Idefics3 backbones); ``--format transformers``
   writes transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval`` (Qwen2-VL, PaliGemma);
-* dense models (``--format transformers``): a DSE-style checkpoint (Qwen2-VL, last-token pooling, normalised), a
-  plain ``Qwen2VLForConditionalGeneration`` whose model card names DSE.
+* dense models: ``--format transformers`` writes a DSE-style checkpoint (Qwen2-VL, last-token pooling,
+  normalised), a plain ``Qwen2VLForConditionalGeneration`` whose model card names DSE; ``--format colpali``
+  writes colpali-engine's ``BiQwen3`` / ``BiQwen3_5`` (Qwen3-VL, Qwen3.5; last-token pooling, normalised, no
+  projection).
 
 Weight names go through :mod:`retriever.model.published`'s key mapping in reverse (the table loading reads); the
 weights are written with safetensors only. The other library formats queries and pages with its own processor,
@@ -41,7 +44,7 @@ from retriever.model_card import model_card, read_metrics
 
 __all__ = ["PushError", "export", "main", "target_format"]
 
-LIBRARIES = {"colpali": "colpali-engine", "transformers": "transformers"}
+LIBRARIES = {"colpali": ("colpali-engine",), "transformers": ("transformers", "Tevatron")}
 
 
 class PushError(UserError):
@@ -49,20 +52,16 @@ class PushError(UserError):
 
 
 def target_format(config: EncoderConfig, choice: str) -> PublishedFormat:
-    """The published format ``--format choice`` means for a model with ``config``."""
-    if config.head == "dense":
-        if choice != "transformers":
-            raise InputError("--format colpali: a dense model exports as a DSE-style checkpoint; use --format "
-                             "transformers")
-        candidates = [f for f in FORMATS if f.head_key is None and f.backbone == config.backbone]
-    else:
-        candidates = [f for f in FORMATS if f.head_key and f.library == LIBRARIES[choice]
-                      and f.backbone == config.backbone]
+    """The published format ``--format choice`` means for a model with ``config``: for a dense model, a DSE-style
+    checkpoint (``transformers``) or a colpali-engine ``Bi*`` one (``colpali``)."""
+    libraries = LIBRARIES[choice]
+    dense = config.head == "dense"
+    kind = [f for f in FORMATS if (f.head_key is None) == dense and f.library in libraries]
+    candidates = [f for f in kind if f.backbone == config.backbone]
     if not candidates:
-        have = sorted({f.backbone for f in FORMATS if (f.head_key is None) == (config.head == "dense")
-                       and (config.head == "dense" or f.library == LIBRARIES[choice])})
-        raise InputError(f"--format {choice}: no {config.head} {LIBRARIES[choice]} format for backbone "
-                         f"{config.backbone!r} (exportable backbones: {', '.join(have)})")
+        have = sorted({f.backbone for f in kind})
+        raise InputError(f"--format {choice}: no {config.head} {' / '.join(libraries)} format for backbone "
+                         f"{config.backbone!r} (exportable backbones: {', '.join(have) or 'none'})")
     return candidates[0]
 
 
@@ -84,10 +83,13 @@ def check_inputs(config: EncoderConfig, fmt: PublishedFormat) -> None:
 
 
 def _weights(encoder: RetrieverEncoder, fmt: PublishedFormat) -> dict[str, torch.Tensor]:
-    """The body (no LM head: retrieval classes have none) and the projection, named as ``fmt`` stores them."""
+    """The body (no LM head: retrieval classes have none) and the projection (multi-vector formats), named as
+    ``fmt`` stores them."""
     state = {published_key(k, fmt.renames): v for k, v in encoder.hf_model.state_dict().items()
              if not k.startswith("lm_head.")}
-    state.update({f"{fmt.head_key}.{k.removeprefix('projection.')}": v for k, v in encoder.head.state_dict().items()})
+    if fmt.head_key is not None:
+        state.update({published_key(f"{fmt.head_key}.{k.removeprefix('projection.')}", fmt.renames): v
+                      for k, v in encoder.head.state_dict().items()})
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
@@ -118,7 +120,7 @@ def export(encoder: RetrieverEncoder, fmt: PublishedFormat, out: Path) -> None:
     """Write ``encoder`` to ``out`` in ``fmt`` (weights, config, tokenizer and image processor; no card)."""
     check_inputs(encoder.config, fmt)
     out.mkdir(parents=True, exist_ok=True)
-    if fmt.head_key is None:
+    if fmt.library == "Tevatron":  # DSE: the backbone's own *ForConditionalGeneration checkpoint
         encoder.hf_model.save_pretrained(out, safe_serialization=True)
     else:
         save_file(_weights(encoder, fmt), str(out / "model.safetensors"), metadata={"format": "pt"})

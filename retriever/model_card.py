@@ -22,9 +22,10 @@ from retriever.model.saved import TRAINING_ARGS_FILE
 __all__ = ["model_card", "read_metrics"]
 
 DATA_FLAGS = ("train_data", "image_root", "page_store", "eval_data")
-PROCESSORS = {"ColQwen2": "ColQwen2Processor", "ColQwen2_5": "ColQwen2_5_Processor", "ColPali": "ColPaliProcessor",
-              "ColIdefics3": "ColIdefics3Processor", "ColQwen2ForRetrieval": "ColQwen2Processor",
-              "ColPaliForRetrieval": "ColPaliProcessor"}
+PROCESSORS = {"ColQwen2": "ColQwen2Processor", "ColQwen2_5": "ColQwen2_5_Processor", "ColQwen3": "ColQwen3Processor",
+              "BiQwen3": "BiQwen3Processor", "ColQwen3_5": "ColQwen3_5Processor", "BiQwen3_5": "BiQwen3_5Processor",
+              "ColPali": "ColPaliProcessor", "ColIdefics3": "ColIdefics3Processor",
+              "ColQwen2ForRetrieval": "ColQwen2Processor", "ColPaliForRetrieval": "ColPaliProcessor"}
 
 
 def read_metrics(path: Path) -> str:
@@ -44,21 +45,21 @@ def read_metrics(path: Path) -> str:
 
 def _usage(fmt: PublishedFormat, repo: str) -> str:
     architecture = fmt.architectures[0]
-    if fmt.head_key is None:
+    if fmt.library == "Tevatron":
         return (f'```python\nfrom retriever.model.saved import load_encoder\n\nencoder = load_encoder("{repo}")\n'
                 'pages = encoder.encode_pages(images)        # [N, D], unit norm\n'
                 'queries = encoder.encode_queries(["..."])   # "Query: " and a blank image, as DSE\n'
                 'scores = queries @ pages.T\n```\n')
     engine = fmt.library == "colpali-engine"
     module, out = ("colpali_engine.models", "") if engine else ("transformers", ".embeddings")
-    score = "score_multi_vector" if engine else "score_retrieval"
+    score = "score" if fmt.head_key is None else "score_multi_vector" if engine else "score_retrieval"
     processor = PROCESSORS[architecture]
     return (f"```python\nfrom {module} import {architecture}, {processor}\n\n"
             f'model = {architecture}.from_pretrained("{repo}").eval()\n'
             f'processor = {processor}.from_pretrained("{repo}")\n'
             f'queries = model(**processor.process_queries(["..."])){out}\n'
             f"pages = model(**processor.process_images(images)){out}\n"
-            f"scores = processor.{score}(queries, pages)  # MaxSim\n```\n")
+            f"scores = processor.{score}(queries, pages)  # {'cosine' if fmt.head_key is None else 'MaxSim'}\n```\n")
 
 
 def _training(state: Mapping[str, Any] | None, args: Mapping[str, Any] | None) -> list[str]:
@@ -74,9 +75,23 @@ def _training(state: Mapping[str, Any] | None, args: Mapping[str, Any] | None) -
         return lines
     data = {k: args[k] for k in DATA_FLAGS if args.get(k)}
     lines.append(f"- training data: {json.dumps(data) if data else 'not recorded'}")
+    lines.append(_loss_line(args))
     flags = {k: v for k, v in args.items() if k not in DATA_FLAGS and v not in (None, False, "", [])}
     lines += ["- flags:", "", "```json", json.dumps(flags, indent=2, sort_keys=True, default=str), "```"]
     return lines
+
+
+def _loss_line(args: Mapping[str, Any]) -> str:
+    """The loss in words: temperature and, for the multi-vector head, how MaxSim scores were scaled."""
+    temperature = "learnable" if args.get("learnable_temperature") else args.get("temperature", "unknown")
+    line = f"- loss: InfoNCE, temperature {temperature}"
+    if args.get("head") != "multi":
+        return line
+    normalization = args.get("maxsim_normalization")
+    if normalization == "query_length":
+        return line + "; MaxSim scores divided by the query's token count (colpali-engine's ColbertLoss)"
+    return line + "; raw MaxSim sums (" + ("--maxsim_normalization none)" if normalization else
+                                          "trained before the query-length normalisation existed)")
 
 
 def model_card(fmt: PublishedFormat, config: EncoderConfig, source: Path, repo: str,
@@ -86,8 +101,9 @@ def model_card(fmt: PublishedFormat, config: EncoderConfig, source: Path, repo: 
     front = ["---", f"base_model: {base}" if args and args.get("model_name_or_path") else "", "library_name: "
              + ("colpali-engine" if fmt.library == "colpali-engine" else "transformers"),
              "pipeline_tag: visual-document-retrieval", "tags: [vlmret, " + fmt.name.split(" ")[0] + "]", "---"]
+    head = "dense" if fmt.head_key is None else "multi-vector"
     kind = "a DSE-style dense retriever (Document Screenshot Embedding, Tevatron's Qwen2-VL format)" \
-        if fmt.head_key is None else f"a multi-vector retriever in {fmt.library}'s {fmt.architectures[0]} format"
+        if fmt.library == "Tevatron" else f"a {head} retriever in {fmt.library}'s {fmt.architectures[0]} format"
     lines = [line for line in front if line] + [
         "", f"# {repo}", "", f"Exported by vlmret (`python -m retriever.export`) from `{source}`: {kind}.", "",
         f"- base model: {base}", f"- backbone: {config.backbone}",

@@ -29,7 +29,7 @@ from data_prep.images import decode_image
 
 from .backbones import Backbone
 from .embeddings import MultiVector, unpad
-from .heads import DenseHead, MultiVectorHead
+from .heads import DenseHead, MultiVectorHead, matryoshka_prefixes
 from .training_modes import LoraSettings, count_trainable, unwrap
 
 
@@ -44,6 +44,7 @@ class EncoderConfig:
     multi_dim: int = 128
     normalize: bool = True
     matryoshka_dims: list[int] | None = None
+    truncate_dim: int | None = None  # inference: keep the first N coordinates (a Matryoshka size), re-normalised
     query_prefix: str = "Query: "
     query_augmentation_tokens: int = 0
     query_augmentation_token: str | None = None  # None: the tokenizer's pad token (else its eos token)
@@ -91,9 +92,9 @@ class RetrieverEncoder(nn.Module):
         return f"{self.config.query_prefix}{text}{augmentation * self.config.query_augmentation_tokens}"
 
     def prepare_queries(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """Token ids and attention mask of a batch of queries, padded on ``config.padding_side``."""
+        """Token ids and attention mask of a batch of queries, padded on :attr:`padding_side`."""
         examples = [self.backbone.query_example(self.query_text(t)) for t in texts]
-        return self.backbone.collate(examples, self.config.padding_side)
+        return self.backbone.collate(examples, self.padding_side)
 
     def prepare_pages(self, images: Sequence[Image.Image | bytes], texts: Sequence[str] | None = None,
                       ids: Sequence[str] | None = None) -> dict[str, Tensor]:
@@ -105,7 +106,12 @@ class RetrieverEncoder(nn.Module):
         for i, image in enumerate(images):
             text = prompt if texts is None or not texts[i] else f"{prompt}\n{texts[i]}"
             examples.append(self.backbone.page_example(decode_image(image, ids[i]), text))
-        return self.backbone.collate(examples, self.config.padding_side)
+        return self.backbone.collate(examples, self.padding_side)
+
+    @property
+    def padding_side(self) -> str:
+        """The side batches are padded on: ``config.padding_side`` unless the backbone forces one."""
+        return self.backbone.forced_padding_side or self.config.padding_side
 
     def split_inputs(self, inputs: Mapping[str, Tensor], chunk_size: int) -> list[dict[str, Tensor]]:
         """Consecutive chunks of <= chunk_size examples whose forwards concatenate to the batch's forward."""
@@ -185,7 +191,7 @@ class RetrieverEncoder(nn.Module):
             outputs: list = []
             for batch in tqdm(batches, total=-(-total // batch_size), desc=f"encoding {what}",
                               disable=not progress):
-                out = self(batch)
+                out = self._truncated(self(batch))
                 if isinstance(out, MultiVector):
                     outputs.extend(e.float().cpu() for e in unpad(out))
                 else:
@@ -195,6 +201,15 @@ class RetrieverEncoder(nn.Module):
         if self.multi_vector:
             return outputs
         return torch.cat(outputs) if outputs else torch.empty(0, 0)
+
+    def _truncated(self, out: Tensor | MultiVector) -> Tensor | MultiVector:
+        """``out`` cut to ``config.truncate_dim`` coordinates and re-normalised (zero padding stays zero)."""
+        dim = self.config.truncate_dim
+        if dim is None:
+            return out
+        if isinstance(out, MultiVector):
+            return MultiVector(matryoshka_prefixes(out.emb, [dim])[0], out.mask)
+        return matryoshka_prefixes(out, [dim])[0]
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -222,6 +237,7 @@ def copy_module_output(output: Any) -> Any:
 def build_head(config: EncoderConfig, hidden_size: int) -> nn.Module:
     """The head named by ``config.head``; checks the Matryoshka sizes against the output size."""
     if config.head == "multi":
+        _check_truncate_dim(config.truncate_dim, config.multi_dim)
         return MultiVectorHead(hidden_size, config.multi_dim)
     if config.head != "dense":
         raise ValueError(f"unknown head {config.head!r}; supported: dense, multi")
@@ -230,7 +246,13 @@ def build_head(config: EncoderConfig, hidden_size: int) -> nn.Module:
     bad = [d for d in config.matryoshka_dims or [] if not 0 < d <= dim]
     if bad:
         raise ValueError(f"matryoshka_dims {bad} exceed the embedding size {dim}")
+    _check_truncate_dim(config.truncate_dim, dim)
     return head
+
+
+def _check_truncate_dim(truncate_dim: int | None, dim: int) -> None:
+    if truncate_dim is not None and not 0 < truncate_dim <= dim:
+        raise ValueError(f"truncate_dim {truncate_dim} is not in 1..{dim} (the embedding size)")
 
 
 def text_hidden_size(model: nn.Module) -> int:

@@ -7,9 +7,10 @@
 published checkpoint through the same code path as our own.
 
 Detection, in order: ``config.json`` ``architectures`` naming a published class (colpali-engine's ``ColQwen2``,
-``ColQwen2_5``, ``ColPali``, ``ColIdefics3``; transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval``,
-also found by ``model_type`` ``colqwen2`` / ``colpali``); for a peft adapter repository (``adapter_config.json``
-without our ``retriever_config.json``) the same test on the base model named by ``base_model_name_or_path`` (or
+``ColQwen2_5``, ``ColQwen3``, ``BiQwen3``, ``ColQwen3_5``, ``BiQwen3_5``, ``ColPali``, ``ColIdefics3``; transformers'
+``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval``, also found by ``model_type`` ``colqwen2`` / ``colpali``); for a
+peft adapter repository (``adapter_config.json`` without our ``retriever_config.json``) the same test on the base
+model named by ``base_model_name_or_path`` (or
 the adapter's ``auto_mapping.base_model_class``); DSE: a Qwen2-VL checkpoint whose model card (``README.md``)
 names DSE / Tevatron.  Other retrieval architectures (``Col*``, ``Bi*``, ``*ForRetrieval``) are errors that list
 the supported formats.
@@ -57,7 +58,8 @@ def _legacy(*pairs: tuple[str, str]) -> tuple[KeyRename, ...]:
     return tuple(KeyRename(a, b, True) for a, b in pairs)
 
 
-# colpali-engine's ColQwen2 / ColQwen2.5 (a ``*VLModel`` subclass; older saves used the text model's bare names),
+# colpali-engine's ColQwen2 / ColQwen2.5 / ColQwen3.5 / BiQwen3.5 (``*Model`` subclasses saving bare names; older
+# ColQwen2 saves used the text model's bare names),
 # and Qwen2-VL's own original layout (``model.layers``, ``visual``), which DSE checkpoints hold.
 COLQWEN_ENGINE_RENAMES = (
     KeyRename("visual.", "model.visual."), KeyRename("language_model.", "model.language_model."),
@@ -65,6 +67,13 @@ COLQWEN_ENGINE_RENAMES = (
              ("model.layers.", "model.language_model.layers."),
              ("model.embed_tokens.", "model.language_model.embed_tokens."),
              ("model.norm.", "model.language_model.norm.")),
+)
+# colpali-engine's ColQwen3 / BiQwen3 (``Qwen3VLModel`` subclasses whose transformers conversion mapping saves every
+# weight, ColQwen3's projection included, under ``model.``; the bare names load too).
+QWEN3_ENGINE_RENAMES = (
+    KeyRename("model.custom_text_proj.", "custom_text_proj."), KeyRename("model.", "model."),
+    *_legacy(("base_model.model.custom_text_proj.", "custom_text_proj."), ("custom_text_proj.", "custom_text_proj."),
+             ("visual.", "model.visual."), ("language_model.", "model.language_model.")),
 )
 # colpali-engine's ColPali (a PaliGemmaForConditionalGeneration under ``model``; older saves nest the LM further).
 COLPALI_ENGINE_RENAMES = (
@@ -96,7 +105,8 @@ class PublishedFormat:
 
     ``settings``: the EncoderConfig fields its reference processor implies; ``head_key``: the module name of its
     multi-vector projection (None: a dense model without one); ``dim_field``: the config field the projection's
-    output size must equal (None: :data:`DEFAULT_DIM`, fixed in the reference class); ``nested_config``: the config field holding the VLM's config (transformers' -hf repos).
+    output size must equal (None: fixed in the reference class: ``settings["multi_dim"]``, else
+    :data:`DEFAULT_DIM`); ``nested_config``: the config field holding the VLM's config (transformers' -hf repos).
     """
 
     name: str
@@ -118,6 +128,18 @@ FORMATS: tuple[PublishedFormat, ...] = (
     PublishedFormat("ColQwen2.5", "colpali-engine", "qwen2_5_vl", ("ColQwen2_5",),
                     {**COLPALI_QUERY, "query_augmentation_token": "<|endoftext|>", "padding_side": "left"},
                     COLQWEN_ENGINE_RENAMES, "custom_text_proj"),
+    PublishedFormat("ColQwen3", "colpali-engine", "qwen3_vl", ("ColQwen3",),
+                    {**COLPALI_QUERY, "query_augmentation_token": "<|endoftext|>", "padding_side": "left",
+                     "multi_dim": 320}, QWEN3_ENGINE_RENAMES, "custom_text_proj"),
+    PublishedFormat("BiQwen3", "colpali-engine", "qwen3_vl", ("BiQwen3",),
+                    {**COLPALI_QUERY, "head": "dense", "pooling": "last", "normalize": True,
+                     "query_augmentation_token": "<|endoftext|>", "padding_side": "left"}, QWEN3_ENGINE_RENAMES),
+    PublishedFormat("ColQwen3.5", "colpali-engine", "qwen3_5", ("ColQwen3_5",),
+                    {**COLPALI_QUERY, "query_augmentation_token": "<|endoftext|>", "padding_side": "left"},
+                    COLQWEN_ENGINE_RENAMES, "custom_text_proj", "dim"),
+    PublishedFormat("BiQwen3.5", "colpali-engine", "qwen3_5", ("BiQwen3_5",),
+                    {**COLPALI_QUERY, "head": "dense", "pooling": "last", "normalize": True,
+                     "query_augmentation_token": "<|endoftext|>", "padding_side": "left"}, COLQWEN_ENGINE_RENAMES),
     PublishedFormat("ColPali", "colpali-engine", "paligemma", ("ColPali",), COLPALI_QUERY,
                     COLPALI_ENGINE_RENAMES, "custom_text_proj"),
     PublishedFormat("ColIdefics3 / ColSmol", "colpali-engine", "idefics3", ("ColIdefics3",),
@@ -165,7 +187,8 @@ class Published:
     @property
     def multi_dim(self) -> int:
         """The projection size the config (or the reference class) declares."""
-        return int(self.config.get(self.format.dim_field, DEFAULT_DIM)) if self.format.dim_field else DEFAULT_DIM
+        fixed = int(self.format.settings.get("multi_dim", DEFAULT_DIM))  # colpali-engine: set in the class's code
+        return int(self.config.get(self.format.dim_field, fixed)) if self.format.dim_field else fixed
 
     @property
     def files_dir(self) -> Path:

@@ -36,6 +36,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from data_prep.errors import InputError, MissingInputError, UserError, read_json_input
+from data_prep.flags import positive_int
 
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import add_dtype_argument, default_dtype, torch_dtype
@@ -156,12 +157,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the checkpoint's head (a fresh head on a plain transformers checkpoint)")
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="allow code shipped with the checkpoint (MiniCPM-V only)")
+    parser.add_argument("--dim", type=positive_int, default=None,
+                        help="use the first DIM coordinates of every embedding, re-normalised (a Matryoshka size "
+                        "the model was trained with; default: all)")
 
 
 def load_encoder_from_args(args: argparse.Namespace, device: torch.device | str | None = None) -> RetrieverEncoder:
     """:func:`load_encoder` with the flags of :func:`add_model_arguments`, in eval mode on ``device``."""
-    return load_encoder(args.model, override={"head": args.head} if args.head else None, dtype=args.dtype,
-                        device=device, trust_remote_code=args.trust_remote_code)
+    override = {"head": args.head} if args.head else {}
+    if args.dim is not None:
+        override["truncate_dim"] = args.dim
+    try:
+        return load_encoder(args.model, override=override or None, dtype=args.dtype, device=device,
+                            trust_remote_code=args.trust_remote_code)
+    except ValueError as err:
+        if args.dim is None or "truncate_dim" not in str(err):
+            raise
+        raise InputError(f"{args.model}: --dim {args.dim} is larger than its embeddings ({err})") from None
 
 
 def encoder_config(path: Path, config: EncoderConfig | None, saved: SavedState | None,

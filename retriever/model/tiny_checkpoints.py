@@ -28,6 +28,7 @@ TEXT_HEADS = 4
 TEXT_LAYERS = 2
 VISION_HIDDEN = 32
 PATCH = 14
+QWEN3_PATCH = 16  # Qwen3-VL's and Qwen3.5's patch size
 # Larger than the usual 0.02 so that attention is far from uniform: tests of positions, masks and padding
 # then see clear differences when something is wrong.
 INIT_STD = 0.2
@@ -106,7 +107,7 @@ def _build_qwen(arch: str, out: Path, dropout: float) -> None:
         vision = dict(depth=2, embed_dim=VISION_HIDDEN, hidden_size=TEXT_HIDDEN, num_heads=2, mlp_ratio=2,
                       patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2, initializer_range=INIT_STD)
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
-    else:
+    elif arch == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig
 
         vision = dict(depth=2, hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_heads=2,
@@ -114,10 +115,33 @@ def _build_qwen(arch: str, out: Path, dropout: float) -> None:
                       temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
                       initializer_range=INIT_STD)
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+    else:
+        config = _qwen3_config(arch, text, common)
+    patch = QWEN3_PATCH if arch in ("qwen3_vl", "qwen3_5") else PATCH
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}, patch_size=PATCH, temporal_patch_size=2,
-        merge_size=2)
+        size={"shortest_edge": (4 * patch) ** 2, "longest_edge": (8 * patch) ** 2}, patch_size=patch,
+        temporal_patch_size=2, merge_size=2)
     _save(config, tokenizer, image_processor, QWEN_CHAT_TEMPLATE, out)
+
+
+def _qwen3_config(arch: str, text: dict, common: dict) -> PreTrainedConfig:
+    """Qwen3-VL: a Qwen3 text model (q/k norms, explicit head_dim, interleaved M-RoPE) and a ViT of 16 px patches
+    with learned position embeddings and one DeepStack merger (after the first block). Qwen3.5: the same ViT
+    without DeepStack, and a text model whose first layer is a Gated DeltaNet (linear attention) and second full
+    attention, as the real models interleave them."""
+    from transformers import Qwen3_5Config, Qwen3VLConfig
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    text = text | {"head_dim": TEXT_HIDDEN // TEXT_HEADS, "rope_parameters": rope}
+    vision = dict(depth=2, hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_heads=2,
+                  out_hidden_size=TEXT_HIDDEN, patch_size=QWEN3_PATCH, spatial_merge_size=2, temporal_patch_size=2,
+                  num_position_embeddings=64, initializer_range=INIT_STD)
+    if arch == "qwen3_vl":
+        return Qwen3VLConfig(text_config=text, vision_config=vision | {"deepstack_visual_indexes": [0]}, **common)
+    text["rope_parameters"] = rope | {"partial_rotary_factor": 1.0}
+    linear = dict(layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
+                  linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
+    return Qwen3_5Config(text_config=text | linear, vision_config=vision, **common)
 
 
 # ---------------------------------------------------------------- InternVL (InternViT + Qwen2 LM)
@@ -224,6 +248,8 @@ def _save(config: PreTrainedConfig, tokenizer: PreTrainedTokenizerFast, image_pr
 BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
     "qwen2_vl": _build_qwen,
     "qwen2_5_vl": _build_qwen,
+    "qwen3_vl": _build_qwen,
+    "qwen3_5": _build_qwen,
     "internvl": _build_internvl,
     "idefics3": _build_idefics3,
     "paligemma": _build_paligemma,
@@ -231,6 +257,7 @@ BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
 
 
 IMAGE_PROCESSORS = {"qwen2_vl": "Qwen2VLImageProcessorPil", "qwen2_5_vl": "Qwen2VLImageProcessorPil",
+                    "qwen3_vl": "Qwen2VLImageProcessorPil", "qwen3_5": "Qwen2VLImageProcessorPil",
                     "internvl": "GotOcr2ImageProcessorPil", "idefics3": "Idefics3ImageProcessorPil",
                     "paligemma": "SiglipImageProcessorPil"}
 

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     loss = parser.add_argument_group("loss")
     loss.add_argument("--temperature", type=positive_float, default=0.02)
+    loss.add_argument("--maxsim_normalization", choices=["query_length", "none"], default="query_length",
+                      help="multi-vector head: divide each MaxSim score by the query's token count before the "
+                      "temperature, as colpali-engine's ColbertLoss (default query_length); 'none' keeps raw sums, "
+                      "whose logits reach (query tokens / T) and saturate the softmax")
     loss.add_argument("--learnable_temperature", action="store_true", help="learn the logit scale (as InternVL)")
     loss.add_argument("--symmetric_loss", action="store_true", help="add the page->query InfoNCE term")
     loss.add_argument("--num_negatives", type=non_negative_int, default=0, help="hard negatives per query (from 'neg')")

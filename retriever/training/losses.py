@@ -14,6 +14,10 @@ in-batch negatives, explicit hard negatives and pages gathered from other ranks 
   averaged over the positives of ``i``; then mean over queries. With one positive this is plain InfoNCE.
 * Symmetric (option): the same over columns (page -> query) for every page that is a positive of some query,
   averaged with the query -> page term.
+* Query-length normalisation (multi-vector, on by default in ``retriever.train``): each MaxSim score is divided
+  by its query's token count before the temperature, as colpali-engine's ``ColbertLoss(normalize_scores=True)``.
+  Raw MaxSim sums grow with the query length (a 30-token query reaches 30), so at T = 0.02 the logits reach
+  1500 and the softmax is saturated from the first step; normalised scores lie in [-1, 1] like cosines.
 * Temperature: fixed, or learnable as a log logit scale (CLIP/InternVL style, scale clamped to 100). The
   parameter is ``ContrastiveLoss.logit_scale``; the optimizer must include ``loss.parameters()``.
 * Matryoshka: the loss is the weighted sum over nested prefix sizes (prefixes are re-normalised; padded
@@ -91,6 +95,7 @@ class ContrastiveLoss(nn.Module):
         false_negative_mode: Literal["drop", "downweight"] = "drop",
         score_chunk_size: int = 64,
         false_negative_weight: float = 0.1,
+        normalize_query_length: bool = False,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -101,11 +106,9 @@ class ContrastiveLoss(nn.Module):
             raise ValueError("matryoshka_weights needs matryoshka_dims of the same length")
         if not 0 < false_negative_weight <= 1:
             raise ValueError(f"false_negative_weight must be in (0, 1], got {false_negative_weight}")
-        log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
-        if learnable_temperature:
-            self.logit_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("logit_scale", log_scale, persistent=False)
+        self.temperature = temperature
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature))) if learnable_temperature \
+            else None
         self.symmetric = symmetric
         self.matryoshka_dims = list(matryoshka_dims) if matryoshka_dims else None
         self.matryoshka_weights = list(matryoshka_weights) if matryoshka_weights else None
@@ -113,9 +116,12 @@ class ContrastiveLoss(nn.Module):
         self.false_negative_mode = false_negative_mode
         self.false_negative_weight = false_negative_weight
         self.score_chunk_size = score_chunk_size
+        self.normalize_query_length = normalize_query_length
 
     def scale(self) -> Tensor:
-        """The current logit scale ``1 / T`` (clamped to 100 when learnable)."""
+        """The current logit scale ``1 / T`` (clamped to 100 when learnable; a fixed one is exact in float64)."""
+        if self.logit_scale is None:
+            return torch.tensor(1.0 / self.temperature, dtype=torch.float64)
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(self, q_reps: Any, p_reps: Any, positives: Tensor) -> Tensor:
@@ -131,6 +137,8 @@ class ContrastiveLoss(nn.Module):
     def _single(self, q_reps: Any, p_reps: Any, positives: Tensor) -> Tensor:
         """Loss at one representation size."""
         raw = differentiable_scores(q_reps, p_reps, self.score_chunk_size)
+        if self.normalize_query_length and is_multi_vector(q_reps):
+            raw = raw / q_reps.mask.sum(dim=1, keepdim=True).to(raw.dtype)
         logits = raw * self.scale().to(raw.dtype)
         flagged = self._suspected_false_negatives(raw.detach(), positives)
         offset = float("-inf") if self.false_negative_mode == "drop" else math.log(self.false_negative_weight)

@@ -164,6 +164,7 @@ def build_loss(args) -> ContrastiveLoss:
         temperature=args.temperature, learnable_temperature=args.learnable_temperature,
         symmetric=args.symmetric_loss, matryoshka_dims=args.matryoshka_dims,
         matryoshka_weights=args.matryoshka_weights, false_negative_factor=args.false_negative_factor,
+        normalize_query_length=args.head == "multi" and args.maxsim_normalization == "query_length",
     )
 
 

@@ -42,6 +42,7 @@ def import_engine(module: str) -> types.ModuleType:
         if name not in sys.modules:
             sub = types.ModuleType(name)
             sub.__path__ = [str(Path(root, *name.split(".")[1:]))]
+            sub.__getattr__ = _from_submodules(sub)
             sys.modules[name] = sub
     qwen_module = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
     if qwen_module not in sys.modules:
@@ -54,6 +55,19 @@ def import_engine(module: str) -> types.ModuleType:
             stub.smart_resize = image_processing_pil_qwen2_vl.smart_resize
             sys.modules[qwen_module] = stub
     return importlib.import_module(module)
+
+
+def _from_submodules(package: types.ModuleType) -> Callable[[str], Any]:
+    """A bare package's ``__getattr__``: a name its ``__init__`` would re-export, found in its own modules (so that
+    ``from colpali_engine.models.qwen3.colqwen3 import ColQwen3Processor`` works on the bare package)."""
+    def find(name: str) -> Any:
+        for file in sorted(Path(package.__path__[0]).glob("*.py")):
+            if file.stem != "__init__":
+                found = importlib.import_module(f"{package.__name__}.{file.stem}")
+                if hasattr(found, name):
+                    return getattr(found, name)
+        raise AttributeError(f"module {package.__name__!r} has no attribute {name!r}")
+    return find
 
 
 def _parents(module: str) -> list[str]:
@@ -81,6 +95,7 @@ class Reference:
     arch: str                      # retriever.tiny architecture of the backbone
     model: Callable[[Any], torch.nn.Module]
     processor: Callable[[Any, Any, Any], Any]
+    dense: bool = False            # one vector per input (Bi*), else token vectors (Col*)
 
 
 def _engine(module: str, cls: str) -> Callable[..., Any]:
@@ -123,6 +138,16 @@ REFERENCES: dict[str, Reference] = {
     "engine_colqwen2_5": Reference("qwen2_5_vl", _engine("qwen2_5.colqwen2_5.modeling_colqwen2_5", "ColQwen2_5"),
                                    _engine_processor("qwen2_5.colqwen2_5.processing_colqwen2_5",
                                                      "ColQwen2_5_Processor")),
+    "engine_colqwen3": Reference("qwen3_vl", _engine("qwen3.colqwen3.modeling_colqwen3", "ColQwen3"),
+                                 _engine_processor("qwen3.colqwen3.processing_colqwen3", "ColQwen3Processor")),
+    "engine_biqwen3": Reference("qwen3_vl", _engine("qwen3.biqwen3.modeling_biqwen3", "BiQwen3"),
+                                _engine_processor("qwen3.biqwen3.processing_biqwen3", "BiQwen3Processor"), dense=True),
+    "engine_colqwen3_5": Reference("qwen3_5", _engine("qwen3_5.colqwen3_5.modeling_colqwen3_5", "ColQwen3_5"),
+                                   _engine_processor("qwen3_5.colqwen3_5.processing_colqwen3_5",
+                                                     "ColQwen3_5Processor")),
+    "engine_biqwen3_5": Reference("qwen3_5", _engine("qwen3_5.biqwen3_5.modeling_biqwen3_5", "BiQwen3_5"),
+                                  _engine_processor("qwen3_5.biqwen3_5.processing_biqwen3_5", "BiQwen3_5Processor"),
+                                  dense=True),
     "engine_colpali": Reference("paligemma", _engine("paligemma.colpali.modeling_colpali", "ColPali"),
                                 _engine_processor("paligemma.colpali.processing_colpali", "ColPaliProcessor")),
     "engine_colidefics3": Reference("idefics3", _engine("idefics3.colidefics3.modeling_colidefics3", "ColIdefics3"),
@@ -136,6 +161,10 @@ REFERENCES: dict[str, Reference] = {
 REFERENCE_CLASSES = {
     "engine_colqwen2": ("qwen2.colqwen2.modeling_colqwen2", "ColQwen2"),
     "engine_colqwen2_5": ("qwen2_5.colqwen2_5.modeling_colqwen2_5", "ColQwen2_5"),
+    "engine_colqwen3": ("qwen3.colqwen3.modeling_colqwen3", "ColQwen3"),
+    "engine_biqwen3": ("qwen3.biqwen3.modeling_biqwen3", "BiQwen3"),
+    "engine_colqwen3_5": ("qwen3_5.colqwen3_5.modeling_colqwen3_5", "ColQwen3_5"),
+    "engine_biqwen3_5": ("qwen3_5.biqwen3_5.modeling_biqwen3_5", "BiQwen3_5"),
     "engine_colpali": ("paligemma.colpali.modeling_colpali", "ColPali"),
     "engine_colidefics3": ("idefics3.colidefics3.modeling_colidefics3", "ColIdefics3"),
 }
@@ -215,6 +244,8 @@ def reference_embeddings(model: torch.nn.Module, processor: Any, queries: Sequen
 def _unpadded(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     out = model(**batch)
     emb = out.embeddings if hasattr(out, "embeddings") else out
+    if emb.dim() == 2:  # a dense model: one vector
+        return emb[0].float()
     return emb[0][batch["attention_mask"][0].bool()].float()
 
 

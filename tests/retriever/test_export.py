@@ -28,7 +28,10 @@ def _fine_tuned(published: Path, out: Path) -> Path:
     """Our own retriever directory of ``published`` with changed weights, as a run's final/ would be."""
     encoder = load_encoder(published, dtype="float32")
     with torch.no_grad():
-        encoder.head.projection.weight.add_(0.05)
+        if encoder.multi_vector:
+            encoder.head.projection.weight.add_(0.05)
+        else:  # no projection: change what queries pass through
+            encoder.hf_model.get_input_embeddings().weight.add_(0.05)
         next(encoder.hf_model.parameters()).mul_(1.1)
     save_encoder(encoder, out)
     return out
@@ -53,8 +56,8 @@ def test_export_loads_in_reference_class(name, tiny_model_dir, tmp_path):
                                                AutoConfig.from_pretrained(tiny))
     ref_q, ref_p = reference_embeddings(exported, processor, QUERIES, sample_images())
     encoder = load_encoder(ours, dtype="float32")
-    _assert_same(encoder.encode_queries(QUERIES), ref_q)
-    _assert_same(encoder.encode_pages(sample_images()), ref_p)
+    _assert_same(list(encoder.encode_queries(QUERIES)), ref_q)
+    _assert_same(list(encoder.encode_pages(sample_images())), ref_p)
     published_q, _ = reference_embeddings(load_reference(name, tmp_path / "published"), published_processor,
                                           QUERIES, [])
     assert (published_q[0] - ref_q[0]).abs().max() > 1e-3  # the export holds the fine-tuned weights
@@ -128,3 +131,23 @@ def test_a_failed_push_is_one_error_line_and_the_folder_is_kept(tiny_model_dir, 
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
     with pytest.raises(PushError, match="not pushed to someone/model"):
         push_to_hub(out, "someone/model")
+
+
+def test_the_model_card_states_how_multi_vector_scores_were_scaled() -> None:
+    from retriever.model_card import _training
+
+    state = {"training_mode": "full"}
+    lines = lambda **args: "\n".join(_training(state, {"temperature": 0.02, **args}))  # noqa: E731
+    assert "- loss: InfoNCE, temperature 0.02\n" in lines(head="dense", maxsim_normalization="query_length")
+    assert "MaxSim scores divided by the query's token count" in lines(head="multi",
+                                                                     maxsim_normalization="query_length")
+    assert "raw MaxSim sums (--maxsim_normalization none)" in lines(head="multi", maxsim_normalization="none")
+    assert "raw MaxSim sums (trained before the query-length normalisation existed)" in lines(head="multi")
+
+
+def test_a_format_without_a_class_for_the_backbone_is_one_error_line(tiny_model_dir, tmp_path, capsys) -> None:
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl")), tmp_path / "final")
+    line = one_error_line(main, ["--model", tmp_path / "final", "--format", "colpali", "--out", tmp_path / "x"],
+                          capsys)
+    assert line == ("error: --format colpali: no dense colpali-engine format for backbone 'qwen2_vl' (exportable "
+                    "backbones: qwen3_5, qwen3_vl)")

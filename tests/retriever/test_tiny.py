@@ -15,6 +15,8 @@ from tests.helpers.tiny_models import ARCHS, ARCH_PARAMS
 IMAGE_TOKENS = {
     "qwen2_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"],
     "qwen2_5_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"],
+    "qwen3_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"],
+    "qwen3_5": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"],
     "internvl": ["<img>", "</img>", "<IMG_CONTEXT>"],
     "idefics3": ["<image>", "<fake_token_around_image>", "<global-img>", "<row_1_col_1>", "<row_6_col_6>"],
     "paligemma": ["<image>", "<bos>"],
@@ -57,7 +59,7 @@ def test_build_is_seeded_and_dropout_is_set(tmp_path):
 
 
 def test_unknown_arch_lists_supported(tmp_path):
-    with pytest.raises(ValueError, match="supported: idefics3, internvl, paligemma, qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(ValueError, match="supported: idefics3, internvl, paligemma, qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl"):
         build_tiny("llava", tmp_path)
 
 

@@ -99,6 +99,10 @@ class Backbone:
     # What a chat template renders an image as (``chat_image``); empty: chat generation cannot build this family's
     # inputs.
     chat_placeholders: ClassVar[tuple[str, ...]] = ()
+    # Retrieval batches are padded on this side whatever ``EncoderConfig.padding_side`` says (None: as it says): a
+    # family whose layers see pad tokens on one side (linear attention's recurrent state and causal convolution
+    # have no mask) keeps them on the other, so that an example's embedding never depends on its batch.
+    forced_padding_side: ClassVar[str | None] = None
 
     def __init__(self, tokenizer: Any, image_processor: Any, model_config: Any) -> None:
         self.tokenizer = tokenizer

@@ -1,4 +1,4 @@
-"""Qwen2-VL and Qwen2.5-VL adapter.
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 adapter.
 
 Pages: ``<|im_start|>user\\n<|vision_start|><|image_pad|>*N<|vision_end|>{text}<|im_end|>\\n<|im_start|>assistant\\n
 <|endoftext|>`` (the DSE layout), N = grid_t*grid_h*grid_w / merge_size**2.  Queries use the same chat turn
@@ -8,6 +8,17 @@ positions are computed by the model from ``attention_mask``, so left padding doe
 
 Vision tower (``vision_module``): ``model.model.visual`` — patch embedding, ViT blocks and the patch merger;
 its output depends only on ``pixel_values`` and ``grid_thw``.
+
+Qwen3-VL has the same prompt layout, image processor (16 px patches instead of 14) and placeholder expansion; its
+vision tower also returns DeepStack features (merged outputs of some ViT blocks, added to the first text layers'
+hidden states at the image tokens), which are part of the tower's output and so cached and replayed with it.
+
+Qwen3.5 has the same inputs and vision tower (without DeepStack); its text model interleaves Gated DeltaNet
+linear-attention layers with full attention. Their causal convolution and recurrent state take no attention mask,
+so left padding would flow into the state of the real tokens (on the tiny model: 1e-5 in float64): its batches are
+always right-padded (``forced_padding_side``), which leaves every example's embedding that of the example alone.
+On a GPU, transformers runs those layers with flash-linear-attention / causal-conv1d kernels when installed; here
+(CPU) with its reference PyTorch implementation.
 """
 from __future__ import annotations
 
@@ -109,3 +120,17 @@ class QwenVL(Backbone):
 class Qwen25VL(QwenVL):
     name = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
+
+
+class Qwen3VL(QwenVL):
+    name = "qwen3_vl"
+    model_types = ("qwen3_vl",)
+    lora_vision = r".*visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.linear_fc1|mlp\.linear_fc2)"
+
+
+class Qwen35(Qwen3VL):
+    name = "qwen3_5"
+    model_types = ("qwen3_5",)
+    lora_language = (r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|"
+                     r"in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)")
+    forced_padding_side = "right"

@@ -167,7 +167,8 @@ def test_max_visual_tokens_caps_resolution(encoder):
 
 
 def test_unknown_backbone_lists_supported(tiny_model_dir):
-    with pytest.raises(ValueError, match="supported: idefics3, internvl, minicpm_v, paligemma, qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(ValueError, match="supported: idefics3, internvl, minicpm_v, paligemma, qwen2_5_vl, qwen2_vl, "
+                                         "qwen3_5, qwen3_vl"):
         load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="llava"))
 
 
@@ -239,3 +240,23 @@ def test_real_pdf_pages(arch, shared_pdfs, encoder):
     assert emb.shape == (len(images), 64) and torch.isfinite(emb).all()
     alone = torch.cat([enc.encode_pages([image]) for image in images])
     assert (emb - alone).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("head", ["dense", "multi"])
+def test_truncate_dim_encodes_the_renormalised_matryoshka_prefix(encoder, head: str) -> None:
+    """``truncate_dim`` (``--dim`` of the evaluators and the miner) gives the first N coordinates of each embedding,
+    re-normalised, for queries and pages; zero padding of multi-vector pages stays zero."""
+    full = encoder("qwen2_vl", torch.float64, head=head, projection_dim=16, multi_dim=16)
+    cut = encoder("qwen2_vl", torch.float64, head=head, projection_dim=16, multi_dim=16, truncate_dim=4)
+    cut.load_state_dict(full.state_dict())
+    for encode in ("encode_queries", "encode_pages"):
+        items = QUERIES if encode == "encode_queries" else pages()
+        want = [torch.nn.functional.normalize(row[..., :4], dim=-1) for row in getattr(full, encode)(items)]
+        got = list(getattr(cut, encode)(items))
+        assert all(g.shape == w.shape and torch.allclose(g, w, rtol=1e-5, atol=1e-6)  # float32 outputs
+                   for g, w in zip(got, want))
+
+
+def test_truncate_dim_beyond_the_embedding_is_refused(encoder) -> None:
+    with pytest.raises(ValueError, match="truncate_dim 32 is not in 1..16"):
+        encoder("qwen2_vl", head="multi", multi_dim=16, truncate_dim=32)

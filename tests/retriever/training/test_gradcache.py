@@ -26,6 +26,7 @@ def _setup(multi: bool, dropout: float = 0.1, freeze_vision: bool = False, **los
 HEADS = {
     "dense": dict(multi=False),
     "multi": dict(multi=True),
+    "multi_normalized": dict(multi=True, normalize_query_length=True),
     "matryoshka": dict(multi=False, matryoshka_dims=[8, 4, 2], matryoshka_weights=[1.0, 0.5, 0.25]),
     "multi_matryoshka": dict(multi=True, matryoshka_dims=[8, 4]),
     "symmetric_learnable": dict(multi=False, symmetric=True, learnable_temperature=True),

@@ -53,9 +53,11 @@ def _check(enc: RetrieverEncoder, chunk: int, rel: float = 1e-10, **loss_kw) -> 
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
-@pytest.mark.parametrize("head", ["dense", "multi", "matryoshka"])
+@pytest.mark.parametrize("head", ["dense", "multi", "multi_normalized", "matryoshka"])
 def test_qwen2_vl_gradcache_equals_full_batch(qwen_dir, head: str, chunk: int) -> None:
-    if head == "matryoshka":
+    if head == "multi_normalized":
+        _check(_load(qwen_dir, "multi"), chunk, normalize_query_length=True)
+    elif head == "matryoshka":
         enc = _load(qwen_dir, "dense", matryoshka_dims=[16, 8])
         _check(enc, chunk, matryoshka_dims=[16, 8], matryoshka_weights=[1.0, 0.5])
     else:
@@ -72,6 +74,30 @@ def test_dropout_is_active_so_replay_matters(qwen_dir) -> None:
 def test_qwen2_5_vl_gradcache_equals_full_batch(tmp_path, head: str) -> None:
     path = build_tiny("qwen2_5_vl", tmp_path / "qwen2_5_vl", dropout=0.1)
     _check(_load(path, head, arch="qwen2_5_vl"), 2)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5"])
+@pytest.mark.parametrize("head", ["dense", "multi"])
+def test_qwen3_families_gradcache_equals_full_batch(tmp_path, arch: str, head: str) -> None:
+    """Qwen3-VL: DeepStack features (vision block outputs added to the first text layers) and interleaved M-RoPE;
+    Qwen3.5: a Gated DeltaNet linear-attention layer (causal convolution, recurrent state) before full attention;
+    both under chunking (each chunk re-padded) and dropout replay."""
+    path = build_tiny(arch, tmp_path / arch, dropout=0.1)
+    _check(_load(path, head, arch=arch), 2)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5"])
+def test_qwen3_families_frozen_vision_reuse_equals_recompute(tmp_path, arch: str) -> None:
+    """The cached tower output (with Qwen3-VL's DeepStack features) replayed gives the recomputed gradients."""
+    enc = _load(build_tiny(arch, tmp_path / arch, dropout=0.1), "multi", arch=arch, freeze_vision=True)
+    loss = ContrastiveLoss(temperature=0.05, normalize_query_length=True).double()
+    q, p, positives = _batch(enc)
+    want = gradcache_grads(copy.deepcopy(enc), copy.deepcopy(loss), q, p, positives, 2, seed=5)
+    calls, patch_embed_calls = [], []
+    enc.vision_module().register_forward_pre_hook(lambda *_: calls.append(1))
+    enc.vision_module().patch_embed.register_forward_hook(lambda *_: patch_embed_calls.append(1))
+    assert_close(gradcache_grads(enc, loss, q, p, positives, 2, seed=5, reuse=True), want)
+    assert len(calls) == 6 and len(patch_embed_calls) == 3  # 3 page chunks: tower computed in the first pass only
 
 
 def test_qwen2_vl_gradient_checkpointing(qwen_dir) -> None:

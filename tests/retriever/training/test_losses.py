@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from retriever.model.embeddings import MultiVector
 from retriever.scoring import chunked_maxsim, maxsim
 from retriever.training.losses import ContrastiveLoss
+from tests.helpers.published_refs import colpali_engine_available, import_engine
 
 T = 0.05
 
@@ -105,6 +106,36 @@ def test_multivector_loss_uses_maxsim() -> None:
     positives = torch.eye(3, 5, dtype=torch.bool)
     want = naive_loss(maxsim(q.emb, q.mask, p.emb, p.mask), positives)
     assert torch.allclose(ContrastiveLoss(temperature=T, score_chunk_size=2)(q, p, positives), want, rtol=1e-12)
+
+
+@pytest.mark.skipif(not colpali_engine_available(), reason="colpali-engine is not installed")
+def test_query_length_normalisation_equals_colpali_engine_colbert_loss() -> None:
+    """With ``normalize_query_length`` the multi-vector loss and its gradients are colpali-engine's ``ColbertLoss``
+    (``normalize_scores=True``, its default) in float64, on queries of different lengths (zero-padded there,
+    masked here); without it the loss differs (it is the raw-sum loss, the behaviour before)."""
+    colbert = import_engine("colpali_engine.loss.late_interaction_losses").ColbertLoss(temperature=0.02)
+    q, p = _multi(5, 7, seed=3), _multi(5, 9, seed=4)
+    p = MultiVector(F.normalize(torch.randn(5, 9, 8, generator=torch.Generator().manual_seed(5),
+                                            dtype=torch.float64), dim=-1), torch.ones(5, 9, dtype=torch.bool))
+    q_emb = q.emb.clone().requires_grad_(True)
+    q_ref = q.emb.clone().requires_grad_(True)
+    ours = ContrastiveLoss(temperature=0.02, normalize_query_length=True).double()(
+        MultiVector(q_emb, q.mask), p, torch.eye(5, dtype=torch.bool))
+    want = colbert(q_ref, p.emb)
+    ours.backward()
+    want.backward()
+    assert torch.allclose(ours, want, rtol=1e-12, atol=0)
+    real = q.mask  # colpali-engine's zero padding receives a gradient too; it is not an input of ours
+    assert torch.allclose(q_emb.grad[real], q_ref.grad[real], rtol=1e-10, atol=1e-14)
+    raw = ContrastiveLoss(temperature=0.02).double()(q, p, torch.eye(5, dtype=torch.bool))
+    assert not torch.allclose(raw, want, rtol=1e-3)
+
+
+def test_query_length_normalisation_leaves_dense_scores_alone() -> None:
+    q, p = _dense(4), _dense(6, seed=1)
+    positives = torch.eye(4, 6, dtype=torch.bool)
+    assert torch.equal(ContrastiveLoss(temperature=T, normalize_query_length=True)(q, p, positives),
+                       ContrastiveLoss(temperature=T)(q, p, positives))
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 100])
