@@ -230,6 +230,43 @@ def _build_paligemma(arch: str, out: Path, dropout: float) -> None:
     _save(config, tokenizer, image_processor, PALIGEMMA_CHAT_TEMPLATE, out)
 
 
+# ---------------------------------------------------------------- Gemma3 (SigLIP + Gemma3 LM)
+GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                   "<end_of_image>", "<image_soft_token>"]
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>{{ 'model' if message['role'] == 'assistant' "
+    "else message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<start_of_image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _build_gemma3(arch: str, out: Path, dropout: float) -> None:
+    """Gemma3: a Gemma3 text model (a sliding-window layer, then global attention) and a SigLIP tower of 2x2 patches
+    whose 4 outputs are the image's 4 soft tokens (``mm_tokens_per_image``; the real model pools 64x64 to 16x16)."""
+    from transformers import Gemma3Config, Gemma3ImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(GEMMA3_SPECIALS, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
+                                     add_bos=True, extra_special_tokens={"boi_token": "<start_of_image>",
+                                                                         "eoi_token": "<end_of_image>",
+                                                                         "image_token": "<image_soft_token>"})
+    ids = tokenizer.convert_tokens_to_ids
+    text = text_kwargs(tokenizer, dropout) | {
+        "model_type": "gemma3_text", "head_dim": TEXT_HIDDEN // TEXT_HEADS, "query_pre_attn_scalar": 16,
+        "sliding_window": 512, "layer_types": ["sliding_attention", "full_attention"],
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                            "full_attention": {"rope_type": "default", "rope_theta": 10000.0}}}
+    vision = dict(model_type="siglip_vision_model", hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN,
+                  num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=PATCH,
+                  attention_dropout=dropout)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+                          image_token_index=ids("<image_soft_token>"), initializer_range=INIT_STD)
+    image_processor = Gemma3ImageProcessorPil(size={"height": 28, "width": 28}, do_pan_and_scan=False)
+    _save(config, tokenizer, image_processor, GEMMA3_CHAT_TEMPLATE, out)
+
+
 def _save(config: PreTrainedConfig, tokenizer: PreTrainedTokenizerFast, image_processor: Any,
           chat_template: str, out: Path) -> None:
     """Writes the random-weight model of ``config``, the tokenizer (with chat template) and image processor.
@@ -253,13 +290,14 @@ BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
     "internvl": _build_internvl,
     "idefics3": _build_idefics3,
     "paligemma": _build_paligemma,
+    "gemma3": _build_gemma3,
 }
 
 
 IMAGE_PROCESSORS = {"qwen2_vl": "Qwen2VLImageProcessorPil", "qwen2_5_vl": "Qwen2VLImageProcessorPil",
                     "qwen3_vl": "Qwen2VLImageProcessorPil", "qwen3_5": "Qwen2VLImageProcessorPil",
                     "internvl": "GotOcr2ImageProcessorPil", "idefics3": "Idefics3ImageProcessorPil",
-                    "paligemma": "SiglipImageProcessorPil"}
+                    "paligemma": "SiglipImageProcessorPil", "gemma3": "Gemma3ImageProcessorPil"}
 
 
 def unavailable_reason(arch: str) -> str | None:

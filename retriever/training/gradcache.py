@@ -56,14 +56,18 @@ class RngState:
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
+    def restore(self) -> None:
+        """Set the recorded states (from here on, random draws repeat those made after the recording)."""
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
     @contextlib.contextmanager
     def replay(self) -> Iterator[None]:
         """Run the body with the recorded states; the surrounding RNG state is restored afterwards."""
         devices = list(range(len(self.cuda))) if self.cuda is not None else []
         with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self.cpu)
-            if self.cuda is not None:
-                torch.cuda.set_rng_state_all(self.cuda)
+            self.restore()
             yield
 
 
@@ -81,7 +85,12 @@ def _detach(value: Any) -> Any:
 
 
 class VisionReplay:
-    """Record a frozen module's outputs during the first pass and replay them, in order, in the second."""
+    """Record a frozen module's outputs during the first pass and replay them, in order, in the second.
+
+    Each output is recorded with the RNG state right after the module ran, and replaying it restores that state:
+    a tower with dropout (SigLIP, InternViT) draws random numbers that the skipped second-pass forward would not,
+    and without this the text model's dropout masks after it would differ from the first pass's.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         if any(p.requires_grad for p in module.parameters()):
@@ -91,7 +100,7 @@ class VisionReplay:
     @contextlib.contextmanager
     def record(self) -> Iterator[list[Any]]:
         outputs: list[Any] = []
-        handle = self.module.register_forward_hook(lambda _m, _args, out: outputs.append(_detach(out)))
+        handle = self.module.register_forward_hook(lambda _m, _args, out: outputs.append((_detach(out), RngState())))
         try:
             yield outputs
         finally:
@@ -103,9 +112,11 @@ class VisionReplay:
 
         def cached_forward(*_args: Any, **_kwargs: Any) -> Any:
             try:
-                return next(queue)
+                output, rng = next(queue)
             except StopIteration:
                 raise RuntimeError("vision tower called more often in the second pass than in the first") from None
+            rng.restore()
+            return output
 
         self.module.forward = cached_forward  # instance attribute shadows the class's forward
         try:

@@ -6,6 +6,6 @@ import pytest
 
 from retriever.model.tiny_checkpoints import unavailable_reason
 
-ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "internvl", "idefics3", "paligemma")
+ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "internvl", "idefics3", "paligemma", "gemma3")
 ARCH_PARAMS = [pytest.param(arch, marks=pytest.mark.skipif(reason is not None, reason=str(reason)))
                for arch, reason in ((a, unavailable_reason(a)) for a in ARCHS)]

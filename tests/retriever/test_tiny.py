@@ -20,6 +20,7 @@ IMAGE_TOKENS = {
     "internvl": ["<img>", "</img>", "<IMG_CONTEXT>"],
     "idefics3": ["<image>", "<fake_token_around_image>", "<global-img>", "<row_1_col_1>", "<row_6_col_6>"],
     "paligemma": ["<image>", "<bos>"],
+    "gemma3": ["<start_of_image>", "<image_soft_token>", "<end_of_image>", "<start_of_turn>"],
 }
 
 
@@ -59,7 +60,8 @@ def test_build_is_seeded_and_dropout_is_set(tmp_path):
 
 
 def test_unknown_arch_lists_supported(tmp_path):
-    with pytest.raises(ValueError, match="supported: idefics3, internvl, paligemma, qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl"):
+    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, paligemma, qwen2_5_vl, qwen2_vl, "
+                                         "qwen3_5, qwen3_vl"):
         build_tiny("llava", tmp_path)
 
 

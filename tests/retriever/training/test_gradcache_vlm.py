@@ -76,18 +76,19 @@ def test_qwen2_5_vl_gradcache_equals_full_batch(tmp_path, head: str) -> None:
     _check(_load(path, head, arch="qwen2_5_vl"), 2)
 
 
-@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5"])
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5", "gemma3"])
 @pytest.mark.parametrize("head", ["dense", "multi"])
-def test_qwen3_families_gradcache_equals_full_batch(tmp_path, arch: str, head: str) -> None:
+def test_2026_families_gradcache_equals_full_batch(tmp_path, arch: str, head: str) -> None:
     """Qwen3-VL: DeepStack features (vision block outputs added to the first text layers) and interleaved M-RoPE;
     Qwen3.5: a Gated DeltaNet linear-attention layer (causal convolution, recurrent state) before full attention;
-    both under chunking (each chunk re-padded) and dropout replay."""
+    Gemma3: bidirectional attention within an image, a sliding-window layer; all under chunking (each chunk
+    re-padded) and dropout replay."""
     path = build_tiny(arch, tmp_path / arch, dropout=0.1)
     _check(_load(path, head, arch=arch), 2)
 
 
-@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5"])
-def test_qwen3_families_frozen_vision_reuse_equals_recompute(tmp_path, arch: str) -> None:
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5", "gemma3"])
+def test_2026_families_frozen_vision_reuse_equals_recompute(tmp_path, arch: str) -> None:
     """The cached tower output (with Qwen3-VL's DeepStack features) replayed gives the recomputed gradients."""
     enc = _load(build_tiny(arch, tmp_path / arch, dropout=0.1), "multi", arch=arch, freeze_vision=True)
     loss = ContrastiveLoss(temperature=0.05, normalize_query_length=True).double()
@@ -95,7 +96,7 @@ def test_qwen3_families_frozen_vision_reuse_equals_recompute(tmp_path, arch: str
     want = gradcache_grads(copy.deepcopy(enc), copy.deepcopy(loss), q, p, positives, 2, seed=5)
     calls, patch_embed_calls = [], []
     enc.vision_module().register_forward_pre_hook(lambda *_: calls.append(1))
-    enc.vision_module().patch_embed.register_forward_hook(lambda *_: patch_embed_calls.append(1))
+    next(enc.vision_module().children()).register_forward_hook(lambda *_: patch_embed_calls.append(1))
     assert_close(gradcache_grads(enc, loss, q, p, positives, 2, seed=5, reuse=True), want)
     assert len(calls) == 6 and len(patch_embed_calls) == 3  # 3 page chunks: tower computed in the first pass only
 
