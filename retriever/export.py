@@ -4,8 +4,8 @@
 [--push_to_hub REPO]``
 
 * multi-vector models: ``--format colpali`` writes colpali-engine's ``ColQwen2`` / ``ColQwen2_5`` /
-  ``ColQwen3`` / ``ColQwen3_5`` / ``ColPali`` / ``ColIdefics3`` checkpoint (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-  Qwen3.5, PaliGemma, Idefics3 backbones); ``--format transformers``
+  ``ColQwen3`` / ``ColQwen3_5`` / ``ColGemma3`` / ``ColPali`` / ``ColIdefics3`` checkpoint (Qwen2-VL, Qwen2.5-VL,
+  Qwen3-VL, Qwen3.5, Gemma3, PaliGemma, Idefics3 backbones); ``--format transformers``
   writes transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval`` (Qwen2-VL, PaliGemma);
 * dense models: ``--format transformers`` writes a DSE-style checkpoint (Qwen2-VL, last-token pooling,
   normalised), a plain ``Qwen2VLForConditionalGeneration`` whose model card names DSE; ``--format colpali``

@@ -7,13 +7,12 @@
 published checkpoint through the same code path as our own.
 
 Detection, in order: ``config.json`` ``architectures`` naming a published class (colpali-engine's ``ColQwen2``,
-``ColQwen2_5``, ``ColQwen3``, ``BiQwen3``, ``ColQwen3_5``, ``BiQwen3_5``, ``ColPali``, ``ColIdefics3``; transformers'
-``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval``, also found by ``model_type`` ``colqwen2`` / ``colpali``); for a
-peft adapter repository (``adapter_config.json`` without our ``retriever_config.json``) the same test on the base
-model named by ``base_model_name_or_path`` (or
-the adapter's ``auto_mapping.base_model_class``); DSE: a Qwen2-VL checkpoint whose model card (``README.md``)
-names DSE / Tevatron.  Other retrieval architectures (``Col*``, ``Bi*``, ``*ForRetrieval``) are errors that list
-the supported formats.
+``ColQwen2_5``, ``ColQwen3``, ``BiQwen3``, ``ColQwen3_5``, ``BiQwen3_5``, ``ColGemma3``, ``ColPali``, ``ColIdefics3``;
+transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval``, also found by ``model_type`` ``colqwen2`` /
+``colpali``); for a peft adapter repository (``adapter_config.json`` without our ``retriever_config.json``) the same
+test on the base model named by ``base_model_name_or_path`` (or the adapter's ``auto_mapping.base_model_class``);
+DSE: a Qwen2-VL checkpoint whose model card (``README.md``) names DSE / Tevatron.  Other retrieval architectures
+(``Col*``, ``Bi*``, ``*ForRetrieval``) are errors that list the supported formats.
 
 Loading: the family's transformers model is built from the config without random initialisation and filled
 from the checkpoint's safetensors after the format's key renames (colpali-engine's and transformers' layouts to
@@ -74,6 +73,14 @@ QWEN3_ENGINE_RENAMES = (
     KeyRename("model.custom_text_proj.", "custom_text_proj."), KeyRename("model.", "model."),
     *_legacy(("base_model.model.custom_text_proj.", "custom_text_proj."), ("custom_text_proj.", "custom_text_proj."),
              ("visual.", "model.visual."), ("language_model.", "model.language_model.")),
+)
+# colpali-engine's ColGemma3 (a ``Gemma3Model`` subclass).
+GEMMA3_ENGINE_RENAMES = (
+    KeyRename("vision_tower.", "model.vision_tower."),
+    KeyRename("multi_modal_projector.", "model.multi_modal_projector."),
+    KeyRename("language_model.", "model.language_model."),
+    *_legacy(("base_model.model.custom_text_proj.", "custom_text_proj."),
+             ("model.custom_text_proj.", "custom_text_proj."), ("model.", "model.")),
 )
 # colpali-engine's ColPali (a PaliGemmaForConditionalGeneration under ``model``; older saves nest the LM further).
 COLPALI_ENGINE_RENAMES = (
@@ -140,6 +147,10 @@ FORMATS: tuple[PublishedFormat, ...] = (
     PublishedFormat("BiQwen3.5", "colpali-engine", "qwen3_5", ("BiQwen3_5",),
                     {**COLPALI_QUERY, "head": "dense", "pooling": "last", "normalize": True,
                      "query_augmentation_token": "<|endoftext|>", "padding_side": "left"}, COLQWEN_ENGINE_RENAMES),
+    PublishedFormat("ColGemma3", "colpali-engine", "gemma3", ("ColGemma3",),
+                    {"head": "multi", "query_prefix": "Query: ", "query_augmentation_tokens": 0,
+                     "page_prompt": "Describe this image", "input_format": "colpali_engine", "padding_side": "left"},
+                    GEMMA3_ENGINE_RENAMES, "custom_text_proj"),
     PublishedFormat("ColPali", "colpali-engine", "paligemma", ("ColPali",), COLPALI_QUERY,
                     COLPALI_ENGINE_RENAMES, "custom_text_proj"),
     PublishedFormat("ColIdefics3 / ColSmol", "colpali-engine", "idefics3", ("ColIdefics3",),

@@ -128,6 +128,8 @@ def _engine_processor(module: str, cls: str) -> Callable[..., Any]:
         if cls == "ColIdefics3Processor":
             vision = config.vision_config
             kwargs["image_seq_len"] = int((vision.image_size // vision.patch_size) ** 2 / config.scale_factor**2)
+        if cls == "ColGemmaProcessor3":  # its default is the real model's 256
+            kwargs["image_seq_length"] = config.mm_tokens_per_image
         return _engine(module, cls)(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
     return build
 
@@ -148,6 +150,8 @@ REFERENCES: dict[str, Reference] = {
     "engine_biqwen3_5": Reference("qwen3_5", _engine("qwen3_5.biqwen3_5.modeling_biqwen3_5", "BiQwen3_5"),
                                   _engine_processor("qwen3_5.biqwen3_5.processing_biqwen3_5", "BiQwen3_5Processor"),
                                   dense=True),
+    "engine_colgemma3": Reference("gemma3", _engine("gemma3.colgemma3.modeling_colgemma", "ColGemma3"),
+                                  _engine_processor("gemma3.colgemma3.processing_colgemma", "ColGemmaProcessor3")),
     "engine_colpali": Reference("paligemma", _engine("paligemma.colpali.modeling_colpali", "ColPali"),
                                 _engine_processor("paligemma.colpali.processing_colpali", "ColPaliProcessor")),
     "engine_colidefics3": Reference("idefics3", _engine("idefics3.colidefics3.modeling_colidefics3", "ColIdefics3"),
@@ -165,6 +169,7 @@ REFERENCE_CLASSES = {
     "engine_biqwen3": ("qwen3.biqwen3.modeling_biqwen3", "BiQwen3"),
     "engine_colqwen3_5": ("qwen3_5.colqwen3_5.modeling_colqwen3_5", "ColQwen3_5"),
     "engine_biqwen3_5": ("qwen3_5.biqwen3_5.modeling_biqwen3_5", "BiQwen3_5"),
+    "engine_colgemma3": ("gemma3.colgemma3.modeling_colgemma", "ColGemma3"),
     "engine_colpali": ("paligemma.colpali.modeling_colpali", "ColPali"),
     "engine_colidefics3": ("idefics3.colidefics3.modeling_colidefics3", "ColIdefics3"),
 }

@@ -7,6 +7,8 @@ sequence ``\\n\\n<start_of_image>`` + ``<image_soft_token>`` x ``mm_tokens_per_i
 that sequence). ``token_type_ids`` are 1 on the soft tokens: Gemma3 attends bidirectionally within an image
 (what the processor's ``mm_token_type_ids`` give the model); positions are counted over attended tokens, so that
 left padding does not shift them. ``pixel_values`` is [images, 3, H, W], one row per page (no pan-and-scan crops).
+``colpali_engine``: ColGemma3's processor (the same turns through the checkpoint's chat template, tokenized with the
+tokenizer's own BOS as well).
 
 Vision tower (``vision_module``): ``model.model.vision_tower`` (SigLIP); the ``multi_modal_projector`` (average
 pooling to ``mm_tokens_per_image``, norm, projection) stays trainable when the tower is frozen.
@@ -22,7 +24,11 @@ from PIL import Image
 from .base import LANGUAGE_LINEAR, Backbone, Example, InputFormat, position_ids_from_mask
 
 GEMMA3_TURN = "{bos}<start_of_turn>user\n{image}{text}<end_of_turn>\n"
-GEMMA3_FORMATS = {"native": InputFormat(query=GEMMA3_TURN.replace("{image}", ""), page=GEMMA3_TURN)}
+GEMMA3_FORMATS = {
+    "native": InputFormat(query=GEMMA3_TURN.replace("{image}", ""), page=GEMMA3_TURN),
+    # colpali-engine's ColGemma3: the chat template's turn, tokenized with the tokenizer's own BOS (so two).
+    "colpali_engine": InputFormat(query=GEMMA3_TURN.replace("{image}", ""), page=GEMMA3_TURN, special_tokens=True),
+}
 
 
 class Gemma3(Backbone):
