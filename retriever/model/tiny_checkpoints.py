@@ -144,7 +144,7 @@ def _qwen3_config(arch: str, text: dict, common: dict) -> PreTrainedConfig:
     return Qwen3_5Config(text_config=text | linear, vision_config=vision, **common)
 
 
-# ---------------------------------------------------------------- InternVL (InternViT + Qwen2 LM)
+# ---------------------------------------------------------------- InternVL (InternViT + Qwen2 LM; 3.5: Qwen3 LM)
 INTERNVL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 INTERNVL_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -163,6 +163,8 @@ def _build_internvl(arch: str, out: Path, dropout: float) -> None:
         extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
                               "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
     text = text_kwargs(tokenizer, dropout) | {"model_type": "qwen2", "rope_theta": 10000.0}
+    if arch == "internvl3_5":  # InternVL3.5's transformers layout: InternViT + a Qwen3 text model (q/k norms)
+        text = text | {"model_type": "qwen3", "head_dim": TEXT_HIDDEN // TEXT_HEADS}
     vision = dict(hidden_size=VISION_HIDDEN, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=2 * VISION_HIDDEN, image_size=[56, 56], patch_size=[PATCH, PATCH],
                   attention_dropout=dropout, projection_dropout=dropout, hidden_dropout_prob=dropout,
@@ -288,6 +290,7 @@ BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
     "qwen3_vl": _build_qwen,
     "qwen3_5": _build_qwen,
     "internvl": _build_internvl,
+    "internvl3_5": _build_internvl,
     "idefics3": _build_idefics3,
     "paligemma": _build_paligemma,
     "gemma3": _build_gemma3,
@@ -296,8 +299,11 @@ BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
 
 IMAGE_PROCESSORS = {"qwen2_vl": "Qwen2VLImageProcessorPil", "qwen2_5_vl": "Qwen2VLImageProcessorPil",
                     "qwen3_vl": "Qwen2VLImageProcessorPil", "qwen3_5": "Qwen2VLImageProcessorPil",
-                    "internvl": "GotOcr2ImageProcessorPil", "idefics3": "Idefics3ImageProcessorPil",
-                    "paligemma": "SiglipImageProcessorPil", "gemma3": "Gemma3ImageProcessorPil"}
+                    "internvl": "GotOcr2ImageProcessorPil", "internvl3_5": "GotOcr2ImageProcessorPil",
+                    "idefics3": "Idefics3ImageProcessorPil", "paligemma": "SiglipImageProcessorPil",
+                    "gemma3": "Gemma3ImageProcessorPil"}
+# Architectures that are a variant of another family (the same adapter and ``model_type``).
+VARIANT_OF = {"internvl3_5": "internvl"}
 
 
 def unavailable_reason(arch: str) -> str | None:

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
 from retriever.model.saved import load_image_processor
-from retriever.model.tiny_checkpoints import BUILDERS, build_tiny
+from retriever.model.tiny_checkpoints import BUILDERS, VARIANT_OF, build_tiny
 from retriever.tiny import main
 from tests.helpers.tiny_models import ARCHS, ARCH_PARAMS
 
@@ -25,21 +25,21 @@ IMAGE_TOKENS = {
 
 
 def test_every_supported_arch_has_a_builder():
-    assert sorted(BUILDERS) == sorted(ARCHS)
+    assert sorted(BUILDERS) == sorted([*ARCHS, *VARIANT_OF])
 
 
-@pytest.mark.parametrize("arch", ARCH_PARAMS)
+@pytest.mark.parametrize("arch", [*ARCH_PARAMS, *VARIANT_OF])
 def test_checkpoint_loads_like_a_hub_checkpoint(arch, tiny_model_dir):
     path = tiny_model_dir(arch)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "preprocessor_config.json", "chat_template.jinja"):
         assert (path / name).is_file(), name
-    assert AutoConfig.from_pretrained(path).model_type == arch
+    assert AutoConfig.from_pretrained(path).model_type == VARIANT_OF.get(arch, arch)
     model = AutoModelForImageTextToText.from_pretrained(path)
     assert sum(p.numel() for p in model.parameters()) < 400_000  # tiny: CPU tests stay fast
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert len(tokenizer) <= model.get_input_embeddings().num_embeddings
-    for token in IMAGE_TOKENS[arch]:  # special tokens are atomic, as in the real tokenizers
+    for token in IMAGE_TOKENS[VARIANT_OF.get(arch, arch)]:  # special tokens are atomic, as in the real tokenizers
         ids = tokenizer(token, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1 and ids[0] >= 256, (token, ids)
     text = "Query: naïve façade 42 ÷ 7"
@@ -60,8 +60,8 @@ def test_build_is_seeded_and_dropout_is_set(tmp_path):
 
 
 def test_unknown_arch_lists_supported(tmp_path):
-    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, paligemma, qwen2_5_vl, qwen2_vl, "
-                                         "qwen3_5, qwen3_vl"):
+    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, internvl3_5, paligemma, qwen2_5_vl, "
+                                         "qwen2_vl, qwen3_5, qwen3_vl"):
         build_tiny("llava", tmp_path)
 
 

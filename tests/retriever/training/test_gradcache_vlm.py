@@ -87,6 +87,12 @@ def test_2026_families_gradcache_equals_full_batch(tmp_path, arch: str, head: st
     _check(_load(path, head, arch=arch), 2)
 
 
+@pytest.mark.parametrize("head", ["dense", "multi"])
+def test_internvl3_5_gradcache_equals_full_batch(tmp_path, head: str) -> None:
+    """InternVL3.5's transformers layout (InternViT with dropout + a Qwen3 text model) through the internvl adapter."""
+    _check(_load(build_tiny("internvl3_5", tmp_path / "internvl3_5", dropout=0.1), head, arch="internvl"), 2)
+
+
 @pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5", "gemma3"])
 def test_2026_families_frozen_vision_reuse_equals_recompute(tmp_path, arch: str) -> None:
     """The cached tower output (with Qwen3-VL's DeepStack features) replayed gives the recomputed gradients."""
