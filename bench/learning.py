@@ -23,8 +23,10 @@ What it does
      (``retriever.mine`` with a margin, by a model trained ``--miner_steps`` steps), equal steps.
    * ``matryoshka`` (ablation c): one model trained with ``--matryoshka_dims`` nested sizes, evaluated at each size,
      against models trained at that size alone (``--projection_dim``).
-3. Writes ``OUT/results.json`` (every run's curve and final metrics), ``OUT/results.md`` (mean +- std over seeds)
-   and ``OUT/curves.png``. Finished runs (``OUT/runs/<name>/final``) are not rerun, so a killed benchmark resumes.
+3. Writes ``OUT/results.json`` (every run's curve and final metrics), ``OUT/results.md`` (mean +- std over seeds),
+   ``OUT/curves.png`` (held-out nDCG@10 along the target, control and heads runs) and ``OUT/ablations.png``
+   (final nDCG@10 per arm, mean +- std). Finished runs (``OUT/runs/<name>/final``) are not rerun, so a killed
+   benchmark resumes, and a rerun of a finished one only rewrites the tables and plots.
 
 Usage: ``OMP_NUM_THREADS=1 python bench/learning.py --out bench_out/learning`` (all experiments, 2 runs at a time);
 ``--experiments target --seeds 0 --parallel 2`` is the timed target of docs/BENCHMARKS.md.
@@ -289,6 +291,27 @@ def plot(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_ablations(table: dict, out: Path) -> None:
+    """One panel per experiment: final held-out nDCG@10 per arm, mean with the standard deviation over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(table), figsize=(3.2 * len(table), 3.6), dpi=100, squeeze=False)
+    for ax, (experiment, arms) in zip(axes[0], table.items()):
+        values = [arm["ndcg_at_10"] for arm in arms.values()]
+        spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(range(len(arms)), [statistics.mean(v) for v in values], yerr=spreads, capsize=3)
+        ax.set_xticks(range(len(arms)), list(arms), rotation=60, ha="right", fontsize=7)
+        ax.set_title(experiment, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("held-out nDCG@10")
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = parse_args(argv)
@@ -315,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
                                                    "runs": results}, indent=2) + "\n")
     (work / "results.md").write_text(markdown(table, untrained))
     plot(results, work / "curves.png")
+    plot_ablations(table, work / "ablations.png")
     print(markdown(table, untrained))
     print("eval.retrieval on the final target models: " + json.dumps(finals))
     print(f"total {time.perf_counter() - started:.0f} s; results in {work}")
