@@ -38,7 +38,7 @@ from data_prep.errors import InputError, MissingInputError, UserError, cli
 from data_prep.outputs import check_outputs, write_text_atomic
 from retriever.model.dtype import add_dtype_argument
 from retriever.model.encoder import EncoderConfig, RetrieverEncoder
-from retriever.model.published import FORMATS, PublishedFormat, published_key
+from retriever.model.published import FORMATS, PublishedFormat, published_key, visual_prompt_prefix
 from retriever.model.saved import CONFIG_FILE, TRAINING_ARGS_FILE, checkpoint_inputs, load_encoder, resolve_checkpoint
 from retriever.model_card import model_card, read_metrics
 
@@ -110,7 +110,9 @@ def _write_processor(encoder: RetrieverEncoder, fmt: PublishedFormat, out: Path)
     encoder.backbone.tokenizer.save_pretrained(out)
     encoder.backbone.image_processor.save_pretrained(out)
     if fmt.nested_config:
-        prompts = {"query_prefix": encoder.config.query_prefix, "visual_prompt_prefix": encoder.config.page_prompt}
+        page_prompt = encoder.config.page_prompt or fmt.settings["page_prompt"]
+        prompts = {"query_prefix": encoder.config.query_prefix,
+                   "visual_prompt_prefix": visual_prompt_prefix(fmt, page_prompt)}
         processor = {"processor_class": fmt.architectures[0].replace("ForRetrieval", "Processor"),
                      **{k: v for k, v in prompts.items() if v is not None}}
         write_text_atomic(out / "processor_config.json", json.dumps(processor, indent=2) + "\n")

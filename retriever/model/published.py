@@ -8,11 +8,12 @@ published checkpoint through the same code path as our own.
 
 Detection, in order: ``config.json`` ``architectures`` naming a published class (colpali-engine's ``ColQwen2``,
 ``ColQwen2_5``, ``ColQwen3``, ``BiQwen3``, ``ColQwen3_5``, ``BiQwen3_5``, ``ColGemma3``, ``ColPali``, ``ColIdefics3``;
-transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval``, also found by ``model_type`` ``colqwen2`` /
-``colpali``); for a peft adapter repository (``adapter_config.json`` without our ``retriever_config.json``) the same
-test on the base model named by ``base_model_name_or_path`` (or the adapter's ``auto_mapping.base_model_class``);
-DSE: a Qwen2-VL checkpoint whose model card (``README.md``) names DSE / Tevatron.  Other retrieval architectures
-(``Col*``, ``Bi*``, ``*ForRetrieval``) are errors that list the supported formats.
+transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval`` / ``ColModernVBertForRetrieval``, also found by
+``model_type`` ``colqwen2`` / ``colpali`` / ``colmodernvbert``); for a peft adapter repository
+(``adapter_config.json`` without our ``retriever_config.json``) the same test on the base model named by
+``base_model_name_or_path`` (or the adapter's ``auto_mapping.base_model_class``); DSE: a Qwen2-VL checkpoint whose
+model card (``README.md``) names DSE / Tevatron.  Other retrieval architectures (``Col*``, ``Bi*``,
+``*ForRetrieval``) are errors that list the supported formats.
 
 Loading: the family's transformers model is built from the config without random initialisation and filled
 from the checkpoint's safetensors after the format's key renames (colpali-engine's and transformers' layouts to
@@ -32,12 +33,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from data_prep.errors import read_json_input
+from data_prep.errors import InputError, read_json_input
 
+from .backbones import get_backbone
+from .backbones.qwen_vl import COLQWEN_PAGE
 from .tensor_files import RESAVE, load_safetensors
 
 __all__ = ["DEFAULT_DIM", "FORMATS", "KeyRename", "Published", "PublishedFormat", "detect_published",
-           "load_published_model", "published_key", "supported_formats"]
+           "load_published_model", "page_prompt_of", "published_key", "supported_formats", "visual_prompt_prefix"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -74,6 +77,9 @@ QWEN3_ENGINE_RENAMES = (
     *_legacy(("base_model.model.custom_text_proj.", "custom_text_proj."), ("custom_text_proj.", "custom_text_proj."),
              ("visual.", "model.visual."), ("language_model.", "model.language_model.")),
 )
+# transformers' ColModernVBertForRetrieval (``vlm`` is the ModernVBertModel, which our encoder holds itself).
+TRANSFORMERS_COLMODERNVBERT_RENAMES = (KeyRename("vlm.", ""),
+                                       KeyRename("embedding_proj_layer.", "embedding_proj_layer."))
 # colpali-engine's ColGemma3 (a ``Gemma3Model`` subclass).
 GEMMA3_ENGINE_RENAMES = (
     KeyRename("vision_tower.", "model.vision_tower."),
@@ -113,7 +119,9 @@ class PublishedFormat:
     ``settings``: the EncoderConfig fields its reference processor implies; ``head_key``: the module name of its
     multi-vector projection (None: a dense model without one); ``dim_field``: the config field the projection's
     output size must equal (None: fixed in the reference class: ``settings["multi_dim"]``, else
-    :data:`DEFAULT_DIM`); ``nested_config``: the config field holding the VLM's config (transformers' -hf repos).
+    :data:`DEFAULT_DIM`); ``nested_config``: the config field holding the VLM's config (transformers' -hf repos);
+    ``page_prompt_layout``: what the processor's ``visual_prompt_prefix`` holds around the page prompt (transformers'
+    ColQwen2 processor keeps the whole page turn there, its ColPali processor only the prompt).
     """
 
     name: str
@@ -126,6 +134,7 @@ class PublishedFormat:
     dim_field: str | None = None
     nested_config: str | None = None
     model_types: tuple[str, ...] = ()
+    page_prompt_layout: str = "{prompt}"
 
 
 FORMATS: tuple[PublishedFormat, ...] = (
@@ -159,7 +168,13 @@ FORMATS: tuple[PublishedFormat, ...] = (
     PublishedFormat("ColQwen2ForRetrieval", "transformers", "qwen2_vl", ("ColQwen2ForRetrieval",),
                     {**COLPALI_QUERY, "query_prefix": "Query: ", "input_format": "transformers"},
                     TRANSFORMERS_COLQWEN2_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config",
-                    ("colqwen2",)),
+                    ("colqwen2",), COLQWEN_PAGE.replace("{image}", "<|image_pad|>").replace("{text}", "{prompt}")),
+    PublishedFormat("ColModernVBertForRetrieval", "transformers", "modernvbert", ("ColModernVBertForRetrieval",),
+                    {"head": "multi", "query_prefix": "", "query_augmentation_tokens": 10,
+                     "query_augmentation_token": "<end_of_utterance>", "page_prompt": "Describe the image.",
+                     "input_format": "transformers"},
+                    TRANSFORMERS_COLMODERNVBERT_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config",
+                    ("colmodernvbert",), "<|begin_of_text|>User:<image>{prompt}<end_of_utterance>\nAssistant:"),
     PublishedFormat("ColPaliForRetrieval", "transformers", "paligemma", ("ColPaliForRetrieval",),
                     {**COLPALI_QUERY, "query_prefix": "Question: ", "input_format": "transformers"},
                     TRANSFORMERS_COLPALI_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config",
@@ -189,10 +204,12 @@ class Published:
         settings = {"backbone": self.format.backbone, **self.format.settings}
         if self.format.head_key is not None:
             settings["multi_dim"] = self.multi_dim
-        processor = _read_json(self.path / "processor_config.json") if self.format.nested_config else {}
-        for ours, theirs in (("query_prefix", "query_prefix"), ("page_prompt", "visual_prompt_prefix")):
-            if processor.get(theirs):
-                settings[ours] = processor[theirs]
+        path = self.path / "processor_config.json"
+        processor = _read_json(path) if self.format.nested_config else {}
+        if processor.get("query_prefix"):
+            settings["query_prefix"] = processor["query_prefix"]
+        if processor.get("visual_prompt_prefix"):
+            settings["page_prompt"] = page_prompt_of(self.format, processor["visual_prompt_prefix"], path)
         return settings
 
     @property
@@ -255,10 +272,27 @@ def _is_dse_card(path: Path) -> bool:
     return card.exists() and bool(DSE_CARD.search(card.read_text(encoding="utf-8", errors="replace")))
 
 
+def page_prompt_of(fmt: PublishedFormat, visual_prompt_prefix: str, path: Path) -> str:
+    """The page prompt inside a processor's ``visual_prompt_prefix`` laid out as ``fmt.page_prompt_layout``; a value
+    in another layout is an error naming ``path`` (read as a prompt, it would silently change every page)."""
+    before, after = fmt.page_prompt_layout.split("{prompt}")
+    if not (visual_prompt_prefix.startswith(before) and visual_prompt_prefix.endswith(after)
+            and len(visual_prompt_prefix) >= len(before) + len(after)):
+        raise InputError(f"{path}: visual_prompt_prefix {visual_prompt_prefix!r} is not laid out as {fmt.name}'s "
+                         f"processor lays out pages ({fmt.page_prompt_layout!r}, with the prompt at {{prompt}})")
+    return visual_prompt_prefix[len(before):len(visual_prompt_prefix) - len(after)]
+
+
+def visual_prompt_prefix(fmt: PublishedFormat, page_prompt: str) -> str:
+    """What ``fmt``'s processor keeps as ``visual_prompt_prefix`` for ``page_prompt`` (the inverse of
+    :func:`page_prompt_of`)."""
+    return fmt.page_prompt_layout.replace("{prompt}", page_prompt)
+
+
 def load_published_model(published: Published, **load_kwargs: Any) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The backbone's ``*ForConditionalGeneration`` with the checkpoint's (adapter-merged) weights, and the
     head's state dict (``projection.weight`` / ``.bias``; empty for a dense format)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig
     from transformers.initialization import no_init_weights
 
     fmt = published.format
@@ -271,7 +305,7 @@ def load_published_model(published: Published, **load_kwargs: Any) -> tuple[nn.M
     head = _take_head(state, published, config.get_text_config().hidden_size)
     kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
     with no_init_weights():
-        model = AutoModelForImageTextToText.from_config(config, **kwargs)
+        model = get_backbone(fmt.backbone).auto_class().from_config(config, **kwargs)
     _load_body(model, state, published.weights_dir)
     model.config._name_or_path = str(published.path)  # what a peft adapter trained on top records as its base
     return model.eval(), head
@@ -308,7 +342,8 @@ def _load_body(model: nn.Module, state: dict[str, torch.Tensor], weights_dir: Pa
     if missing:
         raise ValueError(f"{weights_dir}: weights missing from the checkpoint: {sorted(missing)[:5]} "
                          f"({len(missing)} in all)")
-    tied = model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    head = model.get_output_embeddings()  # None for an encoder (ModernVBERT)
+    tied = head is None or head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     if "lm_head.weight" not in state and not tied:
         with torch.no_grad():
             model.lm_head.weight.zero_()  # not in the checkpoint; retrieval never runs the LM head

@@ -198,12 +198,31 @@ def _build_idefics3(arch: str, out: Path, dropout: float) -> None:
     vision = dict(hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_hidden_layers=2,
                   num_attention_heads=2, image_size=28, patch_size=PATCH, attention_dropout=dropout,
                   initializer_range=INIT_STD)
-    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=2,
-                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    if arch == "modernvbert":
+        config = _modernvbert_config(tokenizer, dropout, vision)
+    else:
+        config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=2,
+                                image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 56}, max_image_size={"longest_edge": 28},
                                                 do_image_splitting=True)
     _save(config, tokenizer, image_processor, IDEFICS3_CHAT_TEMPLATE, out)
+
+
+def _modernvbert_config(tokenizer: PreTrainedTokenizerFast, dropout: float, vision: dict) -> PreTrainedConfig:
+    """ModernVBERT: Idefics3's SigLIP, connector and inputs around a bidirectional ModernBERT text encoder (a local
+    attention layer, then global)."""
+    from transformers import ModernVBertConfig
+
+    text = dict(model_type="modernbert", vocab_size=vocab_size_for(tokenizer), hidden_size=TEXT_HIDDEN,
+                intermediate_size=2 * TEXT_HIDDEN, num_hidden_layers=TEXT_LAYERS, num_attention_heads=TEXT_HEADS,
+                global_attn_every_n_layers=2, local_attention=16, attention_dropout=dropout,
+                max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                cls_token_id=tokenizer.bos_token_id, sep_token_id=tokenizer.eos_token_id, initializer_range=INIT_STD)
+    return ModernVBertConfig(text_config=text, vision_config=vision | {"model_type": "siglip_vision_model"},
+                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pixel_shuffle_factor=2,
+                             initializer_range=INIT_STD)
 
 
 # ---------------------------------------------------------------- PaliGemma (SigLIP + Gemma LM)
@@ -277,7 +296,11 @@ def _save(config: PreTrainedConfig, tokenizer: PreTrainedTokenizerFast, image_pr
     chat_template.jinja, preprocessor_config.json), so the model's own processor class also loads the
     directory where its optional dependencies (video processors need torchvision) are installed.
     """
-    model = AutoModelForImageTextToText.from_config(config)
+    from transformers import AutoModel
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    generative = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES  # else an encoder (ModernVBERT)
+    model = (AutoModelForImageTextToText if generative else AutoModel).from_config(config)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(out)
@@ -292,6 +315,7 @@ BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
     "internvl": _build_internvl,
     "internvl3_5": _build_internvl,
     "idefics3": _build_idefics3,
+    "modernvbert": _build_idefics3,
     "paligemma": _build_paligemma,
     "gemma3": _build_gemma3,
 }
@@ -301,7 +325,7 @@ IMAGE_PROCESSORS = {"qwen2_vl": "Qwen2VLImageProcessorPil", "qwen2_5_vl": "Qwen2
                     "qwen3_vl": "Qwen2VLImageProcessorPil", "qwen3_5": "Qwen2VLImageProcessorPil",
                     "internvl": "GotOcr2ImageProcessorPil", "internvl3_5": "GotOcr2ImageProcessorPil",
                     "idefics3": "Idefics3ImageProcessorPil", "paligemma": "SiglipImageProcessorPil",
-                    "gemma3": "Gemma3ImageProcessorPil"}
+                    "gemma3": "Gemma3ImageProcessorPil", "modernvbert": "Idefics3ImageProcessorPil"}
 # Architectures that are a variant of another family (the same adapter and ``model_type``).
 VARIANT_OF = {"internvl3_5": "internvl"}
 

@@ -114,11 +114,22 @@ def _tf_colpali(config: Any) -> torch.nn.Module:
     return ColPaliForRetrieval(ColPaliConfig(vlm_config=config, embedding_dim=128))
 
 
+def _tf_colmodernvbert(config: Any) -> torch.nn.Module:
+    from transformers import ColModernVBertConfig, ColModernVBertForRetrieval
+
+    return ColModernVBertForRetrieval(ColModernVBertConfig(vlm_config=config, embedding_dim=128))
+
+
 def _tf_processor(name: str) -> Callable[..., Any]:
     def build(image_processor: Any, tokenizer: Any, config: Any) -> Any:
         import transformers
 
-        return getattr(transformers, name)(image_processor=image_processor, tokenizer=tokenizer)
+        kwargs = {}
+        if name == "ColModernVBertProcessor":  # its default is the real model's 64 tokens per tile
+            vision = config.vision_config
+            tiles = (vision.image_size // vision.patch_size) ** 2
+            kwargs["image_seq_len"] = int(tiles / config.pixel_shuffle_factor**2)
+        return getattr(transformers, name)(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
     return build
 
 
@@ -159,6 +170,7 @@ REFERENCES: dict[str, Reference] = {
                                                       "ColIdefics3Processor")),
     "tf_colqwen2": Reference("qwen2_vl", _tf_colqwen2, _tf_processor("ColQwen2Processor")),
     "tf_colpali": Reference("paligemma", _tf_colpali, _tf_processor("ColPaliProcessor")),
+    "tf_colmodernvbert": Reference("modernvbert", _tf_colmodernvbert, _tf_processor("ColModernVBertProcessor")),
 }
 
 
@@ -183,7 +195,8 @@ def load_reference(name: str, path: Path) -> torch.nn.Module:
     else:
         import transformers
 
-        model_cls = getattr(transformers, {"tf_colqwen2": "ColQwen2ForRetrieval", "tf_colpali": "ColPaliForRetrieval"}[name])
+        model_cls = getattr(transformers, {"tf_colqwen2": "ColQwen2ForRetrieval", "tf_colpali": "ColPaliForRetrieval",
+                                           "tf_colmodernvbert": "ColModernVBertForRetrieval"}[name])
     return model_cls.from_pretrained(path, dtype=torch.float32).eval()
 
 

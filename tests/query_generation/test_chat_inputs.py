@@ -13,7 +13,7 @@ from data_prep.errors import InputError
 from query_generation.generators.chat_inputs import ChatInputs
 from retriever.model.backbones import backbone_for_model_type
 from retriever.model.saved import load_image_processor
-from tests.helpers.tiny_models import ARCH_PARAMS
+from tests.helpers.tiny_models import GENERATIVE_PARAMS
 
 MESSAGES = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}},
                                          {"type": "text", "text": "Write one query."}]}]
@@ -24,7 +24,7 @@ def runs_of(ids: list[int], part: list[int]) -> int:
     return sum(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
 
 
-@pytest.mark.parametrize("arch", ARCH_PARAMS)
+@pytest.mark.parametrize("arch", GENERATIVE_PARAMS)
 def test_chat_image_tokens_and_tensors_are_the_retrieval_ones(arch, tiny_model_dir):
     path = tiny_model_dir(arch)
     tokenizer, config = AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path)

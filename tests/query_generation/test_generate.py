@@ -21,7 +21,7 @@ from query_generation.provenance import settings_path
 from tests.helpers.query_data import ANSWER, SHORT_PROMPT, make_store, teach_json_answer, write_pages_jsonl
 
 from tests.helpers.paths import REPO_ROOT
-from tests.helpers.tiny_models import ARCHS
+from tests.helpers.tiny_models import GENERATIVE
 
 PAGES = [f"doc{d}/{p}" for d in range(3) for p in (1, 2)]
 MAX_NEW = 64  # the taught answer is 55 byte-level tokens
@@ -79,7 +79,7 @@ def test_records_carry_provenance(reference, taught_model, short_prompt):
                           "model": str(taught_model), "prompt": ident, "seed": 0}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", GENERATIVE)
 def test_every_family_generates(arch, tiny_model_dir, store, tmp_path, short_prompt, capsys):
     """Random weights write noise: every page is accounted for, failures keep the raw answer."""
     out = tmp_path / "q.jsonl"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoTokenizer
 
 from retriever.model.saved import load_image_processor
 from retriever.model.tiny_checkpoints import BUILDERS, VARIANT_OF, build_tiny
@@ -21,6 +21,7 @@ IMAGE_TOKENS = {
     "idefics3": ["<image>", "<fake_token_around_image>", "<global-img>", "<row_1_col_1>", "<row_6_col_6>"],
     "paligemma": ["<image>", "<bos>"],
     "gemma3": ["<start_of_image>", "<image_soft_token>", "<end_of_image>", "<start_of_turn>"],
+    "modernvbert": ["<image>", "<fake_token_around_image>", "<global-img>", "<row_1_col_1>"],
 }
 
 
@@ -35,7 +36,7 @@ def test_checkpoint_loads_like_a_hub_checkpoint(arch, tiny_model_dir):
                  "preprocessor_config.json", "chat_template.jinja"):
         assert (path / name).is_file(), name
     assert AutoConfig.from_pretrained(path).model_type == VARIANT_OF.get(arch, arch)
-    model = AutoModelForImageTextToText.from_pretrained(path)
+    model = (AutoModel if arch == "modernvbert" else AutoModelForImageTextToText).from_pretrained(path)
     assert sum(p.numel() for p in model.parameters()) < 400_000  # tiny: CPU tests stay fast
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert len(tokenizer) <= model.get_input_embeddings().num_embeddings
@@ -60,8 +61,8 @@ def test_build_is_seeded_and_dropout_is_set(tmp_path):
 
 
 def test_unknown_arch_lists_supported(tmp_path):
-    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, internvl3_5, paligemma, qwen2_5_vl, "
-                                         "qwen2_vl, qwen3_5, qwen3_vl"):
+    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, internvl3_5, modernvbert, paligemma, "
+                                         "qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl"):
         build_tiny("llava", tmp_path)
 
 

@@ -10,10 +10,12 @@ from .gemma3 import Gemma3
 from .idefics3 import Idefics3
 from .internvl import InternVL
 from .minicpm_v import MiniCPMV
+from .modernvbert import ModernVBert
 from .paligemma import PaliGemma
 from .qwen_vl import Qwen25VL, Qwen35, Qwen3VL, QwenVL
 
-_ADAPTERS: tuple[type[Backbone], ...] = (QwenVL, Qwen25VL, Qwen3VL, Qwen35, InternVL, Idefics3, PaliGemma, Gemma3, MiniCPMV)
+_ADAPTERS: tuple[type[Backbone], ...] = (QwenVL, Qwen25VL, Qwen3VL, Qwen35, InternVL, Idefics3, PaliGemma, Gemma3,
+                                         ModernVBert, MiniCPMV)
 REGISTRY: dict[str, type[Backbone]] = {cls.name: cls for cls in _ADAPTERS}
 
 

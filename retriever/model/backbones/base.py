@@ -120,12 +120,17 @@ class Backbone:
         self.input_format = self.input_formats[name]
 
     @classmethod
-    def load_model(cls, path: Path, **kwargs: Any) -> torch.nn.Module:
-        """Loads the checkpoint's transformers model (safetensors weights only)."""
+    def auto_class(cls) -> Any:
+        """The transformers Auto class of this family's models (a generative VLM's by default)."""
         from transformers import AutoModelForImageTextToText
 
+        return AutoModelForImageTextToText
+
+    @classmethod
+    def load_model(cls, path: Path, **kwargs: Any) -> torch.nn.Module:
+        """Loads the checkpoint's transformers model (safetensors weights only)."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True, **kwargs)
+        return cls.auto_class().from_pretrained(path, use_safetensors=True, **kwargs)
 
     # ------------------------------------------------------------------ inputs
     def set_resolution(self, max_pixels: int | None, max_visual_tokens: int | None) -> None:

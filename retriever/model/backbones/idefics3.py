@@ -46,7 +46,12 @@ class Idefics3(Backbone):
     @property
     def image_seq_len(self) -> int:
         vision = self.model_config.vision_config
-        return int((vision.image_size // vision.patch_size) ** 2 / self.model_config.scale_factor**2)
+        return int((vision.image_size // vision.patch_size) ** 2 / self.pixel_shuffle**2)
+
+    @property
+    def pixel_shuffle(self) -> int:
+        """The connector's pixel-shuffle factor (``scale_factor`` in Idefics3's config)."""
+        return self.model_config.scale_factor
 
     def set_resolution(self, max_pixels: int | None, max_visual_tokens: int | None) -> None:
         """Caps the resized longest edge, which sets how many tiles an image is split into."""

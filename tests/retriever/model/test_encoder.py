@@ -13,7 +13,7 @@ from PIL import Image
 from retriever.model.embeddings import MultiVector
 from retriever.model.encoder import EncoderConfig, RetrieverEncoder, copy_module_output
 from retriever.model.saved import load_encoder, save_encoder
-from tests.helpers.tiny_models import ARCHS, ARCH_PARAMS
+from tests.helpers.tiny_models import ARCH_PARAMS
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 QUERIES = ["what is the revenue in 2021?", "a", "table of contents"]
@@ -167,8 +167,8 @@ def test_max_visual_tokens_caps_resolution(encoder):
 
 
 def test_unknown_backbone_lists_supported(tiny_model_dir):
-    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, minicpm_v, paligemma, qwen2_5_vl, "
-                                         "qwen2_vl, qwen3_5, qwen3_vl"):
+    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, minicpm_v, modernvbert, paligemma, "
+                                         "qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl"):
         load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="llava"))
 
 

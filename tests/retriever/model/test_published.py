@@ -17,6 +17,7 @@ import torch
 
 from tests.helpers.published_refs import (REFERENCES, build_reference, colpali_engine_available, reference_embeddings,
                             sample_images, write_adapter)
+from data_prep.errors import InputError
 from retriever.merge import main as merge_main
 from retriever.model.saved import load_encoder
 from retriever.scoring import maxsim_lists
@@ -164,3 +165,21 @@ def test_head_size_disagreeing_with_config_is_an_error(tiny_model_dir, tmp_path)
     with pytest.raises(ValueError, match=r"embedding_proj_layer\.weight has 128 outputs, but config.json "
                                          r"embedding_dim says 64"):
         load_encoder(tmp_path / "hf")
+
+
+def test_a_hub_processor_config_keeps_the_page_turn_around_the_prompt(tiny_model_dir, tmp_path):
+    """transformers' ColQwen2 processor keeps the whole page turn in ``visual_prompt_prefix`` (as the -hf repos'
+    processor_config.json do): the page prompt is read out of it, so the pages equal the reference's, and a value
+    in another layout is one error line instead of a silently different prompt."""
+    model, processor = build_reference("tf_colqwen2", tiny_model_dir("qwen2_vl"), tmp_path / "hf")
+    config = {"processor_class": "ColQwen2Processor", "query_prefix": "Query: ",
+              "visual_prompt_prefix": processor.visual_prompt_prefix}
+    (tmp_path / "hf" / "processor_config.json").write_text(json.dumps(config))
+    encoder = load_encoder(tmp_path / "hf", dtype="float32")
+    assert encoder.config.page_prompt == "Describe the image."
+    _check_equivalence(encoder, model, processor)
+    config["visual_prompt_prefix"] = "<image>Describe the image."
+    (tmp_path / "hf" / "processor_config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="visual_prompt_prefix '<image>Describe the image.' is not laid out as "
+                                         "ColQwen2ForRetrieval's processor lays out pages"):
+        load_encoder(tmp_path / "hf", dtype="float32")

@@ -11,7 +11,7 @@ from retriever.merge import main as merge_main
 from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 from retriever.model.saved import load_encoder, save_encoder, save_merged
 from retriever.model.training_modes import LoraSettings, lora_target_regex
-from tests.helpers.tiny_models import ARCHS, ARCH_PARAMS
+from tests.helpers.tiny_models import ARCH_PARAMS
 
 PAGES = [Image.new("RGB", (80, 60), (200, 30, 30)), Image.new("RGB", (150, 100), (10, 120, 250))]
 
@@ -36,10 +36,10 @@ def test_trainable_parameter_counts(arch, tiny_model_dir):
     path = tiny_model_dir(arch)
     full = load(path, arch, "full")
     head = 64 * 32 + 32
-    lm_head = full.hf_model.get_output_embeddings().weight
-    untied = lm_head is not full.hf_model.get_input_embeddings().weight
+    output = full.hf_model.get_output_embeddings()  # None for an encoder (ModernVBERT)
+    untied = output is not None and output.weight is not full.hf_model.get_input_embeddings().weight
     total = unique_numel(full.hf_model.parameters())
-    assert full.trainable_parameter_count() == total - (lm_head.numel() if untied else 0) + head
+    assert full.trainable_parameter_count() == total - (output.weight.numel() if untied else 0) + head
     vision = unique_numel(full.vision_module().parameters())
     assert 0 < vision < total
     assert load(path, arch, "full", freeze_vision=True).trainable_parameter_count() == \
