@@ -26,7 +26,8 @@ PROCESSORS = {"ColQwen2": "ColQwen2Processor", "ColQwen2_5": "ColQwen2_5_Process
               "BiQwen3": "BiQwen3Processor", "ColQwen3_5": "ColQwen3_5Processor", "BiQwen3_5": "BiQwen3_5Processor",
               "ColGemma3": "ColGemmaProcessor3", "ColPali": "ColPaliProcessor", "ColIdefics3": "ColIdefics3Processor",
               "ColQwen2ForRetrieval": "ColQwen2Processor", "ColPaliForRetrieval": "ColPaliProcessor",
-              "ColModernVBertForRetrieval": "ColModernVBertProcessor"}
+              "ColModernVBertForRetrieval": "ColModernVBertProcessor", "ColModernVBert": "ColModernVBertProcessor",
+              "BiModernVBert": "BiModernVBertProcessor"}
 
 
 def read_metrics(path: Path) -> str:

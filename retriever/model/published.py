@@ -7,7 +7,8 @@
 published checkpoint through the same code path as our own.
 
 Detection, in order: ``config.json`` ``architectures`` naming a published class (colpali-engine's ``ColQwen2``,
-``ColQwen2_5``, ``ColQwen3``, ``BiQwen3``, ``ColQwen3_5``, ``BiQwen3_5``, ``ColGemma3``, ``ColPali``, ``ColIdefics3``;
+``ColQwen2_5``, ``ColQwen3``, ``BiQwen3``, ``ColQwen3_5``, ``BiQwen3_5``, ``ColGemma3``, ``ColModernVBert``,
+``BiModernVBert``, ``ColPali``, ``ColIdefics3``;
 transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval`` / ``ColModernVBertForRetrieval``, also found by
 ``model_type`` ``colqwen2`` / ``colpali`` / ``colmodernvbert``); for a peft adapter repository
 (``adapter_config.json`` without our ``retriever_config.json``) the same test on the base model named by
@@ -80,6 +81,16 @@ QWEN3_ENGINE_RENAMES = (
 # transformers' ColModernVBertForRetrieval (``vlm`` is the ModernVBertModel, which our encoder holds itself).
 TRANSFORMERS_COLMODERNVBERT_RENAMES = (KeyRename("vlm.", ""),
                                        KeyRename("embedding_proj_layer.", "embedding_proj_layer."))
+# colpali-engine's ColModernVBert / BiModernVBert (the ModernVBertModel under ``model``). Their conversion mapping,
+# applied in reverse on save, writes the text model and projection under peft's ``base_model.model.`` prefix.
+ENGINE_MODERNVBERT_RENAMES = (
+    KeyRename("model.", ""), KeyRename("base_model.model.model.text_model.", "text_model."),
+    KeyRename("base_model.model.custom_text_proj.", "custom_text_proj."),
+    *_legacy(("model.text_model.", "text_model."), ("custom_text_proj.", "custom_text_proj.")),
+)
+# What both ColModernVBERT processors do with queries and pages.
+MODERNVBERT_QUERY = {"query_prefix": "", "query_augmentation_tokens": 10,
+                     "query_augmentation_token": "<end_of_utterance>", "page_prompt": "Describe the image."}
 # colpali-engine's ColGemma3 (a ``Gemma3Model`` subclass).
 GEMMA3_ENGINE_RENAMES = (
     KeyRename("vision_tower.", "model.vision_tower."),
@@ -160,6 +171,12 @@ FORMATS: tuple[PublishedFormat, ...] = (
                     {"head": "multi", "query_prefix": "Query: ", "query_augmentation_tokens": 0,
                      "page_prompt": "Describe this image", "input_format": "colpali_engine", "padding_side": "left"},
                     GEMMA3_ENGINE_RENAMES, "custom_text_proj"),
+    PublishedFormat("ColModernVBert", "colpali-engine", "modernvbert", ("ColModernVBert",),
+                    {**MODERNVBERT_QUERY, "head": "multi", "input_format": "colpali_engine", "padding_side": "left"},
+                    ENGINE_MODERNVBERT_RENAMES, "custom_text_proj"),
+    PublishedFormat("BiModernVBert", "colpali-engine", "modernvbert", ("BiModernVBert",),
+                    {**MODERNVBERT_QUERY, "head": "dense", "pooling": "mean", "normalize": True,
+                     "input_format": "colpali_engine", "padding_side": "left"}, ENGINE_MODERNVBERT_RENAMES),
     PublishedFormat("ColPali", "colpali-engine", "paligemma", ("ColPali",), COLPALI_QUERY,
                     COLPALI_ENGINE_RENAMES, "custom_text_proj"),
     PublishedFormat("ColIdefics3 / ColSmol", "colpali-engine", "idefics3", ("ColIdefics3",),
@@ -170,9 +187,7 @@ FORMATS: tuple[PublishedFormat, ...] = (
                     TRANSFORMERS_COLQWEN2_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config",
                     ("colqwen2",), COLQWEN_PAGE.replace("{image}", "<|image_pad|>").replace("{text}", "{prompt}")),
     PublishedFormat("ColModernVBertForRetrieval", "transformers", "modernvbert", ("ColModernVBertForRetrieval",),
-                    {"head": "multi", "query_prefix": "", "query_augmentation_tokens": 10,
-                     "query_augmentation_token": "<end_of_utterance>", "page_prompt": "Describe the image.",
-                     "input_format": "transformers"},
+                    {**MODERNVBERT_QUERY, "head": "multi", "input_format": "transformers"},
                     TRANSFORMERS_COLMODERNVBERT_RENAMES, "embedding_proj_layer", "embedding_dim", "vlm_config",
                     ("colmodernvbert",), "<|begin_of_text|>User:<image>{prompt}<end_of_utterance>\nAssistant:"),
     PublishedFormat("ColPaliForRetrieval", "transformers", "paligemma", ("ColPaliForRetrieval",),

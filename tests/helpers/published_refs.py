@@ -139,6 +139,9 @@ def _engine_processor(module: str, cls: str) -> Callable[..., Any]:
         if cls == "ColIdefics3Processor":
             vision = config.vision_config
             kwargs["image_seq_len"] = int((vision.image_size // vision.patch_size) ** 2 / config.scale_factor**2)
+        if cls in ("ColModernVBertProcessor", "BiModernVBertProcessor"):  # its default is the real model's 64
+            tiles = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+            kwargs["image_seq_len"] = int(tiles / config.pixel_shuffle_factor**2)
         if cls == "ColGemmaProcessor3":  # its default is the real model's 256
             kwargs["image_seq_length"] = config.mm_tokens_per_image
         return _engine(module, cls)(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
@@ -163,6 +166,14 @@ REFERENCES: dict[str, Reference] = {
                                   dense=True),
     "engine_colgemma3": Reference("gemma3", _engine("gemma3.colgemma3.modeling_colgemma", "ColGemma3"),
                                   _engine_processor("gemma3.colgemma3.processing_colgemma", "ColGemmaProcessor3")),
+    "engine_colmodernvbert": Reference("modernvbert", _engine("modernvbert.colmodernvbert.modeling_colmodernvbert",
+                                                              "ColModernVBert"),
+                                       _engine_processor("modernvbert.colmodernvbert.processing_colmodernvbert",
+                                                         "ColModernVBertProcessor")),
+    "engine_bimodernvbert": Reference("modernvbert", _engine("modernvbert.bimodernvbert.modeling_bimodernvbert",
+                                                             "BiModernVBert"),
+                                      _engine_processor("modernvbert.bimodernvbert.processing_bimodernvbert",
+                                                        "BiModernVBertProcessor"), dense=True),
     "engine_colpali": Reference("paligemma", _engine("paligemma.colpali.modeling_colpali", "ColPali"),
                                 _engine_processor("paligemma.colpali.processing_colpali", "ColPaliProcessor")),
     "engine_colidefics3": Reference("idefics3", _engine("idefics3.colidefics3.modeling_colidefics3", "ColIdefics3"),
@@ -182,6 +193,8 @@ REFERENCE_CLASSES = {
     "engine_colqwen3_5": ("qwen3_5.colqwen3_5.modeling_colqwen3_5", "ColQwen3_5"),
     "engine_biqwen3_5": ("qwen3_5.biqwen3_5.modeling_biqwen3_5", "BiQwen3_5"),
     "engine_colgemma3": ("gemma3.colgemma3.modeling_colgemma", "ColGemma3"),
+    "engine_colmodernvbert": ("modernvbert.colmodernvbert.modeling_colmodernvbert", "ColModernVBert"),
+    "engine_bimodernvbert": ("modernvbert.bimodernvbert.modeling_bimodernvbert", "BiModernVBert"),
     "engine_colpali": ("paligemma.colpali.modeling_colpali", "ColPali"),
     "engine_colidefics3": ("idefics3.colidefics3.modeling_colidefics3", "ColIdefics3"),
 }

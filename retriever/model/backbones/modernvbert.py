@@ -5,9 +5,9 @@ the same ``User:...<end_of_utterance>\\nAssistant:`` turn, ``pixel_values`` [ima
 mask), so the adapter is :class:`~retriever.model.backbones.idefics3.Idefics3`'s with another model: a
 ``ModernVBertModel`` (loaded with ``AutoModel``: it has no generative head) whose text model attends bidirectionally,
 so the ``cls`` or ``mean`` pooling of an encoder is the natural dense head. No chat generation (not a generator).
-``transformers``: ``ColModernVBertProcessor``'s layout (queries ``{text}`` + 10 x ``<end_of_utterance>``, pages
-``<|begin_of_text|>User:{image}Describe the image.<end_of_utterance>\nAssistant:``, with the tokenizer's own special
-tokens).
+``transformers`` and ``colpali_engine``: the ColModernVBERT processors' layout (queries ``{text}`` + 10 x
+``<end_of_utterance>``, pages ``<|begin_of_text|>User:{image}Describe the image.<end_of_utterance>\nAssistant:``, with
+the tokenizer's own special tokens).
 
 Vision tower (``vision_module``): ``model.vision_model`` (SigLIP); the ``connector`` stays trainable when the tower
 is frozen.
@@ -22,13 +22,18 @@ from .base import InputFormat
 from .idefics3 import IDEFICS3_FORMATS, Idefics3
 
 
+# The layout of both ColModernVBERT processors (transformers' and colpali-engine's).
+MODERNVBERT_RETRIEVAL = InputFormat(query="{text}", special_tokens=True,
+                                    page="<|begin_of_text|>User:{image}{text}<end_of_utterance>\nAssistant:")
+
+
 class ModernVBert(Idefics3):
     name = "modernvbert"
     model_types = ("modernvbert",)
     lora_language = r".*text_model.*\.(attn\.Wqkv|attn\.Wo|mlp\.Wi|mlp\.Wo)"
     chat_placeholders = ()
-    input_formats = {**IDEFICS3_FORMATS, "transformers": InputFormat(
-        query="{text}", page="<|begin_of_text|>User:{image}{text}<end_of_utterance>\nAssistant:", special_tokens=True)}
+    input_formats = {"native": IDEFICS3_FORMATS["native"], "colpali_engine": MODERNVBERT_RETRIEVAL,
+                     "transformers": MODERNVBERT_RETRIEVAL}
 
     @property
     def pixel_shuffle(self) -> int:

@@ -141,11 +141,11 @@ def test_dse_checkpoint_matches_model_card(tiny_model_dir, tmp_path):
 
 
 def test_unknown_retrieval_architecture_lists_formats(tiny_model_dir, tmp_path):
-    ckpt = tmp_path / "colmodernvbert"
+    ckpt = tmp_path / "colsmol"
     shutil.copytree(tiny_model_dir("qwen2_vl"), ckpt)
     config = json.loads((ckpt / "config.json").read_text())
-    (ckpt / "config.json").write_text(json.dumps({**config, "architectures": ["ColModernVBert"]}))
-    with pytest.raises(ValueError, match="'ColModernVBert' is not a supported.*colpali-engine ColQwen2.*ColQwen3.*DSE"):
+    (ckpt / "config.json").write_text(json.dumps({**config, "architectures": ["ColSmolVLM2"]}))
+    with pytest.raises(ValueError, match="'ColSmolVLM2' is not a supported.*colpali-engine ColQwen2.*ColQwen3.*DSE"):
         load_encoder(ckpt)
 
 
