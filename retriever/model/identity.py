@@ -8,12 +8,13 @@ is :attr:`retriever.model.encoder.RetrieverEncoder.fingerprint`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["checkpoint_identity", "ids_digest"]
+from data_prep.errors import read_json_input
+
+__all__ = ["ADAPTER_CONFIG", "adapter_base", "checkpoint_identity", "ids_digest"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 SAMPLE_BYTES = 1 << 20
@@ -33,7 +34,7 @@ def checkpoint_identity(model: str | os.PathLike | None) -> str | None:
         if path.name == "config.json" or path.suffix in WEIGHT_SUFFIXES:
             digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
             digest.update(_ends(path))
-    base = _adapter_base(directory / ADAPTER_CONFIG)
+    base = adapter_base(directory)
     if base:
         digest.update(f"base\0{checkpoint_identity(base) or base}".encode())
     return digest.hexdigest()[:16]
@@ -54,10 +55,12 @@ def _ends(path: Path) -> bytes:
         return head + fh.read(SAMPLE_BYTES)
 
 
-def _adapter_base(config: Path) -> str | None:
-    """The ``base_model_name_or_path`` of a peft adapter directory's config (None without a readable one)."""
-    try:
-        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
+def adapter_base(directory: Path) -> str | None:
+    """The ``base_model_name_or_path`` of a peft adapter directory (None when ``directory`` has no adapter config,
+    or it names no base); a config that is not UTF-8 JSON is one error line naming it."""
+    config = directory / ADAPTER_CONFIG
+    if not config.exists():
         return None
+    data = read_json_input(config, "LoRA adapter config")
+    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
     return base if isinstance(base, str) and base else None

@@ -41,7 +41,7 @@ from data_prep.flags import positive_int
 from .backbones import Backbone, backbone_for_model_type, get_backbone
 from .dtype import add_dtype_argument, default_dtype, torch_dtype
 from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
-from .identity import checkpoint_identity
+from .identity import ADAPTER_CONFIG, adapter_base, checkpoint_identity
 from .published import detect_published, load_published_model, supported_formats
 from .remote_code import refuses_remote_code
 from .tensor_files import RESAVE, load_safetensors, readable_weights
@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "retriever_config.json"
 TRAINING_ARGS_FILE = "training_args.json"  # retriever.train's flags, written into OUTPUT_DIR/final
 HEADS_FILE = "heads.safetensors"
-ADAPTER_FILE = "adapter_config.json"
+ADAPTER_FILE = ADAPTER_CONFIG
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
 # a training checkpoint (retriever.training.checkpoints) is trainer state, not a model: its marker and state file
 CHECKPOINT_MARKER = "COMPLETE"
@@ -319,8 +319,7 @@ def checkpoint_inputs(flag: str, model: str | Path | None) -> dict[str, Path]:
     as ``{flag: path}`` inputs of :func:`data_prep.outputs.check_outputs` (none for a hub id)."""
     if model is None or not Path(model).is_dir():
         return {}
-    adapter = Path(model) / ADAPTER_FILE
-    base = read_json_input(adapter, "LoRA adapter config").get("base_model_name_or_path") if adapter.exists() else None
+    base = adapter_base(Path(model))
     return {flag: Path(model), **({f"{flag}'s base model": Path(base)} if base and Path(base).is_dir() else {})}
 
 

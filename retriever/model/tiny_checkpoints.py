@@ -1,7 +1,8 @@
 """Tiny random-weight checkpoints for every supported architecture, built fully offline.
 
 Design: each architecture gets a builder that assembles the *real* transformers classes
-(``<Arch>Config`` -> ``AutoModelForImageTextToText``, the PIL-backend image processor, the model's
+(``<Arch>Config`` -> the family adapter's Auto class, ``AutoModelForImageTextToText`` but for ModernVBERT's
+``AutoModel``; the PIL-backend image processor, the model's
 processor class) at toy sizes, plus a byte-level BPE tokenizer built with the ``tokenizers`` library
 that contains the architecture's special and image tokens.  Everything is written with
 ``save_pretrained``, so the output directory has the same file layout as a hub checkpoint and is
@@ -21,7 +22,9 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForImageTextToText, PreTrainedConfig, PreTrainedTokenizerFast
+from transformers import PreTrainedConfig, PreTrainedTokenizerFast
+
+from .backbones import backbone_for_model_type
 
 TEXT_HIDDEN = 64
 TEXT_HEADS = 4
@@ -296,11 +299,7 @@ def _save(config: PreTrainedConfig, tokenizer: PreTrainedTokenizerFast, image_pr
     chat_template.jinja, preprocessor_config.json), so the model's own processor class also loads the
     directory where its optional dependencies (video processors need torchvision) are installed.
     """
-    from transformers import AutoModel
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-    generative = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES  # else an encoder (ModernVBERT)
-    model = (AutoModelForImageTextToText if generative else AutoModel).from_config(config)
+    model = backbone_for_model_type(config.model_type).auto_class().from_config(config)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(out)

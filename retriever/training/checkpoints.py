@@ -5,9 +5,9 @@ A checkpoint holds the strategy's state (model, optimizer and scheduler; DeepSpe
 CUDA generator states, so that dropout continues exactly), and ``run_settings.json``, the settings its weights and
 optimizer state fit (base model identity, encoder settings, training mode, LoRA; see ``recipe.run_settings``): a
 resume with other settings is refused with one line naming each difference, before any state is loaded. The file
-``COMPLETE`` is written last, after every rank has finished; ``latest_checkpoint`` only considers directories that have it (and logs the incomplete ones it
-skips), ``load_checkpoint`` refuses one without it, ``load_encoder`` never takes a checkpoint for a model, and
-rotation keeps the newest ``save_total_limit`` complete ones. A save that fails for lack of space stops training
+``COMPLETE`` is written last, after every rank has finished; ``latest_checkpoint`` only considers directories that
+have it (and logs the incomplete ones it skips), ``load_checkpoint`` refuses one without it, ``load_encoder`` never
+takes a checkpoint for a model, and rotation keeps the newest ``save_total_limit`` complete ones. A save that fails for lack of space stops training
 with one line naming the checkpoint; the older complete checkpoints are intact and ``--resume_from_checkpoint
 latest`` continues from the newest of them once space is freed.
 """

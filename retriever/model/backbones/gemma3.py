@@ -10,8 +10,9 @@ left padding does not shift them. ``pixel_values`` is [images, 3, H, W], one row
 ``colpali_engine``: ColGemma3's processor (the same turns through the checkpoint's chat template, tokenized with the
 tokenizer's own BOS as well).
 
-Vision tower (``vision_module``): ``model.model.vision_tower`` (SigLIP); the ``multi_modal_projector`` (average
-pooling to ``mm_tokens_per_image``, norm, projection) stays trainable when the tower is frozen.
+Vision tower (``vision_module``, shared with PaliGemma through :class:`~.paligemma.SiglipGemma`):
+``model.model.vision_tower`` (SigLIP); the ``multi_modal_projector`` (average pooling to ``mm_tokens_per_image``,
+norm, projection) stays trainable when the tower is frozen.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .base import LANGUAGE_LINEAR, Backbone, Example, InputFormat, position_ids_from_mask
+from .base import Example, InputFormat, position_ids_from_mask
+from .paligemma import SiglipGemma
 
 GEMMA3_TURN = "{bos}<start_of_turn>user\n{image}{text}<end_of_turn>\n"
 GEMMA3_FORMATS = {
@@ -31,13 +33,9 @@ GEMMA3_FORMATS = {
 }
 
 
-class Gemma3(Backbone):
+class Gemma3(SiglipGemma):
     name = "gemma3"
     model_types = ("gemma3",)
-    lora_language = rf".*language_model.*\.{LANGUAGE_LINEAR}"
-    lora_vision = (r".*vision_tower\..*encoder\.layers\.\d+\."
-                   r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)")
-    default_page_prompt = "Describe the image."
     input_formats = GEMMA3_FORMATS
     chat_placeholders = ("<start_of_image>",)
 
@@ -47,12 +45,6 @@ class Gemma3(Backbone):
         soft = tokenizer.convert_ids_to_tokens(self.model_config.image_token_id)
         sequence = f"\n\n{tokenizer.boi_token}{soft * self.model_config.mm_tokens_per_image}{tokenizer.eoi_token}\n\n"
         return sequence, {"pixel_values": pixels["pixel_values"]}
-
-    def images_per_example(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
-        return (batch["input_ids"] == self.model_config.image_token_id).any(-1).long().tolist()
-
-    def rows_per_image(self, batch: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-        return {"pixel_values": [1] * batch["pixel_values"].shape[0]}
 
     def model_inputs(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, Any]:
         inputs = super().model_inputs(batch, dtype)
@@ -68,6 +60,3 @@ class Gemma3(Backbone):
     def token_types(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """1 on image soft tokens (attended bidirectionally within their image), else 0."""
         return (batch["input_ids"] == self.model_config.image_token_id).long()
-
-    def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.base_model(model).vision_tower

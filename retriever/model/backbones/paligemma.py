@@ -30,13 +30,28 @@ PALIGEMMA_FORMATS = {
 }
 
 
-class PaliGemma(Backbone):
-    name = "paligemma"
-    model_types = ("paligemma",)
+class SiglipGemma(Backbone):
+    """What PaliGemma and Gemma3 share: a SigLIP ``vision_tower`` whose image is one row of ``pixel_values``
+    [images, 3, H, W] and a fixed run of image tokens (``image_token_id``) per image, in front of a Gemma LM."""
+
     lora_language = rf".*language_model.*\.{LANGUAGE_LINEAR}"
     lora_vision = (r".*vision_tower\..*encoder\.layers\.\d+\."
                    r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)")
     default_page_prompt = "Describe the image."
+
+    def images_per_example(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
+        return (batch["input_ids"] == self.model_config.image_token_id).any(-1).long().tolist()
+
+    def rows_per_image(self, batch: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+        return {"pixel_values": [1] * batch["pixel_values"].shape[0]}
+
+    def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.base_model(model).vision_tower
+
+
+class PaliGemma(SiglipGemma):
+    name = "paligemma"
+    model_types = ("paligemma",)
     input_formats = PALIGEMMA_FORMATS
     chat_placeholders = ("<image>",)
 
@@ -58,17 +73,8 @@ class PaliGemma(Backbone):
         chat = super().chat_image(image)
         return replace(chat, tokens=chat.tokens + self.tokenizer.bos_token)
 
-    def images_per_example(self, batch: Mapping[str, torch.Tensor]) -> list[int]:
-        return (batch["input_ids"] == self.model_config.image_token_id).any(-1).long().tolist()
-
-    def rows_per_image(self, batch: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-        return {"pixel_values": [1] * batch["pixel_values"].shape[0]}
-
     def model_inputs(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, Any]:
         inputs = super().model_inputs(batch, dtype)
         inputs["position_ids"] = position_ids_from_mask(batch["attention_mask"], start=1)
         inputs["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         return inputs
-
-    def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.base_model(model).vision_tower
