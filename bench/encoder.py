@@ -25,7 +25,7 @@ from PIL import Image
 from retriever.model.dtype import add_dtype_argument
 from retriever.model.encoder import EncoderConfig
 from retriever.model.saved import load_encoder
-from retriever.model.tiny_checkpoints import BUILDERS, build_tiny
+from retriever.model.tiny_checkpoints import BUILDERS, VARIANT_OF, build_tiny
 
 
 def make_pages(n: int, size: int, seed: int = 0) -> list[Image.Image]:
@@ -46,9 +46,8 @@ def best_time(fn, repeats: int) -> float:
 
 
 def bench_arch(path: Path, arch: str | None, args: argparse.Namespace) -> dict:
-    config = EncoderConfig(backbone=arch, head=args.head) if arch else None
-    encoder = load_encoder(path, config, dtype=args.dtype,
-                                               trust_remote_code=args.trust_remote_code).to(args.device)
+    config = EncoderConfig(backbone=VARIANT_OF.get(arch, arch), head=args.head) if arch else None
+    encoder = load_encoder(path, config, dtype=args.dtype, trust_remote_code=args.trust_remote_code).to(args.device)
     pages = make_pages(args.pages, args.size)
     batches = [pages[i:i + args.batch_size] for i in range(0, len(pages), args.batch_size)]
     prepared = [encoder.prepare_pages(b) for b in batches]

@@ -9,8 +9,8 @@
   writes transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval`` (Qwen2-VL, PaliGemma);
 * dense models: ``--format transformers`` writes a DSE-style checkpoint (Qwen2-VL, last-token pooling,
   normalised), a plain ``Qwen2VLForConditionalGeneration`` whose model card names DSE; ``--format colpali``
-  writes colpali-engine's ``BiQwen3`` / ``BiQwen3_5`` (Qwen3-VL, Qwen3.5; last-token pooling, normalised, no
-  projection) or ``BiModernVBert`` (mean pooling).
+  writes colpali-engine's ``BiQwen3`` / ``BiQwen3_5`` / ``BiGemma3`` (Qwen3-VL, Qwen3.5, Gemma3; last-token
+  pooling, normalised, no projection) or ``BiModernVBert`` (mean pooling).
 
 Weight names go through :mod:`retriever.model.published`'s key mapping in reverse (the table loading reads); the
 weights are written with safetensors only. The other library formats queries and pages with its own processor,

@@ -24,7 +24,8 @@ __all__ = ["model_card", "read_metrics"]
 DATA_FLAGS = ("train_data", "image_root", "page_store", "eval_data")
 PROCESSORS = {"ColQwen2": "ColQwen2Processor", "ColQwen2_5": "ColQwen2_5_Processor", "ColQwen3": "ColQwen3Processor",
               "BiQwen3": "BiQwen3Processor", "ColQwen3_5": "ColQwen3_5Processor", "BiQwen3_5": "BiQwen3_5Processor",
-              "ColGemma3": "ColGemmaProcessor3", "ColPali": "ColPaliProcessor", "ColIdefics3": "ColIdefics3Processor",
+              "ColGemma3": "ColGemmaProcessor3", "BiGemma3": "BiGemmaProcessor3", "ColPali": "ColPaliProcessor",
+              "ColIdefics3": "ColIdefics3Processor",
               "ColQwen2ForRetrieval": "ColQwen2Processor", "ColPaliForRetrieval": "ColPaliProcessor",
               "ColModernVBertForRetrieval": "ColModernVBertProcessor", "ColModernVBert": "ColModernVBertProcessor",
               "BiModernVBert": "BiModernVBertProcessor"}

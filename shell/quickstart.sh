@@ -8,7 +8,8 @@
 # Everything is written to $QUICKSTART_OUT (default: quickstart_out/), which is emptied first; it must be missing,
 # empty or the output of an earlier quickstart (which leaves a .quickstart marker in it), so that a mistyped path
 # is never deleted. MODEL=/path/to/checkpoint uses a real checkpoint directory instead of the tiny model (then
-# prefer a GPU). The script takes no arguments.
+# prefer a GPU); GEN_MODEL=... writes the VLM queries of step 5b with another model (default: MODEL, or the tiny
+# Qwen2-VL when MODEL is an encoder). The script takes no arguments.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -54,7 +55,16 @@ else
 fi
 
 step "5b/9 VLM-written queries: shell/render_and_generate.sh (PDFs -> store -> queries -> filter -> split)"
-bash shell/render_and_generate.sh --pdfs "$OUT/reports" --out "$OUT/vlm" --model "$MODEL" --backend transformers \
+GEN_MODEL="${GEN_MODEL:-$MODEL}"
+if ! python -c "import sys; from transformers import AutoConfig; from retriever.model.backbones import \
+chat_model_types; sys.exit(AutoConfig.from_pretrained(sys.argv[1]).model_type not in chat_model_types())" \
+  "$GEN_MODEL" 2>/dev/null; then
+  printf '%s does not generate text (an encoder such as ModernVBERT): the tiny Qwen2-VL writes the queries\n' \
+    "$GEN_MODEL"
+  GEN_MODEL="$OUT/tiny-qwen2-vl"
+  [ -d "$GEN_MODEL" ] || python -m retriever.tiny --arch qwen2_vl --out "$GEN_MODEL"
+fi
+bash shell/render_and_generate.sh --pdfs "$OUT/reports" --out "$OUT/vlm" --model "$GEN_MODEL" --backend transformers \
   --workers 2 --dpi 72 --queries_per_page 2 --max_new_tokens 24 --batch_size 8
 printf 'The tiny generator has random weights: it writes noise, so its pages land in vlm/queries.failures.jsonl\n'
 printf '(with the raw answers) and training below stays on the text-layer pairs of step 4. With a real VLM\n'

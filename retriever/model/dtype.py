@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["AUTO", "DTYPES", "add_dtype_argument", "default_dtype", "dtype_name", "torch_dtype"]
+__all__ = ["AUTO", "DTYPES", "add_dtype_argument", "config_dtype", "default_dtype", "dtype_name", "torch_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                                   "float64": torch.float64}
@@ -34,6 +34,18 @@ def dtype_name(text: str) -> str:
 def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
     """What ``from_pretrained(dtype=...)`` takes: a torch dtype for a name, ``"auto"`` and None unchanged."""
     return DTYPES.get(name, name) if isinstance(name, str) else name
+
+
+def config_dtype(name: str | torch.dtype | None, *configs: Any) -> torch.dtype | None:
+    """:func:`torch_dtype` for ``from_config``, which takes no ``"auto"``: there, the dtype the first of ``configs``
+    recording one names (None, torch's default, when none does)."""
+    if name != AUTO:
+        return torch_dtype(name)
+    for config in configs:
+        recorded = getattr(config, "dtype", None)
+        if isinstance(recorded, torch.dtype) or recorded in DTYPES:
+            return DTYPES.get(recorded, recorded)
+    return None
 
 
 def default_dtype() -> str:

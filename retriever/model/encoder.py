@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from data_prep.images import decode_image
 
 from .backbones import Backbone
+from .backbones.base import warn_missing_kernels
 from .embeddings import MultiVector, unpad
 from .heads import DenseHead, MultiVectorHead, matryoshka_prefixes
 from .training_modes import LoraSettings, count_trainable, unwrap
@@ -148,7 +149,9 @@ class RetrieverEncoder(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor | MultiVector:
         """Dense [B, D] embeddings or a ``MultiVector``; inputs are moved to the model's device."""
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        device = self.device
+        warn_missing_kernels(self.backbone, device)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
         hidden = self.backbone.hidden_states(self.hf_model, inputs)
         return self.head(hidden, inputs["attention_mask"])
 

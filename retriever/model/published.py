@@ -7,8 +7,8 @@
 published checkpoint through the same code path as our own.
 
 Detection, in order: ``config.json`` ``architectures`` naming a published class (colpali-engine's ``ColQwen2``,
-``ColQwen2_5``, ``ColQwen3``, ``BiQwen3``, ``ColQwen3_5``, ``BiQwen3_5``, ``ColGemma3``, ``ColModernVBert``,
-``BiModernVBert``, ``ColPali``, ``ColIdefics3``;
+``ColQwen2_5``, ``ColQwen3``, ``BiQwen3``, ``ColQwen3_5``, ``BiQwen3_5``, ``ColGemma3``, ``BiGemma3``,
+``ColModernVBert``, ``BiModernVBert``, ``ColPali``, ``ColIdefics3``;
 transformers' ``ColQwen2ForRetrieval`` / ``ColPaliForRetrieval`` / ``ColModernVBertForRetrieval``, also found by
 ``model_type`` ``colqwen2`` / ``colpali`` / ``colmodernvbert``); for a peft adapter repository
 (``adapter_config.json`` without our ``retriever_config.json``) the same test on the base model named by
@@ -38,6 +38,7 @@ from data_prep.errors import InputError, read_json_input
 
 from .backbones import get_backbone
 from .backbones.qwen_vl import COLQWEN_PAGE
+from .dtype import config_dtype
 from .tensor_files import RESAVE, load_safetensors
 
 __all__ = ["DEFAULT_DIM", "FORMATS", "KeyRename", "Published", "PublishedFormat", "detect_published",
@@ -171,6 +172,12 @@ FORMATS: tuple[PublishedFormat, ...] = (
                     {"head": "multi", "query_prefix": "Query: ", "query_augmentation_tokens": 0,
                      "page_prompt": "Describe this image", "input_format": "colpali_engine", "padding_side": "left"},
                     GEMMA3_ENGINE_RENAMES, "custom_text_proj"),
+    # BiGemma3's processor: the query and the base class's 10 x <eos> in ColGemma3's "Query: " chat turn.
+    PublishedFormat("BiGemma3", "colpali-engine", "gemma3", ("BiGemma3",),
+                    {"head": "dense", "pooling": "last", "normalize": True, "query_prefix": "Query: ",
+                     "query_augmentation_tokens": 10, "query_augmentation_token": "<eos>",
+                     "page_prompt": "Describe this image", "input_format": "colpali_engine", "padding_side": "left"},
+                    GEMMA3_ENGINE_RENAMES),
     PublishedFormat("ColModernVBert", "colpali-engine", "modernvbert", ("ColModernVBert",),
                     {**MODERNVBERT_QUERY, "head": "multi", "input_format": "colpali_engine", "padding_side": "left"},
                     ENGINE_MODERNVBERT_RENAMES, "custom_text_proj"),
@@ -311,7 +318,7 @@ def load_published_model(published: Published, **load_kwargs: Any) -> tuple[nn.M
     from transformers.initialization import no_init_weights
 
     fmt = published.format
-    config = AutoConfig.from_pretrained(published.weights_dir, trust_remote_code=False)  # known formats only
+    saved = config = AutoConfig.from_pretrained(published.weights_dir, trust_remote_code=False)  # known formats only
     if fmt.nested_config:
         config = getattr(config, fmt.nested_config)
     state = _renamed(_read_weights(published.weights_dir), fmt.renames)
@@ -319,6 +326,9 @@ def load_published_model(published: Published, **load_kwargs: Any) -> tuple[nn.M
         _merge_adapter(state, published.adapter, fmt.renames)
     head = _take_head(state, published, config.get_text_config().hidden_size)
     kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
+    dtype = config_dtype(kwargs.pop("dtype", None), saved, config)  # "auto": the dtype the checkpoint records
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     with no_init_weights():
         model = get_backbone(fmt.backbone).auto_class().from_config(config, **kwargs)
     _load_body(model, state, published.weights_dir)

@@ -291,6 +291,43 @@ def _build_gemma3(arch: str, out: Path, dropout: float) -> None:
     _save(config, tokenizer, image_processor, GEMMA3_CHAT_TEMPLATE, out)
 
 
+# ---------------------------------------------------------------- MiniCPM-V 4.6 / 4.7 (NaViT SigLIP + Qwen3.5 LM)
+MINICPM_V4_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
+                     "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
+                     "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>"}
+MINICPM_V4_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *MINICPM_V4_TOKENS.values()]
+MINICPM_V4_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>\n")
+
+
+def _build_minicpm_v4(arch: str, out: Path, dropout: float) -> None:
+    """MiniCPM-V 4.6 / 4.7: a NaViT SigLIP of 14 px patches (2 layers, the window merger after the first), the MLP
+    merger, and a Qwen3.5 text model (a Gated DeltaNet layer, then full attention). Crops of 56 px: 4x4 patches, one
+    LLM token after the two 2x2 merges (``16x``); pages larger than 56x56 px are cut into at most 4 slices."""
+    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ImageProcessorPil, MiniCPMV4_7Config
+
+    tokenizer = byte_level_tokenizer(MINICPM_V4_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+                                     extra_special_tokens=MINICPM_V4_TOKENS)
+    ids = tokenizer.convert_tokens_to_ids
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True,
+            "partial_rotary_factor": 1.0}
+    text = text_kwargs(tokenizer, dropout) | {
+        "model_type": "qwen3_5_text", "head_dim": TEXT_HIDDEN // TEXT_HEADS, "rope_parameters": rope,
+        "layer_types": ["linear_attention", "full_attention"], "linear_conv_kernel_dim": 4, "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4}
+    vision = dict(hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, patch_size=PATCH, attention_dropout=dropout)
+    common = dict(text_config=text, vision_config=vision, insert_layer_id=0, image_size=56,
+                  image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"))
+    if arch == "minicpmv4_7":
+        config = MiniCPMV4_7Config(**common, image_start_id=ids("<image>"), image_end_id=ids("</image>"),
+                                   slice_start_id=ids("<slice>"), slice_end_id=ids("</slice>"),
+                                   newline_id=tokenizer("\n", add_special_tokens=False)["input_ids"][0])
+    else:
+        config = MiniCPMV4_6Config(**common)
+    image_processor = MiniCPMV4_6ImageProcessorPil(scale_resolution=56, patch_size=PATCH, max_slice_nums=4)
+    _save(config, tokenizer, image_processor, MINICPM_V4_CHAT_TEMPLATE, out)
+
+
 def _save(config: PreTrainedConfig, tokenizer: PreTrainedTokenizerFast, image_processor: Any,
           chat_template: str, out: Path) -> None:
     """Writes the random-weight model of ``config``, the tokenizer (with chat template) and image processor.
@@ -317,6 +354,8 @@ BUILDERS: dict[str, Callable[[str, Path, float], None]] = {
     "modernvbert": _build_idefics3,
     "paligemma": _build_paligemma,
     "gemma3": _build_gemma3,
+    "minicpmv4_6": _build_minicpm_v4,
+    "minicpmv4_7": _build_minicpm_v4,
 }
 
 
@@ -324,7 +363,8 @@ IMAGE_PROCESSORS = {"qwen2_vl": "Qwen2VLImageProcessorPil", "qwen2_5_vl": "Qwen2
                     "qwen3_vl": "Qwen2VLImageProcessorPil", "qwen3_5": "Qwen2VLImageProcessorPil",
                     "internvl": "GotOcr2ImageProcessorPil", "internvl3_5": "GotOcr2ImageProcessorPil",
                     "idefics3": "Idefics3ImageProcessorPil", "paligemma": "SiglipImageProcessorPil",
-                    "gemma3": "Gemma3ImageProcessorPil", "modernvbert": "Idefics3ImageProcessorPil"}
+                    "gemma3": "Gemma3ImageProcessorPil", "modernvbert": "Idefics3ImageProcessorPil",
+                    "minicpmv4_6": "MiniCPMV4_6ImageProcessorPil", "minicpmv4_7": "MiniCPMV4_6ImageProcessorPil"}
 # Architectures that are a variant of another family (the same adapter and ``model_type``).
 VARIANT_OF = {"internvl3_5": "internvl"}
 

@@ -142,7 +142,7 @@ def _engine_processor(module: str, cls: str) -> Callable[..., Any]:
         if cls in ("ColModernVBertProcessor", "BiModernVBertProcessor"):  # its default is the real model's 64
             tiles = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
             kwargs["image_seq_len"] = int(tiles / config.pixel_shuffle_factor**2)
-        if cls == "ColGemmaProcessor3":  # its default is the real model's 256
+        if cls in ("ColGemmaProcessor3", "BiGemmaProcessor3"):  # its default is the real model's 256
             kwargs["image_seq_length"] = config.mm_tokens_per_image
         return _engine(module, cls)(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
     return build
@@ -166,6 +166,9 @@ REFERENCES: dict[str, Reference] = {
                                   dense=True),
     "engine_colgemma3": Reference("gemma3", _engine("gemma3.colgemma3.modeling_colgemma", "ColGemma3"),
                                   _engine_processor("gemma3.colgemma3.processing_colgemma", "ColGemmaProcessor3")),
+    "engine_bigemma3": Reference("gemma3", _engine("gemma3.bigemma3.modeling_bigemma", "BiGemma3"),
+                                 _engine_processor("gemma3.bigemma3.processing_bigemma", "BiGemmaProcessor3"),
+                                 dense=True),
     "engine_colmodernvbert": Reference("modernvbert", _engine("modernvbert.colmodernvbert.modeling_colmodernvbert",
                                                               "ColModernVBert"),
                                        _engine_processor("modernvbert.colmodernvbert.processing_colmodernvbert",
@@ -193,6 +196,7 @@ REFERENCE_CLASSES = {
     "engine_colqwen3_5": ("qwen3_5.colqwen3_5.modeling_colqwen3_5", "ColQwen3_5"),
     "engine_biqwen3_5": ("qwen3_5.biqwen3_5.modeling_biqwen3_5", "BiQwen3_5"),
     "engine_colgemma3": ("gemma3.colgemma3.modeling_colgemma", "ColGemma3"),
+    "engine_bigemma3": ("gemma3.bigemma3.modeling_bigemma", "BiGemma3"),
     "engine_colmodernvbert": ("modernvbert.colmodernvbert.modeling_colmodernvbert", "ColModernVBert"),
     "engine_bimodernvbert": ("modernvbert.bimodernvbert.modeling_bimodernvbert", "BiModernVBert"),
     "engine_colpali": ("paligemma.colpali.modeling_colpali", "ColPali"),
@@ -201,7 +205,12 @@ REFERENCE_CLASSES = {
 
 
 def load_reference(name: str, path: Path) -> torch.nn.Module:
-    """The reference class of ``name`` loading ``path`` with its own ``from_pretrained`` (fp32, eval)."""
+    """The reference class of ``name`` loading ``path`` with its own ``from_pretrained`` (fp32, eval).
+
+    colpali-engine 0.3.18's ``BiGemma3.from_pretrained`` reads ``Gemma3Model._checkpoint_conversion_mapping``, which
+    transformers 5 no longer has, unless a ``key_mapping`` is given: it gets the empty one (what ``ColGemma3`` uses
+    there, less its projection's rename)."""
+    kwargs = {"key_mapping": {}} if name == "engine_bigemma3" else {}
     if name in REFERENCE_CLASSES:
         module, cls = REFERENCE_CLASSES[name]
         model_cls = getattr(import_engine(f"{ENGINE}.{module}"), cls)
@@ -210,7 +219,7 @@ def load_reference(name: str, path: Path) -> torch.nn.Module:
 
         model_cls = getattr(transformers, {"tf_colqwen2": "ColQwen2ForRetrieval", "tf_colpali": "ColPaliForRetrieval",
                                            "tf_colmodernvbert": "ColModernVBertForRetrieval"}[name])
-    return model_cls.from_pretrained(path, dtype=torch.float32).eval()
+    return model_cls.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
 
 
 def build_reference(name: str, tiny_dir: Path, out: Path, seed: int = 0) -> tuple[torch.nn.Module, Any]:

@@ -6,7 +6,8 @@ import pytest
 
 from retriever.model.tiny_checkpoints import unavailable_reason
 
-ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "internvl", "idefics3", "paligemma", "gemma3", "modernvbert")
+ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "internvl", "idefics3", "paligemma", "gemma3", "modernvbert",
+         "minicpmv4_6", "minicpmv4_7")
 # The families that generate text (query generation's chat inputs); ModernVBERT is an encoder.
 GENERATIVE = tuple(arch for arch in ARCHS if arch != "modernvbert")
 

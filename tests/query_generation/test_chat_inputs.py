@@ -41,6 +41,7 @@ def test_chat_image_tokens_and_tensors_are_the_retrieval_ones(arch, tiny_model_d
 
 def test_a_family_without_chat_inputs_is_refused_naming_the_supported_ones():
     with pytest.raises(InputError, match=r"^m: model_type 'minicpmv' has no input builder; supported: gemma3, "
-                                         r"idefics3, internvl, paligemma, qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl "
+                                         r"idefics3, internvl, minicpmv4_6, minicpmv4_7, paligemma, qwen2_5_vl, "
+                                         r"qwen2_vl, qwen3_5, qwen3_vl "
                                          r"\(or serve it with --backend vllm/openai\)$"):
         ChatInputs("m", None, None, SimpleNamespace(model_type="minicpmv"))

@@ -152,4 +152,4 @@ def test_a_format_without_a_class_for_the_backbone_is_one_error_line(tiny_model_
     line = one_error_line(main, ["--model", tmp_path / "final", "--format", "colpali", "--out", tmp_path / "x"],
                           capsys)
     assert line == ("error: --format colpali: no dense colpali-engine format for backbone 'qwen2_vl' (exportable "
-                    "backbones: modernvbert, qwen3_5, qwen3_vl)")
+                    "backbones: gemma3, modernvbert, qwen3_5, qwen3_vl)")

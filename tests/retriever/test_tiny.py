@@ -22,6 +22,8 @@ IMAGE_TOKENS = {
     "paligemma": ["<image>", "<bos>"],
     "gemma3": ["<start_of_image>", "<image_soft_token>", "<end_of_image>", "<start_of_turn>"],
     "modernvbert": ["<image>", "<fake_token_around_image>", "<global-img>", "<row_1_col_1>"],
+    "minicpmv4_6": ["<|image_pad|>", "<image>", "</image>", "<slice>", "</slice>", "<image_id>", "</image_id>"],
+    "minicpmv4_7": ["<|image_pad|>", "<image>", "</image>", "<slice>", "</slice>", "<image_id>", "</image_id>"],
 }
 
 
@@ -61,8 +63,9 @@ def test_build_is_seeded_and_dropout_is_set(tmp_path):
 
 
 def test_unknown_arch_lists_supported(tmp_path):
-    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, internvl3_5, modernvbert, paligemma, "
-                                         "qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl"):
+    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, internvl3_5, minicpmv4_6, "
+                                         "minicpmv4_7, modernvbert, paligemma, qwen2_5_vl, qwen2_vl, qwen3_5, "
+                                         "qwen3_vl"):
         build_tiny("llava", tmp_path)
 
 

@@ -10,12 +10,13 @@ from .gemma3 import Gemma3
 from .idefics3 import Idefics3
 from .internvl import InternVL
 from .minicpm_v import MiniCPMV
+from .minicpm_v4 import MiniCPMV46, MiniCPMV47
 from .modernvbert import ModernVBert
 from .paligemma import PaliGemma
 from .qwen_vl import Qwen25VL, Qwen35, Qwen3VL, QwenVL
 
 _ADAPTERS: tuple[type[Backbone], ...] = (QwenVL, Qwen25VL, Qwen3VL, Qwen35, InternVL, Idefics3, PaliGemma, Gemma3,
-                                         ModernVBert, MiniCPMV)
+                                         ModernVBert, MiniCPMV46, MiniCPMV47, MiniCPMV)
 REGISTRY: dict[str, type[Backbone]] = {cls.name: cls for cls in _ADAPTERS}
 
 

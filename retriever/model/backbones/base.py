@@ -23,7 +23,10 @@ checkpoint reads exactly the token sequence its own processor builds.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+
+logger = logging.getLogger(__name__)
 
 # The text model's attention and MLP projections: the LoRA language preset of every adapter here.
 LANGUAGE_LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -103,6 +108,9 @@ class Backbone:
     # family whose layers see pad tokens on one side (linear attention's recurrent state and causal convolution
     # have no mask) keeps them on the other, so that an example's embedding never depends on its batch.
     forced_padding_side: ClassVar[str | None] = None
+    # CUDA kernels of the family's fast path, as (module, pip package); on CUDA a missing one is warned about once
+    # (transformers then runs its slow PyTorch reference implementation).
+    cuda_kernels: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, tokenizer: Any, image_processor: Any, model_config: Any) -> None:
         self.tokenizer = tokenizer
@@ -284,6 +292,20 @@ class Backbone:
     def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
         """The vision tower: a module whose output is a pure function of the pixel inputs."""
         raise NotImplementedError
+
+
+def warn_missing_kernels(backbone: Backbone, device: torch.device) -> None:
+    """Warns once per family and process when the model runs on CUDA without its fast-path kernels."""
+    if device.type == "cuda" and backbone.cuda_kernels:
+        _warn_missing_kernels(backbone.name, backbone.cuda_kernels)
+
+
+@functools.cache
+def _warn_missing_kernels(name: str, kernels: tuple[tuple[str, str], ...]) -> None:
+    missing = [package for module, package in kernels if importlib.util.find_spec(module) is None]
+    if missing:
+        logger.warning("%s on CUDA without %s (pip install %s): its linear-attention layers run on transformers' "
+                       "slow PyTorch fallback", name, " / ".join(missing), " ".join(missing))
 
 
 def position_ids_from_mask(mask: torch.Tensor, start: int = 0) -> torch.Tensor:

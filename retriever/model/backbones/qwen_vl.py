@@ -30,6 +30,8 @@ from PIL import Image
 
 from .base import LANGUAGE_LINEAR, Backbone, Example, InputFormat, position_ids_from_mask
 
+# Gated DeltaNet's fast path on CUDA: flash-linear-attention's chunked delta rule and the causal-conv1d kernel.
+LINEAR_ATTENTION_KERNELS = (("fla", "flash-linear-attention"), ("causal_conv1d", "causal-conv1d"))
 COLQWEN_PAGE = "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{text}<|im_end|><|endoftext|>"
 DSE_TURN = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
             "<|vision_start|>{image}<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
@@ -134,3 +136,4 @@ class Qwen35(Qwen3VL):
     lora_language = (r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|"
                      r"in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)")
     forced_padding_side = "right"
+    cuda_kernels = LINEAR_ATTENTION_KERNELS

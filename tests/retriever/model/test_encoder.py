@@ -167,8 +167,8 @@ def test_max_visual_tokens_caps_resolution(encoder):
 
 
 def test_unknown_backbone_lists_supported(tiny_model_dir):
-    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, minicpm_v, modernvbert, paligemma, "
-                                         "qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl"):
+    with pytest.raises(ValueError, match="supported: gemma3, idefics3, internvl, minicpm_v, minicpmv4_6, minicpmv4_7, "
+                                         "modernvbert, paligemma, qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl"):
         load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="llava"))
 
 

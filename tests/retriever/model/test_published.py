@@ -15,9 +15,11 @@ import sys
 import pytest
 import torch
 
-from tests.helpers.published_refs import (REFERENCES, build_reference, colpali_engine_available, reference_embeddings,
-                            sample_images, write_adapter)
+from tests.helpers.published_refs import (REFERENCES, build_reference, colpali_engine_available,
+                                          lenient_processor_init, load_reference, reference_embeddings, sample_images,
+                                          write_adapter)
 from data_prep.errors import InputError
+from retriever.export import main as export_main
 from retriever.merge import main as merge_main
 from retriever.model.saved import load_encoder
 from retriever.scoring import maxsim_lists
@@ -66,9 +68,11 @@ def test_peft_adapter_repo_matches_reference(name, tiny_model_dir, tmp_path):
     _check_equivalence(encoder, peft_model, processor)
 
 
-def test_lora_training_on_a_published_adapter_then_merge(tiny_model_dir, tmp_path):
+def test_lora_training_on_a_published_adapter_then_merge_and_export(tiny_model_dir, tmp_path):
     """python -m retriever.train (GradCache, LoRA) starts from a published adapter repo; the run reloads on it,
-    and retriever.merge folds it into a full checkpoint with the same embeddings."""
+    retriever.merge folds it into a full checkpoint with the same embeddings, and retriever.export with its default
+    flags writes the run back as a ColQwen2ForRetrieval that transformers' class and processor load with the run's
+    embeddings; a published checkpoint itself exports with the default flags too."""
     base, adapter, run = tmp_path / "base", tmp_path / "adapter", tmp_path / "run"
     model, _ = build_reference("tf_colqwen2", tiny_model_dir("qwen2_vl"), base)
     write_adapter(model, base, adapter, r"(.*language_model.*(q_proj|v_proj)$|.*embedding_proj_layer$)")
@@ -91,6 +95,22 @@ def test_lora_training_on_a_published_adapter_then_merge(tiny_model_dir, tmp_pat
     merged = load_encoder(tmp_path / "merged", dtype="float32")
     _assert_same(merged.encode_queries(QUERIES), after)
     _assert_same(merged.encode_pages(sample_images()), trained.encode_pages(sample_images()))
+    for source, out in ((run / "final", tmp_path / "export"), (base, tmp_path / "export_base")):
+        assert export_main(["--model", str(source), "--format", "transformers", "--out", str(out)]) == 0
+    exported, processor = load_reference("tf_colqwen2", tmp_path / "export"), _reference_processor(tmp_path / "export")
+    _check_equivalence(trained, exported, processor)
+
+
+def _reference_processor(directory):
+    """transformers' ColQwen2Processor on a directory's tokenizer and image processor (no video processor here)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from retriever.model.saved import load_image_processor
+
+    with lenient_processor_init():
+        return REFERENCES["tf_colqwen2"].processor(load_image_processor(directory),
+                                                   AutoTokenizer.from_pretrained(directory),
+                                                   AutoConfig.from_pretrained(directory))
 
 
 def _pairs(root):

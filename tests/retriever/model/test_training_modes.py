@@ -81,7 +81,7 @@ def test_unknown_mode(tiny_model_dir):
         load(tiny_model_dir("qwen2_vl"), "qwen2_vl", "prefix")
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "paligemma", "qwen3_5", "gemma3", "modernvbert"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "paligemma", "qwen3_5", "gemma3", "modernvbert", "minicpmv4_6"])
 def test_lora_save_load_and_merge(arch, tiny_model_dir, tmp_path):
     enc = load_encoder(
         tiny_model_dir(arch), EncoderConfig(backbone=arch, head="multi", multi_dim=16), training_mode="lora",

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -102,19 +101,20 @@ def test_split_groups_moves_loss_parameters_keeping_settings() -> None:
 
 
 @pytest.mark.distributed
-def test_zero3_two_ranks_equal_one_rank_on_qwen3_families(tiny_model_dir, tmp_path) -> None:
-    """Real tiny Qwen3-VL (DeepStack) and Qwen3.5 (a Gated DeltaNet layer) under GradCache: ZeRO-3 on 2 ranks gives
+def test_zero3_two_ranks_equal_one_rank_on_2026_families(tiny_model_dir, tmp_path) -> None:
+    """Real tiny Qwen3-VL (DeepStack), Qwen3.5 (a Gated DeltaNet layer) and MiniCPM-V 4.7 (pages cut into slices,
+    canvas M-RoPE, a Qwen3.5 text model) under GradCache: ZeRO-3 on 2 ranks gives
     the single-process parameters after 2 SGD steps (pages of different sizes, so uneven token counts per rank), up
     to float32 round-off (DeepSpeed refuses float64): within 0.2 % of each parameter's update."""
     out = tmp_path / "results.json"
-    models = [f"{arch}={tiny_model_dir(arch)}" for arch in ("qwen3_vl", "qwen3_5")]
+    models = [f"{arch}={tiny_model_dir(arch)}" for arch in ("qwen3_vl", "qwen3_5", "minicpmv4_7")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO_ROOT / "tests" / "helpers" / "vlm_zero3_worker.py"), str(out), *models]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = json.loads(out.read_text())
-    assert sorted(results) == ["qwen3_5", "qwen3_vl"]
+    assert sorted(results) == ["minicpmv4_7", "qwen3_5", "qwen3_vl"]
     for arch, result in results.items():
         assert result["updated"] > 0.9 * result["parameters"], (arch, result)  # the steps reached (nearly) all
         assert result["update_error"] < 2e-3, (arch, result)  # float32: 2-3e-4 here; a wrong gradient: order 1

@@ -76,13 +76,15 @@ def test_qwen2_5_vl_gradcache_equals_full_batch(tmp_path, head: str) -> None:
     _check(_load(path, head, arch="qwen2_5_vl"), 2)
 
 
-@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5", "gemma3", "modernvbert"])
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5", "gemma3", "modernvbert", "minicpmv4_6", "minicpmv4_7"])
 @pytest.mark.parametrize("head", ["dense", "multi"])
 def test_2026_families_gradcache_equals_full_batch(tmp_path, arch: str, head: str) -> None:
     """Qwen3-VL: DeepStack features (vision block outputs added to the first text layers) and interleaved M-RoPE;
     Qwen3.5: a Gated DeltaNet linear-attention layer (causal convolution, recurrent state) before full attention;
     Gemma3: bidirectional attention within an image, a sliding-window layer; ModernVBERT: a bidirectional encoder
-    that unpads its batch; all under chunking (each chunk re-padded) and dropout replay."""
+    that unpads its batch; MiniCPM-V 4.6 / 4.7: pages cut into an overview and slices (crops of one page land in
+    one chunk), 4.7's canvas M-RoPE over them, a Qwen3.5 text model; all under chunking (each chunk re-padded) and
+    dropout replay."""
     path = build_tiny(arch, tmp_path / arch, dropout=0.1)
     _check(_load(path, head, arch=arch), 2)
 
@@ -93,7 +95,7 @@ def test_internvl3_5_gradcache_equals_full_batch(tmp_path, head: str) -> None:
     _check(_load(build_tiny("internvl3_5", tmp_path / "internvl3_5", dropout=0.1), head, arch="internvl"), 2)
 
 
-@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5", "gemma3", "modernvbert"])
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5", "gemma3", "modernvbert", "minicpmv4_7"])
 def test_2026_families_frozen_vision_reuse_equals_recompute(tmp_path, arch: str) -> None:
     """The cached tower output (with Qwen3-VL's DeepStack features) replayed gives the recomputed gradients."""
     enc = _load(build_tiny(arch, tmp_path / arch, dropout=0.1), "multi", arch=arch, freeze_vision=True)
