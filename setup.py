@@ -17,9 +17,16 @@ CORE = [
     "tqdm>=4.66",
     "tensorboard>=2.15",
     "safetensors>=0.4",
-    "numpy>=1.26",
+    "numpy>=2.0",  # bitwise_count (binary MaxSim popcount)
     "matplotlib>=3.8",
     "pyarrow>=15",
+    "scipy>=1.11",
+    # FastEmbed (MUVERA encodings, retriever.index.muvera) is installed without its pins by shell/venv.sh (they hold
+    # huggingface-hub below 2, which transformers 5 needs); these are what its package imports.
+    "onnxruntime>=1.17",
+    "loguru>=0.7",
+    "mmh3>=4.1",
+    "py-rust-stemmers>=0.1",
 ]
 
 EXTRAS = {
@@ -30,6 +37,7 @@ EXTRAS = {
     # Reference classes of the published-checkpoint tests. Install it with --no-deps (shell/venv.sh does): its
     # dependencies include torchvision, which breaks the pinned torch. The tests skip without it.
     "colpali": ["colpali-engine>=0.3.18"],
+    "fastembed": ["fastembed>=0.7"],
     "wandb": ["wandb>=0.17"],
 }
 

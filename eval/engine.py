@@ -38,7 +38,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from data_prep.outputs import RESUME_HINT, atomic_output, settings_changes
-from eval.topk import RunningTopK, merge_across_ranks
+from eval.topk import RunningTopK, merge_across_ranks, select_topk
+from retriever.index import IndexScorer, IndexSettings
 from retriever.model.embeddings import pad_multivector
 from retriever.model.identity import ids_digest
 from retriever.process_group import RankInfo, shard_range
@@ -67,13 +68,15 @@ class Encoder(Protocol):
 class ScoringSettings:
     """How :func:`score_shard` encodes and scores: ``batch_size`` pages per encoder call, ``chunk_pages`` pages encoded
     and scored at a time, scores computed on ``device`` (MaxSim in ``compute_dtype`` when given, see
-    ``--score_dtype``), and the running top-k saved per chunk under ``state_dir`` when given (resumable)."""
+    ``--score_dtype``), the running top-k saved per chunk under ``state_dir`` when given (resumable), and multi-vector
+    pages scored through the compressed ``index`` (:mod:`retriever.index`; the default is exact MaxSim)."""
 
     batch_size: int = 8
     chunk_pages: int = 256
     device: torch.device | str = "cpu"
     compute_dtype: torch.dtype | None = None
     state_dir: Path | None = None
+    index: IndexSettings = IndexSettings()
 
 
 def encode_sharded_queries(encoder: Encoder, texts: Sequence[str], batch_size: int, info: RankInfo) -> Embeddings:
@@ -111,7 +114,8 @@ def _state_fingerprint(encoder: Encoder, query_ids: Sequence[str], page_ids: Seq
     """What decides a rank's running top-k (see the module docstring)."""
     return {**encoder.fingerprint, "query ids": ids_digest(query_ids), "queries": len(query_ids),
             "page ids": ids_digest(page_ids), "pages": len(page_ids), "k": k, "world size": info.world,
-            "chunk_pages": settings.chunk_pages, "score dtype": str(settings.compute_dtype)}
+            "chunk_pages": settings.chunk_pages, "score dtype": str(settings.compute_dtype),
+            "index": settings.index.to_dict()}
 
 
 def _load_state(state_file: Path, fingerprint: dict[str, Any], top: RunningTopK) -> int:
@@ -125,7 +129,7 @@ def _load_state(state_file: Path, fingerprint: dict[str, Any], top: RunningTopK)
         logger.warning("%s: made by another evaluation than this one: %s; scoring from the first chunk again",
                        state_file, ", ".join(changed))
         return 0
-    top.values, top.indices = saved["values"], saved["indices"]
+    top.values, top.indices, top.payload = saved["values"], saved["indices"], saved.get("payload")
     return int(saved["next_chunk"])
 
 
@@ -135,8 +139,9 @@ def _save_state(state_file: Path, top: RunningTopK, next_chunk: int, fingerprint
     done = next_chunk - 1
     kept = f"the state saved after {done} scored chunk(s) is intact; {RESUME_HINT}" if done else RESUME_HINT
     with atomic_output(state_file, kept) as handle:
-        torch.save({"values": top.values, "indices": top.indices, "next_chunk": next_chunk,
-                    "fingerprint": json.dumps(fingerprint)}, handle)
+        state = {"values": top.values, "indices": top.indices, "next_chunk": next_chunk,
+                 "fingerprint": json.dumps(fingerprint)}
+        torch.save(state if top.payload is None else {**state, "payload": top.payload}, handle)
 
 
 def _remove_states(state_file: Path, info: RankInfo) -> None:
@@ -145,6 +150,18 @@ def _remove_states(state_file: Path, info: RankInfo) -> None:
     if info.is_main:
         for stale in state_file.parent.glob("topk_rank*.pt"):
             stale.unlink(missing_ok=True)
+
+
+def _fold_candidates(top: RunningTopK, index: IndexScorer, pages: list[Tensor], positions: Tensor) -> None:
+    """Two-stage search over one chunk: each query's best ``top.k`` pages by the first stage, and their scores by
+    the stored vectors (computed only for the pages some query kept). Any page of the global first-stage top is in
+    its chunk's, so the result does not depend on chunking."""
+    first = index.first_stage(pages)
+    values, kept, _ = select_topk(first, positions.expand(first.shape[0], -1), min(top.k, len(pages)), top.tie_key)
+    local = kept - positions[0]
+    columns = torch.unique(local)
+    final = index.stored([pages[int(c)] for c in columns])
+    top.update(values, kept, final.gather(1, torch.searchsorted(columns, local)))
 
 
 def score_shard(encoder: Encoder, query_emb: Embeddings, page_ids: Sequence[str],
@@ -167,7 +184,10 @@ def score_shard(encoder: Encoder, query_emb: Embeddings, page_ids: Sequence[str]
     else:
         queries = query_emb.to(device)
     n_queries = len(query_emb)
-    top = RunningTopK(n_queries, k, trec_tie_key(page_ids))
+    index = IndexScorer(settings.index, list(query_emb), device, settings.compute_dtype) \
+        if multi and n_queries and not settings.index.exact else None
+    two_stage = index is not None and index.two_stage
+    top = RunningTopK(n_queries, settings.index.rerank_depth if two_stage else k, trec_tie_key(page_ids), two_stage)
     score = _scorer(multi, device, settings.compute_dtype)
     n_pages, chunk = len(page_ids), settings.chunk_pages
     shard = shard_range(n_pages, info.rank, info.world)
@@ -186,13 +206,18 @@ def score_shard(encoder: Encoder, query_emb: Embeddings, page_ids: Sequence[str]
         span = chunks[ci]
         emb = encoder.encode_pages(load_pages(span), batch_size=settings.batch_size, ids=[page_ids[i] for i in span],
                                    progress=False)
-        scores = score(queries, emb) if n_queries else torch.empty(0, len(span))
-        if on_chunk is not None:
-            on_chunk(scores, span)
-        top.update(scores, torch.tensor(list(span)))
+        positions = torch.tensor(list(span))
+        if two_stage:
+            _fold_candidates(top, index, index.pages(list(emb)), positions)
+        else:
+            scores = index.stored(index.pages(list(emb))) if index is not None else \
+                score(queries, emb) if n_queries else torch.empty(0, len(span))
+            if on_chunk is not None:
+                on_chunk(scores, span)
+            top.update(scores, positions)
         if state_file is not None:
             _save_state(state_file, top, ci + 1, fingerprint)
-    result = merge_across_ranks(top)
+    result = merge_across_ranks(top, k)
     if state_file is not None:
         _remove_states(state_file, info)
     return result

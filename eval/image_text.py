@@ -122,7 +122,7 @@ class _ImageToText:
     def __call__(self, scores: Tensor, span: range) -> None:
         per_image = scores.detach().float().cpu()[self.caption_row].T  # [C, Ncap]
         captions = torch.arange(per_image.shape[1]).expand_as(per_image)
-        _, top = select_topk(per_image, captions, min(self.k, per_image.shape[1]))
+        _, top, _ = select_topk(per_image, captions, min(self.k, per_image.shape[1]))
         self.rows.update({image: row for image, row in zip(span, top.tolist())})
 
     def gather(self, info: RankInfo) -> dict[int, list[int]]:

@@ -9,6 +9,10 @@ otherwise the task is evaluated again, with a warning naming what changed. See e
 resume design. This module is only the command line: tasks are loaded by :mod:`eval.tasks` and evaluated by
 :mod:`eval.evaluate` (as training's evaluation does), the table comes from :mod:`eval.report`.
 
+Multi-vector models can be scored through a compressed index (``--pool_factor``, ``--quantize``, ``--candidates``,
+``--rerank_depth``; :mod:`retriever.index`), and ``--compare SPEC`` scores a list of such configurations on one
+encoding of each task and writes ``<out>/<task>/compression.{json,md,png}`` instead (:mod:`eval.compression`).
+
 MTEB tasks (ViDoRe v2/v3) are scored per language subset as MTEB scores them (:mod:`eval.mteb_tasks`): the task's
 aggregate is mteb's ``TaskResult.get_score`` average over subsets, its ``main_score`` the task's main metric.
 Subsets sharing a corpus are ranked in one pass (their query ids become ``<subset>/<id>`` in run.trec and
@@ -28,9 +32,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from data_prep.errors import cli
+from data_prep.errors import InputError, cli
 from data_prep.flags import positive_float, positive_int
 from data_prep.outputs import check_outputs, flag_paths, settings_changes, write_text_atomic
+from eval.compression import CachedEncoder, compare_task, read_spec
 from eval.datasets import TaskSource, resolve_tasks
 from eval.engine import Encoder, ScoringSettings
 from eval.evaluate import evaluate_subsets
@@ -40,6 +45,7 @@ from eval.mteb_wrapper import model_meta
 from eval.report import markdown_table
 from eval.tasks import load_task
 from eval.trec import write_run
+from retriever.index import IndexSettings, add_index_arguments, check_index_settings, index_settings
 from retriever.model.saved import add_model_arguments, checkpoint_inputs, load_encoder_from_args
 from retriever.process_group import RankInfo, joined_process_group
 from retriever.scoring import add_score_dtype_argument, score_dtype
@@ -67,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_score_dtype_argument(p)
     p.add_argument("--timeout", type=positive_float, default=1800,
                    help="seconds a collective waits for the other ranks")
+    add_index_arguments(p)
+    p.add_argument("--compare", type=Path, default=None, metavar="SPEC",
+                   help="JSON/YAML list of index configurations (index flag names as keys) to score on one encoding "
+                        "of each task: writes OUT/<task>/compression.{json,md,png} (multi-vector models, one process)")
     p.add_argument("--mteb_results", type=Path, default=None,
                    help="also write each evaluated task as mteb's result JSON (TaskResult), in mteb's results layout "
                         "DIR/results/<model>/<revision>/<task>.json")
@@ -122,8 +132,10 @@ def evaluate_spec(encoder: Encoder, spec: TaskSource, args: argparse.Namespace, 
 def made_with(encoder: Encoder, spec: TaskSource, args: argparse.Namespace) -> dict[str, Any]:
     """What decides a task's metrics besides the code: the model's fingerprint, the task's source and the flags
     that change the run (recorded in its metrics.json as ``made_with``)."""
+    index = index_settings(args)
     return {**encoder.fingerprint, "task": spec.source, "--split": args.split, "--page_store": args.page_store,
-            "--k": args.k, "--depth": args.depth, "--score_dtype": args.score_dtype}
+            "--k": args.k, "--depth": args.depth, "--score_dtype": args.score_dtype,
+            **({} if index.exact else {"index": index.to_dict()})}
 
 
 def finished_summary(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -157,6 +169,22 @@ def run_tasks(encoder: Encoder, tasks: list[TaskSource], args: argparse.Namespac
     return rows
 
 
+def compare_tasks(encoder: Encoder, tasks: list[TaskSource], args: argparse.Namespace,
+                  settings: ScoringSettings) -> None:
+    """``--compare``: every configuration of the spec on each task (one encoding per task); prints each table."""
+    if not encoder.multi_vector:
+        raise InputError(f"--compare: {args.model} is a dense model (one vector per page); index compression applies "
+                         "to multi-vector models")
+    configs = read_spec(args.compare)
+    depth = max(args.depth or 0, *args.k, 100)
+    for _, config in configs:
+        check_index_settings(config, multi_vector=True, depth=depth, model=args.model)
+    for spec in tasks:
+        _, subsets = load_task(spec, args.split, args.page_store)
+        compare_task(CachedEncoder(encoder), subsets, configs, args.k, depth, settings, args.out / spec.name)
+        print(f"{spec.name}:\n" + (args.out / spec.name / "compression.md").read_text())
+
+
 def write_summary(out: Path, specs: list[TaskSource], results: dict[str, dict[str, float]]) -> None:
     """``OUT/metrics.json`` (per task and their average) and ``OUT/results.md`` (the table, also printed)."""
     tasks = {name: results[name] for name in dict.fromkeys(spec.name for spec in specs)}
@@ -178,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             check_paths(args, specs)
             encoder = load_encoder_from_args(args, info.device)
             settings = ScoringSettings(args.batch_size, args.chunk_pages, info.device,
-                                       score_dtype(args.score_dtype, info.device))
+                                       score_dtype(args.score_dtype, info.device), index=index_settings(args))
+            if args.compare is not None:
+                compare_tasks(encoder, specs, args, replace(settings, index=IndexSettings()))
+                return 0
+            check_index_settings(settings.index, multi_vector=encoder.multi_vector,
+                                 depth=args.depth or max(args.k), model=args.model)
             results = run_tasks(encoder, specs, args, info, settings)
         except RuntimeError as err:
             if info.world > 1:

@@ -14,7 +14,7 @@ PACKAGES = ("data_prep", "retriever", "eval", "query_generation")
 LAYERS = (
     ("data_prep",),
     ("retriever.process_group", "retriever.page_sources", "retriever.pairs", "retriever.model", "retriever.scoring",
-     "retriever.mining"),
+     "retriever.mining", "retriever.index"),
     ("eval",),
     ("retriever.training", "retriever.model_card", "retriever.train", "retriever.mine", "retriever.merge",
      "retriever.export", "retriever.tiny"),
