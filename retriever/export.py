@@ -40,7 +40,8 @@ from retriever.model.dtype import add_dtype_argument
 from retriever.model.encoder import EncoderConfig, RetrieverEncoder
 from retriever.model.published import FORMATS, PublishedFormat, published_key, visual_prompt_prefix
 from retriever.model.saved import CONFIG_FILE, TRAINING_ARGS_FILE, checkpoint_inputs, load_encoder, resolve_checkpoint
-from retriever.model_card import model_card, read_metrics
+from retriever.index import add_index_arguments, check_index_settings, index_settings
+from retriever.model_card import index_section, model_card, read_metrics
 
 __all__ = ["PushError", "export", "main", "target_format"]
 
@@ -160,6 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--metrics", type=Path, default=None, help="an eval.retrieval metrics.json for the model card")
     p.add_argument("--push_to_hub", default=None, metavar="REPO", help="also upload the folder to this hub repo")
+    p.add_argument("--compression", type=Path, default=None,
+                   help="an eval.retrieval --compare compression.json whose table goes into the model card")
+    add_index_arguments(p)
     add_dtype_argument(p, "auto", "weights dtype of the export (default: the checkpoint's own)")
     return p.parse_args(argv)
 
@@ -168,17 +172,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.metrics is not None and not args.metrics.exists():
-        raise MissingInputError(f"--metrics {args.metrics} does not exist (the metrics.json eval.retrieval wrote)")
-    check_outputs({"--out": args.out}, {**checkpoint_inputs("--model", args.model), "--metrics": args.metrics},
-                  directories=("--out",))
+    for flag, path in (("--metrics", args.metrics), ("--compression", args.compression)):
+        if path is not None and not path.exists():
+            raise MissingInputError(f"{flag} {path} does not exist (the {path.name} eval.retrieval wrote)")
+    check_outputs({"--out": args.out}, {**checkpoint_inputs("--model", args.model), "--metrics": args.metrics,
+                                        "--compression": args.compression}, directories=("--out",))
     metrics = read_metrics(args.metrics) if args.metrics is not None else None
     source = resolve_checkpoint(args.model)
     encoder = load_encoder(source, dtype=args.dtype)
     fmt = target_format(encoder.config, args.format)
+    index = index_settings(args)
+    check_index_settings(index, multi_vector=encoder.multi_vector, depth=0, model=args.model)
+    with_index = encoder.multi_vector and (not index.exact or args.compression is not None)
+    card_index = index_section(index, args.compression) if with_index else None
     export(encoder, fmt, args.out)
+    if with_index:
+        write_text_atomic(args.out / "index_settings.json", json.dumps(index.to_dict(), indent=2) + "\n")
     card = model_card(fmt, encoder.config, source, args.push_to_hub or args.out.name,
-                      _read_json(source / CONFIG_FILE), _read_json(source / TRAINING_ARGS_FILE), metrics)
+                      _read_json(source / CONFIG_FILE), _read_json(source / TRAINING_ARGS_FILE), metrics, card_index)
     write_text_atomic(args.out / "README.md", card)
     print(f"wrote {fmt.library} {fmt.name} checkpoint to {args.out}")
     if args.push_to_hub:

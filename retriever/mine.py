@@ -12,7 +12,11 @@
    for large corpora; on the GPU when faiss has GPUs); multi-vector heads from pooled (mean token) vectors in
    FAISS, the best ``--pool_depth`` reranked with exact MaxSim (``--multi_search exact``: brute-force MaxSim; on
    a GPU with Triton the pages are packed once into pinned bf16 memory and the fused MaxSim kernel scores larger
-   query blocks). Candidates are scored exactly and ranked.
+   query blocks), or through a compressed index (``--candidates muvera|binary|int8`` and/or ``--pool_factor K``:
+   the best ``--rerank_depth`` by MUVERA encodings, binary / int8 MaxSim or MaxSim over token-pooled pages; see
+   ``retriever.index``). Candidates are scored exactly and ranked. For an approximate search, the first
+   ``--candidate_recall_sample`` queries of each rank are also searched exactly, and the fraction of their exact top
+   candidates the search found is reported.
 3. The selection rules (``retriever.mining.selection``: positives and their near duplicates out, the rank window
    ``--range_min``/``--range_max``, ``--relative_margin``, ``--absolute_margin``, ``--max_score``, then
    ``--sampling``) pick up to ``--num_negatives`` ids as the line's ``neg``. Each line also gets ``neg_scores``,
@@ -20,7 +24,7 @@
    other keys are kept. Near duplicates of a positive: same PDF page (``--pages_jsonl``), same rendered bytes,
    optionally a close average hash (``--hash_distance``); see ``retriever.mining.duplicates``.
 4. Statistics (candidates removed per rule, queries short of negatives, histograms of positive vs negative
-   scores) are printed and written to ``OUT.stats.json``.
+   scores, the candidate search's recall of the exact top) are printed and written to ``OUT.stats.json``.
 """
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ from data_prep.flags import non_negative_float, positive_int
 from data_prep.outputs import atomic_output, check_outputs, flag_paths, record_settings, settings_changes
 from retriever.mining.candidates import rank_candidates
 from retriever.mining.duplicates import NearDuplicates, pdf_page_keys
-from retriever.mining.search import find_candidates
+from retriever.index import add_index_arguments, check_index_settings, index_settings
+from retriever.mining.search import candidate_recall, find_candidates
 from retriever.mining.selection import MiningRules, select_negatives
 from retriever.mining.statistics import MiningStats
 from retriever.model.identity import ids_digest
@@ -94,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "MaxSim over every page")
     search.add_argument("--pool_depth", type=positive_int, default=None,
                         help="candidates taken from the pooled vectors and reranked (default: 4 x search depth)")
+    search.add_argument("--candidate_recall_sample", type=int, default=32,
+                        help="queries per rank also searched exactly, to report the fraction of the exact top "
+                             "candidates an approximate search finds (0: off)")
+    add_index_arguments(parser, quantize=False, rerank_depth=None,
+                        rerank_help="pages per query the index search passes on to the exact rerank (with "
+                                    "--candidates or --pool_factor; default: 4 x search depth)")
     parser.add_argument("--batch_size", type=positive_int, default=16, help="encoding batch size")
     parser.add_argument("--cache_dir", default=None, help="page-embedding cache (default: OUT.cache/)")
     parser.add_argument("--shard_size", type=positive_int, default=1024, help="pages per cached embedding shard")
@@ -239,10 +250,17 @@ def mine(args: argparse.Namespace, rules: MiningRules, env: RankInfo) -> None:
     queries = (encoder.encode_queries([pair.query for pair in mine_pairs], batch_size=args.batch_size,
                                       progress=env.is_main) if mine_pairs else [])
     pages = pages if encoder.multi_vector else torch.stack(pages)
+    index = index_settings(args, rerank_depth=4 * depth)
+    check_index_settings(index, multi_vector=encoder.multi_vector, depth=depth, model=args.model)
     candidates = find_candidates(queries, pages, encoder.multi_vector, depth, args.multi_search, args.pool_depth,
-                                 args.faiss_index)
+                                 args.faiss_index, index)
     duplicates = NearDuplicates(resolver, pdf_keys, args.same_bytes, args.hash_distance)
     stats = MiningStats(rules.num_negatives)
+    approximate = encoder.multi_vector and (not index.exact or args.multi_search == "pooled")
+    if approximate and args.candidate_recall_sample > 0 and mine_pairs:
+        sample = min(args.candidate_recall_sample, len(mine_pairs))
+        stats.recall_depth = depth
+        stats.candidate_recall = candidate_recall(list(queries[:sample]), pages, candidates[:sample], depth)
     fields = mine_queries(mine_pairs, part.start, queries, pages, ids, encoder.multi_vector, depth, candidates,
                           rules, duplicates, stats)
     write_part(Path(args.out), env, part, fields, stats, Path(args.train_data))

@@ -2,7 +2,8 @@
 
 It states the base model and how the model was trained, from what the run saved next to its weights
 (``retriever_config.json``: encoder settings, training mode, LoRA; ``training_args.json``: the training flags,
-written by ``retriever.train`` into ``final/``), the metrics of an ``eval.retrieval`` metrics.json when given, and a
+written by ``retriever.train`` into ``final/``), the metrics of an ``eval.retrieval`` metrics.json when given, the
+recommended index settings (and an ``eval.retrieval --compare`` table) of a multi-vector model when given, and a
 usage snippet for the library whose classes load the export. What the run did not record is said to be unknown.
 """
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 from data_prep.errors import InputError
 from eval.report import markdown_table
+from retriever.index import IndexSettings
 from retriever.model.encoder import EncoderConfig
 from retriever.model.published import PublishedFormat
 from retriever.model.saved import TRAINING_ARGS_FILE
 
-__all__ = ["model_card", "read_metrics"]
+__all__ = ["index_section", "model_card", "read_metrics"]
 
 DATA_FLAGS = ("train_data", "image_root", "page_store", "eval_data")
 PROCESSORS = {"ColQwen2": "ColQwen2Processor", "ColQwen2_5": "ColQwen2_5_Processor", "ColQwen3": "ColQwen3Processor",
@@ -97,8 +99,32 @@ def _loss_line(args: Mapping[str, Any]) -> str:
                                           "trained before the query-length normalisation existed)")
 
 
+def index_section(settings: IndexSettings, compression: Path | None) -> str:
+    """The card's index section: the recommended index flags, and the table of an ``eval.retrieval --compare``
+    compression.json when given."""
+    flags = {"--pool_factor": settings.pool_factor, "--quantize": settings.quantize,
+             "--candidates": settings.candidates, "--rerank_depth": settings.rerank_depth}
+    lines = [f"Recommended index settings ({settings.describe()}), the flags of `eval.retrieval`, `retriever.mine` and "
+             "`eval.encode`: `" + " ".join(f"{k} {v}" for k, v in flags.items()) +
+             ("" if settings.pool_renormalize else " --no-pool_renormalize") + "` (`index_settings.json`)."]
+    if compression is not None:
+        try:
+            records = json.loads(compression.read_text(encoding="utf-8"))
+            rows = [f"| {r['name']} | {r['bytes_ratio']:.3f} | {r['scanned_ratio']:.3f} | {r['ndcg_at_10']:.4f} | "
+                    f"{r['ndcg_at_10_kept']:.3f} | {r['top10_overlap']:.3f} |" for r in records]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"--compression {compression}: not an eval.retrieval --compare compression.json "
+                             f"({err})") from err
+        lines += ["", f"Measured with `eval.retrieval --compare` ({compression.parent.name}; bytes and scanned bytes "
+                  "relative to exact MaxSim):", "",
+                  "| configuration | bytes | scanned | nDCG@10 | nDCG@10 kept | top-10 overlap |", "|---" * 6 + "|",
+                  *rows]
+    return "\n".join(lines)
+
+
 def model_card(fmt: PublishedFormat, config: EncoderConfig, source: Path, repo: str,
-               state: Mapping[str, Any] | None, args: Mapping[str, Any] | None, metrics: str | None) -> str:
+               state: Mapping[str, Any] | None, args: Mapping[str, Any] | None, metrics: str | None,
+               index: str | None = None) -> str:
     """README.md of an export in ``fmt`` of the retriever at ``source``."""
     base = (args or {}).get("model_name_or_path") or "unknown (not recorded by the run)"
     front = ["---", f"base_model: {base}" if args and args.get("model_name_or_path") else "", "library_name: "
@@ -111,5 +137,6 @@ def model_card(fmt: PublishedFormat, config: EncoderConfig, source: Path, repo: 
         "", f"# {repo}", "", f"Exported by vlmret (`python -m retriever.export`) from `{source}`: {kind}.", "",
         f"- base model: {base}", f"- backbone: {config.backbone}",
         f"- encoder settings: `{json.dumps(asdict(config), sort_keys=True)}`", "", *_training(state, args), "",
-        "## Metrics", "", metrics or "No metrics were given (`--metrics`).", "", "## Usage", "", _usage(fmt, repo)]
+        "## Metrics", "", metrics or "No metrics were given (`--metrics`).", "",
+        *(["## Index", "", index, ""] if index else []), "## Usage", "", _usage(fmt, repo)]
     return "\n".join(lines)

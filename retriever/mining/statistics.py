@@ -25,6 +25,9 @@ class MiningStats:
     removed: Counter = field(default_factory=Counter)
     pos_scores: list[float] = field(default_factory=list)
     neg_scores: list[float] = field(default_factory=list)
+    # Per sampled query, the fraction of its exact top ``recall_depth`` pages an approximate candidate search found.
+    candidate_recall: list[float] = field(default_factory=list)
+    recall_depth: int = 0
 
     def add(self, selection: Selection) -> None:
         self.queries += 1
@@ -39,6 +42,8 @@ class MiningStats:
         self.removed.update(other.removed)
         self.pos_scores += other.pos_scores
         self.neg_scores += other.neg_scores
+        self.candidate_recall += other.candidate_recall
+        self.recall_depth = max(self.recall_depth, other.recall_depth)
 
     def histograms(self, bins: int = 10) -> dict[str, Any]:
         """Counts of positive and negative scores over shared bin edges."""
@@ -53,13 +58,24 @@ class MiningStats:
         return {"queries": self.queries, "num_negatives": self.num_negatives,
                 "queries_short_of_negatives": self.short, "negatives_mined": len(self.neg_scores),
                 "removed_by_rule": {rule: self.removed.get(rule, 0) for rule in RULES},
-                "histograms": self.histograms()}
+                "histograms": self.histograms(), **self._recall()}
+
+    def _recall(self) -> dict[str, Any]:
+        if not self.candidate_recall:
+            return {}
+        return {"candidate_recall": {"depth": self.recall_depth, "queries": len(self.candidate_recall),
+                                     "mean": sum(self.candidate_recall) / len(self.candidate_recall),
+                                     "min": min(self.candidate_recall)}}
 
     def report(self) -> str:
         """A plain-text summary for the terminal."""
         lines = [f"{self.queries} queries, {len(self.neg_scores)} negatives mined; "
                  f"{self.short} queries have fewer than {self.num_negatives}",
                  "candidates removed by rule: " + ", ".join(f"{r}={self.removed.get(r, 0)}" for r in RULES)]
+        if self.candidate_recall:
+            recall = self._recall()["candidate_recall"]
+            lines.append(f"candidate search: found {recall['mean']:.3f} of the exact top {recall['depth']} on average "
+                         f"(lowest {recall['min']:.3f}) over {recall['queries']} sampled queries")
         hist = self.histograms()
         if hist["edges"]:
             lines.append(f"{'score bin':>22} {'positives':>10} {'negatives':>10}")
@@ -74,10 +90,12 @@ class MiningStats:
         total = cls(num_negatives)
         for part in parts:
             total.merge(cls(num_negatives, part["queries"], part["short"], Counter(part["removed"]),
-                            part["pos_scores"], part["neg_scores"]))
+                            part["pos_scores"], part["neg_scores"], part.get("candidate_recall", []),
+                            part.get("recall_depth", 0)))
         return total
 
     def raw(self) -> dict[str, Any]:
         """Everything needed to merge this rank's statistics into rank 0's."""
         return {"queries": self.queries, "short": self.short, "removed": dict(self.removed),
-                "pos_scores": self.pos_scores, "neg_scores": self.neg_scores}
+                "pos_scores": self.pos_scores, "neg_scores": self.neg_scores,
+                "candidate_recall": self.candidate_recall, "recall_depth": self.recall_depth}

@@ -153,3 +153,28 @@ def test_a_format_without_a_class_for_the_backbone_is_one_error_line(tiny_model_
                           capsys)
     assert line == ("error: --format colpali: no dense colpali-engine format for backbone 'qwen2_vl' (exportable "
                     "backbones: gemma3, modernvbert, qwen3_5, qwen3_vl)")
+
+
+@needs_engine
+def test_index_settings_and_a_compression_table_travel_in_the_card(tiny_model_dir, tmp_path, capsys) -> None:
+    """The index flags of a multi-vector export go to index_settings.json and the card, with the table of an
+    eval.retrieval --compare compression.json; on a dense model they are one error line."""
+    build_reference("engine_colqwen2", tiny_model_dir("qwen2_vl"), tmp_path / "published")
+    save_encoder(load_encoder(tmp_path / "published"), tmp_path / "final")
+    record = {"name": "pool 3", "bytes_ratio": 0.32, "scanned_ratio": 0.32, "ndcg_at_10": 0.8, "ndcg_at_10_kept": 0.99,
+              "top10_overlap": 0.98}
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "compression.json").write_text(json.dumps([record]))
+    assert main(["--model", str(tmp_path / "final"), "--format", "colpali", "--out", str(tmp_path / "export"),
+                 "--pool_factor", "3", "--candidates", "binary", "--rerank_depth", "200",
+                 "--compression", str(tmp_path / "cmp" / "compression.json")]) == 0
+    settings = json.loads((tmp_path / "export" / "index_settings.json").read_text())
+    assert settings["pool_factor"] == 3 and settings["candidates"] == "binary" and settings["rerank_depth"] == 200
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "## Index" in card and "`--pool_factor 3 --quantize none --candidates binary --rerank_depth 200`" in card
+    assert "| pool 3 | 0.320 | 0.320 | 0.8000 | 0.990 | 0.980 |" in card
+    dense = tmp_path / "dense"
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl")), dense)
+    line = one_error_line(main, ["--model", str(dense), "--format", "transformers", "--out", str(tmp_path / "d"),
+                                 "--quantize", "int8"], capsys)
+    assert line.startswith(f"error: --quantize: {dense} is a dense model")

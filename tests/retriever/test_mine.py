@@ -110,6 +110,8 @@ def mining_data(tmp_path_factory, tiny_model_dir):
     pairs.write_text("".join(json.dumps({"query": f"page {i}", "pos": [f"p{i}.png"], "source": "t"}) + "\n"
                              for i in range(5)))
     save_encoder(load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="qwen2_vl")), root / "model")
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="qwen2_vl", head="multi",
+                                                                        multi_dim=16)), root / "multi")
     return root
 
 
@@ -135,6 +137,19 @@ def test_cli_end_to_end_records_scores_and_never_mines_positives(mining_data, tm
     main(_mine_args(mining_data, out))  # the second run reads the cached page embeddings: same answer
     assert [json.loads(line) for line in out.read_text().splitlines()] == first
     assert len(list((tmp_path / "mined.jsonl.cache").glob("pages-*.safetensors"))) == 3
+
+
+def test_compressed_index_candidates_mine_like_exact_search_and_report_their_recall(mining_data, tmp_path):
+    """A multi-vector model: MUVERA candidates (the default rerank depth covers this small corpus) mine the same
+    negatives as brute-force MaxSim, and the statistics report the candidate search's recall of the exact top."""
+    model = ["--model", str(mining_data / "multi")]
+    main([*_mine_args(mining_data, tmp_path / "exact.jsonl"), *model, "--multi_search", "exact"])
+    main([*_mine_args(mining_data, tmp_path / "muvera.jsonl"), *model, "--candidates", "muvera", "--pool_factor", "2",
+          "--candidate_recall_sample", "4"])
+    assert (tmp_path / "muvera.jsonl").read_text() == (tmp_path / "exact.jsonl").read_text()
+    stats = json.loads((tmp_path / "muvera.jsonl.stats.json").read_text())
+    assert stats["candidate_recall"]["queries"] == 4 and stats["candidate_recall"]["mean"] == 1.0
+    assert "candidate_recall" not in json.loads((tmp_path / "exact.jsonl.stats.json").read_text())
 
 
 def test_another_model_on_the_same_out_encodes_again(mining_data, tmp_path, caplog):

@@ -56,3 +56,23 @@ def test_a_faiss_index_that_cannot_be_built_is_a_user_error(spec, reason):
     with pytest.raises(InputError, match=f"--faiss_index '{spec}': FAISS cannot build this index for 4 vectors of "
                        f"size 8 \\(.*{reason}"):
         search_dense(torch.zeros(2, 8), torch.zeros(4, 8), 2, spec)
+
+
+def test_index_search_takes_the_top_of_its_first_stage_and_recall_counts_the_exact_top():
+    """Through a compressed index: the best ``rerank_depth`` pages by MaxSim over token-pooled pages (brute force
+    in float64); candidate recall is the share of the exact top found."""
+    from retriever.index import IndexSettings
+    from retriever.index.pooling import pool_tokens
+    from retriever.mining.search import candidate_recall, search_index
+
+    gen = torch.Generator().manual_seed(3)
+    queries = [torch.randn(n, 8, generator=gen, dtype=torch.float64) for n in (3, 5)]
+    pages = [torch.randn(n, 8, generator=gen, dtype=torch.float64) for n in (6, 9, 4, 7, 8, 5, 6)]
+    index = IndexSettings(pool_factor=2, rerank_depth=3)
+    found = search_index(queries, pages, index, chunk=3).tolist()
+    pooled = [pool_tokens(p, 2) for p in pages]
+    for q, hits in zip(queries, found):
+        assert set(hits) == set(_brute_maxsim(q, pooled).topk(3).indices.tolist())
+    exact = [set(_brute_maxsim(q, pages).topk(3).indices.tolist()) for q in queries]
+    assert candidate_recall(queries, pages, found, 3) == [len(e & set(f)) / 3 for e, f in zip(exact, found)]
+    assert find_candidates(queries, pages, True, 3, index=index) == found
