@@ -5,7 +5,9 @@ DataLoader of batches (``"text"`` for queries, ``"image"`` for pages) and return
 zero-padded ``[N, L, D]`` (multi-vector); ``similarity`` is the dot product or MaxSim from
 :mod:`retriever.scoring`, where a multi-vector token is padding exactly when it is all zeros (real tokens are
 L2-normalised, never zero). With it ``mteb.evaluate(MtebRetriever.from_pretrained(path), mteb.get_benchmark(
-"ViDoRe(v1)"))`` runs MTEB's own pipeline and metrics on our checkpoints.
+"ViDoRe(v1)"))`` runs MTEB's own pipeline and metrics on our checkpoints. ``index`` applies the index compression
+options mteb's exhaustive search can express (:mod:`retriever.index`): token pooling of pages and int8 / binary
+vectors (as the float vectors whose dot products they give: dequantized, or ±1); two-stage candidates cannot.
 
 :func:`local_task` wraps a :class:`eval.datasets.RetrievalData` as an ``AbsTaskRetrieval`` (main score
 ``ndcg_at_5``, as ViDoRe), which is how the tests check that MTEB and the native evaluator agree.
@@ -27,8 +29,12 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from torch import Tensor
 
+from data_prep.errors import InputError
 from eval.datasets import RetrievalData
 from eval.engine import Encoder
+from retriever.index import IndexSettings
+from retriever.index.pooling import pool_pages
+from retriever.index.quantization import as_float
 from retriever.model.saved import load_encoder, saved_encoder_config
 from retriever.scoring import dense_scores, maxsim_blocked
 
@@ -60,10 +66,16 @@ class MtebRetriever(AbsEncoder):
     """An :class:`eval.engine.Encoder` (e.g. ``RetrieverEncoder``) exposed to mteb."""
 
     def __init__(self, encoder: Encoder, name: str = "vlmret/model", revision: str = "local",
-                 batch_size: int = 8, path: str | None = None) -> None:
+                 batch_size: int = 8, path: str | None = None, index: IndexSettings = IndexSettings()) -> None:
+        if index.candidates != "exact":
+            raise InputError(f"--candidates {index.candidates}: mteb scores every page exhaustively, so a two-stage "
+                             "search cannot run through it (use eval.retrieval's engine)")
+        if not encoder.multi_vector and not index.exact:
+            raise InputError("index compression applies to multi-vector models; this one is dense")
         self.encoder = encoder
         self.batch_size = batch_size
         self.multi_vector = encoder.multi_vector
+        self.index = index
         meta = model_meta(path or name, revision, self.multi_vector)
         unloadable = {} if path else {"loader": None, "loader_kwargs": {}}  # an in-memory encoder has no path
         self.mteb_model_meta = meta.model_copy(update={"name": name, **unloadable})
@@ -84,8 +96,12 @@ class MtebRetriever(AbsEncoder):
             if "image" in batch:
                 images = [img.convert("RGB") for img in batch["image"]]
                 emb = self.encoder.encode_pages(images, batch_size=self.batch_size, ids=None, progress=False)
+                if self.multi_vector:
+                    emb = pool_pages(list(emb), self.index.pool_factor, self.index.pool_renormalize)
             else:
                 emb = self.encoder.encode_queries(list(batch["text"]), batch_size=self.batch_size, progress=False)
+            if self.multi_vector:
+                emb = [as_float(e, self.index.quantize) for e in emb]
             out.extend(emb if self.multi_vector else emb.unbind(0))
         if self.multi_vector:
             return torch.nn.utils.rnn.pad_sequence(out, batch_first=True)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BinaryVectors", "Int8Vectors", "binary_maxsim", "to_binary", "to_int8"]
+__all__ = ["BinaryVectors", "Int8Vectors", "as_float", "binary_maxsim", "to_binary", "to_int8"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,16 @@ def to_int8(x: Tensor) -> Int8Vectors:
 def to_binary(x: Tensor) -> BinaryVectors:
     """Packed sign bits of ``x`` [L, D] (bit set where the coordinate is > 0)."""
     return BinaryVectors(np.packbits(x.detach().cpu().numpy() > 0, axis=-1), x.shape[-1])
+
+
+def as_float(x: Tensor, kind: str) -> Tensor:
+    """``x`` [L, D] as float vectors whose dot products are those of its ``kind`` representation: the dequantized
+    int8 vectors, or the ±1 sign vectors (``D - 2 · hamming``); unchanged for ``none``."""
+    if kind == "int8":
+        return to_int8(x).dequantized()
+    if kind == "binary":
+        return torch.where(x.detach().cpu() > 0, 1.0, -1.0)
+    return x
 
 
 def binary_maxsim(queries: list[BinaryVectors], pages: list[BinaryVectors]) -> Tensor:

@@ -239,13 +239,14 @@ def copy_module_output(output: Any) -> Any:
 
 def build_head(config: EncoderConfig, hidden_size: int) -> nn.Module:
     """The head named by ``config.head``; checks the Matryoshka sizes against the output size."""
-    if config.head == "multi":
-        _check_truncate_dim(config.truncate_dim, config.multi_dim)
-        return MultiVectorHead(hidden_size, config.multi_dim)
-    if config.head != "dense":
+    if config.head not in ("dense", "multi"):
         raise ValueError(f"unknown head {config.head!r}; supported: dense, multi")
-    head = DenseHead(hidden_size, config.pooling, config.projection_dim, config.normalize)
-    dim = head.output_dim or hidden_size
+    if config.head == "multi":
+        head: nn.Module = MultiVectorHead(hidden_size, config.multi_dim)
+        dim = config.multi_dim
+    else:
+        head = DenseHead(hidden_size, config.pooling, config.projection_dim, config.normalize)
+        dim = head.output_dim or hidden_size
     bad = [d for d in config.matryoshka_dims or [] if not 0 < d <= dim]
     if bad:
         raise ValueError(f"matryoshka_dims {bad} exceed the embedding size {dim}")

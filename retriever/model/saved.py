@@ -168,12 +168,27 @@ def load_encoder_from_args(args: argparse.Namespace, device: torch.device | str 
     if args.dim is not None:
         override["truncate_dim"] = args.dim
     try:
-        return load_encoder(args.model, override=override or None, dtype=args.dtype, device=device,
-                            trust_remote_code=args.trust_remote_code)
+        encoder = load_encoder(args.model, override=override or None, dtype=args.dtype, device=device,
+                               trust_remote_code=args.trust_remote_code)
     except ValueError as err:
         if args.dim is None or "truncate_dim" not in str(err):
             raise
         raise InputError(f"{args.model}: --dim {args.dim} is larger than its embeddings ({err})") from None
+    _check_trained_dim(args.dim, args.model, encoder.config.matryoshka_dims)
+    return encoder
+
+
+def _check_trained_dim(dim: int | None, model: str, trained: list[int] | None) -> None:
+    """``--dim`` must be a Matryoshka size the model was trained with (when it records them); without a record, a
+    prefix of an untrained head may lose quality: a warning says so."""
+    if dim is None:
+        return
+    if trained and dim not in trained:
+        raise InputError(f"--dim {dim}: {model} was trained with the Matryoshka sizes {sorted(trained)}; give one "
+                         "of them (or no --dim for the full size)")
+    if not trained:
+        logger.warning("--dim %d: %s records no Matryoshka sizes (--matryoshka_dims in training): the prefix of "
+                       "embeddings trained without them may lose quality", dim, model)
 
 
 def encoder_config(path: Path, config: EncoderConfig | None, saved: SavedState | None,

@@ -185,8 +185,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("give --max_steps > 0 or --num_train_epochs > 0")
     if args.matryoshka_weights and len(args.matryoshka_weights) != len(args.matryoshka_dims or []):
         raise ValueError("--matryoshka_weights needs one weight per --matryoshka_dims entry")
-    if args.matryoshka_dims and args.head != "dense":
-        raise ValueError("--matryoshka_dims applies to --head dense only")
     if args.bf16 and args.dtype == "float64":
         raise ValueError("--bf16 and --dtype float64 exclude each other")
     if args.freeze_vision and args.lora_vision:

@@ -105,3 +105,21 @@ def test_a_bad_spec_names_the_file_and_configuration(tiny_model_dir, beir_dir, t
     line = one_error_line(main, ["--model", str(tiny_model_dir("qwen2_vl")), "--head", "multi", "--tasks",
                                  str(beir_dir), "--out", str(tmp_path / "o"), "--compare", str(spec)], capsys)
     assert line.startswith(f"error: --compare {spec}: configuration 2: unknown option(s) quantise")
+
+
+def test_dim_must_be_a_trained_matryoshka_size(tiny_model_dir, beir_dir, tmp_path, capsys) -> None:
+    """A multi-vector head trained with Matryoshka sizes is evaluated at one of them; another size, or one larger
+    than the head, is one line naming the flag and the model."""
+    from retriever.model.encoder import EncoderConfig
+    from retriever.model.saved import load_encoder, save_encoder
+
+    model = tmp_path / "model"
+    save_encoder(load_encoder(tiny_model_dir("qwen2_vl"), EncoderConfig(backbone="qwen2_vl", head="multi",
+                                                                        multi_dim=16, matryoshka_dims=[16, 8])), model)
+    base = ["--model", str(model), "--tasks", str(beir_dir), "--k", "1,5"]
+    assert main([*base, "--out", str(tmp_path / "ok"), "--dim", "8"]) == 0
+    line = one_error_line(main, [*base, "--out", str(tmp_path / "a"), "--dim", "12"], capsys)
+    assert line == f"error: --dim 12: {model} was trained with the Matryoshka sizes [8, 16]; give one of them (or no " \
+                   "--dim for the full size)"
+    line = one_error_line(main, [*base, "--out", str(tmp_path / "b"), "--dim", "32"], capsys)
+    assert line.startswith(f"error: {model}: --dim 32 is larger than its embeddings")

@@ -82,3 +82,20 @@ def test_model_meta_loads_our_checkpoint_by_path(tiny_model_dir, tmp_path: Path)
     assert model.mteb_model_meta.loader_kwargs["path"] == str(tmp_path / "final")
     assert model.mteb_model_meta.name == meta.name
     assert json.loads(json.dumps(meta.to_dict(), default=str))["loader"] == "load_mteb_model"  # as mteb saves it
+
+
+@pytest.mark.parametrize("index", [{"pool_factor": 2}, {"quantize": "int8"}, {"quantize": "binary"}])
+def test_mteb_with_index_options_equals_the_native_engine(toy_data, index: dict) -> None:
+    """Token pooling and int8 / binary vectors through mteb's exhaustive search give the native engine's metrics
+    with the same index settings (two-stage candidates are refused: mteb cannot express them)."""
+    from eval.engine import ScoringSettings
+    from retriever.index import IndexSettings
+
+    encoder, settings = KnownAnswerEncoder(True), IndexSettings(**index)
+    scores = _mteb_scores(MtebRetriever(encoder, index=settings), toy_data)
+    _, native = evaluate_task(encoder, toy_data, RankInfo(), k_values=[1, 3, 5, 10],
+                              settings=ScoringSettings(index=settings))
+    for name in ("ndcg_at_5", "ndcg_at_10", "recall_at_3", "mrr_at_10"):
+        assert scores[name] == pytest.approx(native["aggregate"][name], abs=1e-5), name
+    with pytest.raises(Exception, match="mteb scores every page exhaustively"):
+        MtebRetriever(encoder, index=IndexSettings(candidates="binary"))

@@ -53,13 +53,14 @@ def _check(enc: RetrieverEncoder, chunk: int, rel: float = 1e-10, **loss_kw) -> 
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
-@pytest.mark.parametrize("head", ["dense", "multi", "multi_normalized", "matryoshka"])
+@pytest.mark.parametrize("head", ["dense", "multi", "multi_normalized", "matryoshka", "multi_matryoshka"])
 def test_qwen2_vl_gradcache_equals_full_batch(qwen_dir, head: str, chunk: int) -> None:
     if head == "multi_normalized":
         _check(_load(qwen_dir, "multi"), chunk, normalize_query_length=True)
-    elif head == "matryoshka":
-        enc = _load(qwen_dir, "dense", matryoshka_dims=[16, 8])
-        _check(enc, chunk, matryoshka_dims=[16, 8], matryoshka_weights=[1.0, 0.5])
+    elif head in ("matryoshka", "multi_matryoshka"):  # multi: each token vector's prefix, re-normalised
+        enc = _load(qwen_dir, "multi" if head == "multi_matryoshka" else "dense", matryoshka_dims=[16, 8])
+        _check(enc, chunk, matryoshka_dims=[16, 8], matryoshka_weights=[1.0, 0.5],
+               normalize_query_length=head == "multi_matryoshka")
     else:
         _check(_load(qwen_dir, head), chunk)
 
