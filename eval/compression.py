@@ -3,8 +3,10 @@ on one encoding of a task (:mod:`retriever.index`).
 
 SPEC is a JSON or YAML list of configurations written with the index flags' names (``pool_factor``,
 ``pool_renormalize``, ``quantize``, ``candidates``, ``rerank_depth``, ``muvera_k_sim`` / ``muvera_dim_proj`` /
-``muvera_r_reps`` / ``muvera_seed``) and an optional ``name``; exact MaxSim is always scored first, as the baseline.
-Queries and pages are encoded once (the first, exact pass); pooled pages are computed once per pooling setting.
+``muvera_r_reps`` / ``muvera_seed``), ``dim`` (a Matryoshka size: the first ``dim`` coordinates of every query and
+page vector, re-normalised, as ``--dim``) and an optional ``name``; exact MaxSim is always scored first, as the
+baseline. Queries and pages are encoded once (the first, exact pass); truncated and pooled vectors are computed once
+per setting.
 
 Per task it writes ``OUT/<task>/compression.json`` (one record per configuration: the configuration, ``bytes_per_page``
 (mean bytes of the page's stored vectors, plus its candidate encoding in a two-stage search), ``index_bytes``,
@@ -22,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -41,8 +44,17 @@ __all__ = ["CachedEncoder", "compare_task", "read_spec"]
 METRICS = ("ndcg_at_5", "ndcg_at_10", "recall_at_100")
 
 
-def read_spec(path: Path) -> list[tuple[str, IndexSettings]]:
-    """``(name, settings)`` of each configuration of a SPEC file, exact MaxSim first."""
+@dataclass(frozen=True)
+class Config:
+    """One configuration of a SPEC: its name, index settings and Matryoshka size (None: the full vectors)."""
+
+    name: str
+    settings: IndexSettings
+    dim: int | None = None
+
+
+def read_spec(path: Path) -> list[Config]:
+    """Each configuration of a SPEC file, exact MaxSim first."""
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else _yaml(text)
@@ -50,13 +62,18 @@ def read_spec(path: Path) -> list[tuple[str, IndexSettings]]:
         raise InputError(f"--compare {path}: cannot read it ({err})") from err
     if not isinstance(data, list) or not data or not all(isinstance(c, dict) for c in data):
         raise InputError(f"--compare {path}: expected a non-empty list of configurations (mappings of index flags)")
-    configs = [("exact", IndexSettings())]
+    configs = [Config("exact", IndexSettings())]
     for i, entry in enumerate(data):
-        settings = IndexSettings.from_dict(entry, f"--compare {path}: configuration {i + 1}")
-        name = str(entry.get("name") or settings.describe())
-        if name in dict(configs) or settings in [s for _, s in configs]:
-            continue
-        configs.append((name, settings))
+        where = f"--compare {path}: configuration {i + 1}"
+        dim = entry.get("dim")
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+            raise InputError(f"{where}: dim must be a positive integer, got {dim!r}")
+        settings = IndexSettings.from_dict({k: v for k, v in entry.items() if k != "dim"}, where)
+        label = settings.describe() if dim is None else f"dim {dim}" + ("" if settings.exact else
+                                                                       f", {settings.describe()}")
+        config = Config(str(entry.get("name") or label), settings, dim)
+        if all(c.name != config.name and (c.settings, c.dim) != (settings, dim) for c in configs):
+            configs.append(config)
     return configs
 
 
@@ -70,8 +87,8 @@ def _yaml(text: str) -> Any:
 
 
 class CachedEncoder:
-    """An encoder that encodes each query text and page id once and then serves the stored embeddings; ``pooled``
-    serves pages pooled with one setting instead (computed once per setting)."""
+    """An encoder that encodes each query text and page id once and then serves the stored embeddings; after
+    :meth:`use_view`, truncated (Matryoshka) and pooled ones instead (computed once per setting)."""
 
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
@@ -79,15 +96,16 @@ class CachedEncoder:
         self.fingerprint = encoder.fingerprint
         self.queries: dict[str, Tensor] = {}
         self.pages: dict[str, Tensor] = {}
-        self._pooled: dict[tuple[int, bool], dict[str, Tensor]] = {}
+        self._views: dict[tuple[int | None, int, bool], dict[str, Tensor]] = {}
         self.view: dict[str, Tensor] | None = None
+        self.dim: int | None = None
 
     def encode_queries(self, texts: Sequence[str], batch_size: int, progress: bool) -> list[Tensor]:
         missing = [t for t in dict.fromkeys(texts) if t not in self.queries]
         if missing:
             self.queries.update(zip(missing, self.encoder.encode_queries(missing, batch_size=batch_size,
                                                                          progress=progress)))
-        return [self.queries[t] for t in texts]
+        return [_truncated(self.queries[t], self.dim) for t in texts]
 
     def encode_pages(self, images: Sequence[Image.Image], batch_size: int, ids: Sequence[str] | None,
                      progress: bool) -> list[Tensor]:
@@ -99,30 +117,40 @@ class CachedEncoder:
         source = self.pages if self.view is None else self.view
         return [source[i] for i in ids]
 
-    def use_pooling(self, factor: int, renormalize: bool) -> dict[str, Tensor]:
-        """Serve pages pooled with ``factor`` (1: the encoded pages) from now on; returns them by id."""
-        if factor == 1:
+    def use_view(self, dim: int | None = None, factor: int = 1, renormalize: bool = True) -> dict[str, Tensor]:
+        """Serve queries and pages truncated to ``dim`` and pages pooled with ``factor`` from now on (the defaults:
+        the encoded vectors); returns the pages by id."""
+        full = next(iter(self.pages.values())).shape[-1]
+        if dim is not None and dim > full:
+            raise InputError(f"--compare: dim {dim} is larger than the model's vectors ({full})")
+        self.dim = dim
+        key = (dim, factor, renormalize)
+        if key == (None, 1, True):
             self.view = None
             return self.pages
-        key = (factor, renormalize)
-        if key not in self._pooled:
+        if key not in self._views:
             ids = list(self.pages)
-            self._pooled[key] = dict(zip(ids, pool_pages([self.pages[i] for i in ids], factor, renormalize)))
-        self.view = self._pooled[key]
+            pages = [_truncated(self.pages[i], dim) for i in ids]
+            self._views[key] = dict(zip(ids, pool_pages(pages, factor, renormalize) if factor > 1 else pages))
+        self.view = self._views[key]
         return self.view
+
+
+def _truncated(emb: Tensor, dim: int | None) -> Tensor:
+    """The first ``dim`` coordinates of every vector, re-normalised (``--dim``); ``emb`` itself without ``dim``."""
+    return emb if dim is None else torch.nn.functional.normalize(emb[..., :dim], dim=-1)
 
 
 @dataclass
 class Measured:
-    name: str
-    settings: IndexSettings
+    config: Config
     run: Run
     metrics: dict[str, float]
     query_ms: float
     bytes: dict[str, float]
 
 
-def compare_task(encoder: CachedEncoder, subsets: dict[str, RetrievalData], configs: list[tuple[str, IndexSettings]],
+def compare_task(encoder: CachedEncoder, subsets: dict[str, RetrievalData], configs: list[Config],
                  k_values: Sequence[int], depth: int, settings: ScoringSettings, out: Path) -> list[dict[str, Any]]:
     """Scores every configuration on ``subsets`` and writes the task's compression.json / .md / .png to ``out``."""
     info = RankInfo.current()
@@ -130,7 +158,7 @@ def compare_task(encoder: CachedEncoder, subsets: dict[str, RetrievalData], conf
         raise InputError("--compare runs in a single process (launch it without torchrun)")
     k_values = sorted(set(k_values) | {5, 10, 100})
     evaluate_subsets(encoder, subsets, info, k_values, depth, settings)  # encodes queries and pages once
-    results = [_measure(encoder, subsets, name, config, k_values, depth, settings) for name, config in configs]
+    results = [_measure(encoder, subsets, config, k_values, depth, settings) for config in configs]
     records = [_record(r, results[0]) for r in results]
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "compression.json", json.dumps(records, indent=2) + "\n")
@@ -139,17 +167,18 @@ def compare_task(encoder: CachedEncoder, subsets: dict[str, RetrievalData], conf
     return records
 
 
-def _measure(encoder: CachedEncoder, subsets: dict[str, RetrievalData], name: str, config: IndexSettings,
-             k_values: Sequence[int], depth: int, settings: ScoringSettings) -> Measured:
-    pages = encoder.use_pooling(config.pool_factor, config.pool_renormalize)
-    scoring = replace(settings, state_dir=None, index=replace(config, pool_factor=1))
+def _measure(encoder: CachedEncoder, subsets: dict[str, RetrievalData], config: Config, k_values: Sequence[int],
+             depth: int, settings: ScoringSettings) -> Measured:
+    index = config.settings
+    pages = encoder.use_view(config.dim, index.pool_factor, index.pool_renormalize)
+    scoring = replace(settings, state_dir=None, index=replace(index, pool_factor=1))
     queries = sum(len(d.qrels) for d in subsets.values())
     start = time.perf_counter()
     run, metrics = evaluate_subsets(encoder, subsets, RankInfo.current(), k_values, depth, scoring)
     elapsed = time.perf_counter() - start
-    encoder.use_pooling(1, True)
+    encoder.use_view()
     aggregate = _average({s: m["aggregate"] for s, m in metrics.items()})
-    return Measured(name, config, run, aggregate, 1000 * elapsed / max(queries, 1), _bytes(pages, config))
+    return Measured(config, run, aggregate, 1000 * elapsed / max(queries, 1), _bytes(pages, index))
 
 
 def _average(per_subset: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -175,7 +204,8 @@ def _top10(run: Run) -> dict[str, set[str]]:
 def _record(result: Measured, exact: Measured) -> dict[str, Any]:
     mine, reference = _top10(result.run), _top10(exact.run)
     overlap = [len(mine.get(q, set()) & ref) / max(len(ref), 1) for q, ref in reference.items()]
-    return {"name": result.name, "settings": result.settings.to_dict(), **result.bytes,
+    return {"name": result.config.name, "settings": result.config.settings.to_dict(), "dim": result.config.dim,
+            **result.bytes,
             "bytes_ratio": result.bytes["bytes_per_page"] / exact.bytes["bytes_per_page"],
             "scanned_ratio": result.bytes["scanned_bytes_per_query"] / exact.bytes["scanned_bytes_per_query"],
             **result.metrics, "ndcg_at_10_kept": result.metrics["ndcg_at_10"] / exact.metrics["ndcg_at_10"]

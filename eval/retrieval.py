@@ -46,7 +46,7 @@ from eval.report import markdown_table
 from eval.tasks import load_task
 from eval.trec import write_run
 from retriever.index import IndexSettings, add_index_arguments, check_index_settings, index_settings
-from retriever.model.saved import add_model_arguments, checkpoint_inputs, load_encoder_from_args
+from retriever.model.saved import add_model_arguments, check_trained_dim, checkpoint_inputs, load_encoder_from_args
 from retriever.process_group import RankInfo, joined_process_group
 from retriever.scoring import add_score_dtype_argument, score_dtype
 
@@ -177,8 +177,9 @@ def compare_tasks(encoder: Encoder, tasks: list[TaskSource], args: argparse.Name
                          "to multi-vector models")
     configs = read_spec(args.compare)
     depth = max(args.depth or 0, *args.k, 100)
-    for _, config in configs:
-        check_index_settings(config, multi_vector=True, depth=depth, model=args.model)
+    for config in configs:
+        check_index_settings(config.settings, multi_vector=True, depth=depth, model=args.model)
+        check_trained_dim(config.dim, args.model, encoder.config.matryoshka_dims)
     for spec in tasks:
         _, subsets = load_task(spec, args.split, args.page_store)
         compare_task(CachedEncoder(encoder), subsets, configs, args.k, depth, settings, args.out / spec.name)

@@ -48,7 +48,7 @@ from .tensor_files import RESAVE, load_safetensors, readable_weights
 from .training_modes import LoraSettings, apply_training_mode, unwrap
 
 __all__ = ["ADAPTER_FILE", "CONFIG_FILE", "HEADS_FILE", "SavedState", "TRAINING_ARGS_FILE", "add_model_arguments",
-           "check_checkpoint_files", "checkpoint_inputs", "encoder_config", "infer_backbone", "is_saved_retriever",
+           "check_checkpoint_files", "check_trained_dim", "checkpoint_inputs", "encoder_config", "infer_backbone", "is_saved_retriever",
            "load_encoder", "load_encoder_from_args", "load_image_processor", "read_saved_state", "resolve_checkpoint",
            "save_encoder", "save_merged", "saved_encoder_config"]
 
@@ -174,11 +174,11 @@ def load_encoder_from_args(args: argparse.Namespace, device: torch.device | str 
         if args.dim is None or "truncate_dim" not in str(err):
             raise
         raise InputError(f"{args.model}: --dim {args.dim} is larger than its embeddings ({err})") from None
-    _check_trained_dim(args.dim, args.model, encoder.config.matryoshka_dims)
+    check_trained_dim(args.dim, args.model, encoder.config.matryoshka_dims)
     return encoder
 
 
-def _check_trained_dim(dim: int | None, model: str, trained: list[int] | None) -> None:
+def check_trained_dim(dim: int | None, model: str, trained: list[int] | None) -> None:
     """``--dim`` must be a Matryoshka size the model was trained with (when it records them); without a record, a
     prefix of an untrained head may lose quality: a warning says so."""
     if dim is None:

@@ -70,14 +70,17 @@ def test_first_stage_binary_scores_are_sign_maxsim() -> None:
 def test_compare_writes_one_record_per_configuration(tiny_model_dir, beir_dir: Path, tmp_path: Path, capsys) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("- pool_factor: 2\n- quantize: int8\n- {candidates: binary, rerank_depth: 100}\n"
-                    "- {name: muvera, candidates: muvera, muvera_k_sim: 2, muvera_r_reps: 2}\n")
+                    "- {name: muvera, candidates: muvera, muvera_k_sim: 2, muvera_r_reps: 2}\n"
+                    "- {dim: 64, pool_factor: 2}\n")
     out = tmp_path / "out"
     assert main(["--model", str(tiny_model_dir("qwen2_vl")), "--head", "multi", "--tasks", str(beir_dir), "--out",
                  str(out), "--compare", str(spec), "--dtype", "float64"]) == 0
     task = out / beir_dir.name
     records = json.loads((task / "compression.json").read_text())
-    assert [r["name"] for r in records] == ["exact", "pool 2", "int8", "binary top 100 -> float", "muvera"]
-    exact, pooled, int8, binary, muvera = records
+    assert [r["name"] for r in records] == ["exact", "pool 2", "int8", "binary top 100 -> float", "muvera",
+                                            "dim 64, pool 2"]
+    exact, pooled, int8, binary, muvera, half = records
+    assert half["dim"] == 64 and half["bytes_per_page"] == pytest.approx(pooled["bytes_per_page"] / 2)
     assert exact["top10_overlap"] == 1.0 and exact["bytes_ratio"] == 1.0 and exact["ndcg_at_10_kept"] == 1.0
     assert pooled["bytes_ratio"] <= 0.5 + 1e-9 and int8["bytes_ratio"] < 0.6
     assert binary["top10_overlap"] == 1.0  # 23 pages < depth 100: every page is reranked exactly
