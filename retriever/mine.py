@@ -13,10 +13,10 @@
    FAISS, the best ``--pool_depth`` reranked with exact MaxSim (``--multi_search exact``: brute-force MaxSim; on
    a GPU with Triton the pages are packed once into pinned bf16 memory and the fused MaxSim kernel scores larger
    query blocks), or through a compressed index (``--candidates muvera|binary|int8`` and/or ``--pool_factor K``:
-   the best ``--rerank_depth`` by MUVERA encodings, binary / int8 MaxSim or MaxSim over token-pooled pages; see
-   ``retriever.index``). Candidates are scored exactly and ranked. For an approximate search, the first
-   ``--candidate_recall_sample`` queries of each rank are also searched exactly, and the fraction of their exact top
-   candidates the search found is reported.
+   the best ``--rerank_depth`` by MUVERA encodings, binary / int8 MaxSim or MaxSim over token-pooled pages, or
+   with ``--quantize`` over int8 / binary pages; see ``retriever.index``). Candidates are scored exactly and ranked.
+   For an approximate search, the first ``--candidate_recall_sample`` queries of each rank are also searched
+   exactly, and the fraction of their exact top candidates the search found is reported.
 3. The selection rules (``retriever.mining.selection``: positives and their near duplicates out, the rank window
    ``--range_min``/``--range_max``, ``--relative_margin``, ``--absolute_margin``, ``--max_score``, then
    ``--sampling``) pick up to ``--num_negatives`` ids as the line's ``neg``. Each line also gets ``neg_scores``,
@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--candidate_recall_sample", type=int, default=32,
                         help="queries per rank also searched exactly, to report the fraction of the exact top "
                              "candidates an approximate search finds (0: off)")
-    add_index_arguments(parser, quantize=False, rerank_depth=None,
+    add_index_arguments(parser, rerank_depth=None,
                         rerank_help="pages per query the index search passes on to the exact rerank (with "
-                                    "--candidates or --pool_factor; default: 4 x search depth)")
+                                    "--candidates, --pool_factor or --quantize; default: 4 x search depth)")
     parser.add_argument("--batch_size", type=positive_int, default=16, help="encoding batch size")
     parser.add_argument("--cache_dir", default=None, help="page-embedding cache (default: OUT.cache/)")
     parser.add_argument("--shard_size", type=positive_int, default=1024, help="pages per cached embedding shard")

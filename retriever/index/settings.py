@@ -94,19 +94,17 @@ def _check_values(settings: IndexSettings, where: str) -> None:
         raise InputError(f"{where}: muvera_k_sim, muvera_dim_proj and muvera_r_reps must be positive")
 
 
-def add_index_arguments(p: argparse.ArgumentParser, quantize: bool = True, rerank_depth: int | None = 100,
+def add_index_arguments(p: argparse.ArgumentParser, rerank_depth: int | None = 100,
                         rerank_help: str = "pages per query the first stage passes on (with --candidates other than "
                                            "exact)") -> None:
-    """The index flags, spelled the same by every tool that takes them (``quantize``: whether the tool offers
-    ``--quantize``; ``rerank_depth``: its default)."""
+    """The index flags, spelled the same by every tool that takes them (``rerank_depth``: the tool's default)."""
     g = p.add_argument_group("index compression (multi-vector models)")
     g.add_argument("--pool_factor", type=positive_int, default=1,
                    help="hierarchical token pooling: at most len/K vectors per page (1 = none)")
     g.add_argument("--pool_renormalize", action=argparse.BooleanOptionalAction, default=True,
                    help="renormalise pooled vectors to unit length (default: yes)")
-    if quantize:
-        g.add_argument("--quantize", choices=QUANTIZE, default="none",
-                       help="stored page vectors: float, int8 (one scale per vector) or sign bits (Hamming MaxSim)")
+    g.add_argument("--quantize", choices=QUANTIZE, default="none",
+                   help="stored page vectors: float, int8 (one scale per vector) or sign bits (Hamming MaxSim)")
     g.add_argument("--candidates", choices=CANDIDATES, default="exact",
                    help="first stage: score every page exactly, or take the top --rerank_depth pages of MUVERA, "
                         "binary or int8 scores and rescore only those with the stored vectors")
@@ -115,7 +113,7 @@ def add_index_arguments(p: argparse.ArgumentParser, quantize: bool = True, reran
 
 def index_settings(args: argparse.Namespace, rerank_depth: int | None = None) -> IndexSettings:
     """The settings of the index flags (``rerank_depth`` where the flag was left unset)."""
-    return IndexSettings(args.pool_factor, args.pool_renormalize, getattr(args, "quantize", "none"), args.candidates,
+    return IndexSettings(args.pool_factor, args.pool_renormalize, args.quantize, args.candidates,
                          args.rerank_depth or rerank_depth or 100)
 
 

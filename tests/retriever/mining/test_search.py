@@ -76,3 +76,17 @@ def test_index_search_takes_the_top_of_its_first_stage_and_recall_counts_the_exa
     exact = [set(_brute_maxsim(q, pages).topk(3).indices.tolist()) for q in queries]
     assert candidate_recall(queries, pages, found, 3) == [len(e & set(f)) / 3 for e, f in zip(exact, found)]
     assert find_candidates(queries, pages, True, 3, index=index) == found
+
+
+def test_index_search_over_binary_pages_is_the_sign_vectors_maxsim():
+    from retriever.index import IndexSettings
+    from retriever.mining.search import search_index
+
+    gen = torch.Generator().manual_seed(4)
+    queries = [torch.randn(3, 16, generator=gen) for _ in range(2)]
+    pages = [torch.randn(n, 16, generator=gen) for n in (5, 2, 7, 4, 6)]
+    found = search_index(queries, pages, IndexSettings(quantize="binary", rerank_depth=2))
+    sign = [torch.where(p > 0, 1.0, -1.0).double() for p in pages]
+    for q, hits in zip(queries, found.tolist()):
+        scores = _brute_maxsim(torch.where(q > 0, 1.0, -1.0).double(), sign)
+        assert sorted(scores[hits].tolist(), reverse=True) == scores.sort(descending=True).values[:2].tolist()
