@@ -275,6 +275,13 @@ class Backbone:
         base = self.base_model(model)
         return base(**self.model_inputs(batch, model.dtype), use_cache=False).last_hidden_state
 
+    def mm_token_types(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``mm_token_type_ids`` (1 on image tokens) where the bound model's forward takes it (models whose rotary
+        positions follow the image spans read them; their processors return them)."""
+        if "mm_token_type_ids" not in self.forward_parameters:
+            return {}
+        return {"mm_token_type_ids": (batch["input_ids"] == self.model_config.image_token_id).to(torch.int32)}
+
     @property
     def forward_parameters(self) -> frozenset[str]:
         """Names accepted by the base model's forward (differs across transformers releases)."""

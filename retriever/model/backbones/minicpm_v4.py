@@ -100,21 +100,15 @@ class MiniCPMV46(Backbone):
         if "pixel_values" in batch:
             inputs["pixel_values"] = packed(batch["pixel_values"]).to(dtype)
             inputs["target_sizes"] = batch["target_sizes"]
-            inputs.update(self.token_types(batch))
+            inputs.update(self.mm_token_types(batch))
         return inputs
 
     def chat_batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         batch = super().chat_batch(examples)
         if "pixel_values" in batch:
             batch["pixel_values"] = packed(batch["pixel_values"])
-            batch.update(self.token_types(batch))
+            batch.update(self.mm_token_types(batch))
         return batch
-
-    def token_types(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``mm_token_type_ids`` (1 on image tokens) where the bound model's forward takes it (4.7)."""
-        if "mm_token_type_ids" not in self.forward_parameters:
-            return {}
-        return {"mm_token_type_ids": (batch["input_ids"] == self.model_config.image_token_id).to(torch.int32)}
 
     def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.base_model(model).vision_tower

@@ -109,11 +109,8 @@ class QwenVL(Backbone):
         return batch
 
     def token_types(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``mm_token_type_ids`` (1 on image tokens) of a batch with images, where the bound model's forward takes
-        it (newer transformers releases require it; their processor returns it)."""
-        if "image_grid_thw" not in batch or "mm_token_type_ids" not in self.forward_parameters:
-            return {}
-        return {"mm_token_type_ids": (batch["input_ids"] == self.model_config.image_token_id).to(torch.int32)}
+        """``mm_token_type_ids`` of a batch with images (newer transformers releases require it)."""
+        return self.mm_token_types(batch) if "image_grid_thw" in batch else {}
 
     def vision_module(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.base_model(model).visual

@@ -68,7 +68,7 @@ def test_pages_equal_the_processor_and_the_model(encoder) -> None:
         grids.add(want["target_sizes"].shape[0])
         inputs = {k: v for k, v in want.items() if k != "pixel_values"}
         if backbone.name == "minicpmv4_7":
-            assert torch.equal(backbone.token_types(want)["mm_token_type_ids"], want["mm_token_type_ids"])
+            assert torch.equal(backbone.mm_token_types(want)["mm_token_type_ids"], want["mm_token_type_ids"])
         with torch.no_grad():
             reference = encoder.hf_model.model(**inputs, pixel_values=want["pixel_values"].double(),
                                                use_cache=False).last_hidden_state[0]
