@@ -21,6 +21,8 @@ CORE = [
     "matplotlib>=3.8",
     "pyarrow>=15",
     "scipy>=1.11",
+    "pyyaml>=6.0",
+    "optuna>=4.9",  # heartbeat_stale_trial_callback
     # FastEmbed (MUVERA encodings, retriever.index.muvera) is installed without its pins by shell/venv.sh (they hold
     # huggingface-hub below 2, which transformers 5 needs); these are what its package imports.
     "onnxruntime>=1.17",

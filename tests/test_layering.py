@@ -17,7 +17,7 @@ LAYERS = (
      "retriever.mining", "retriever.index"),
     ("eval",),
     ("retriever.training", "retriever.model_card", "retriever.train", "retriever.mine", "retriever.merge",
-     "retriever.export", "retriever.tiny"),
+     "retriever.export", "retriever.tiny", "retriever.search"),
     ("query_generation",),
 )
 
