@@ -17,7 +17,8 @@ LAYERS = (
      "retriever.mining", "retriever.index"),
     ("eval",),
     ("retriever.training", "retriever.model_card", "retriever.train", "retriever.mine", "retriever.merge",
-     "retriever.export", "retriever.tiny", "retriever.search"),
+     "retriever.export", "retriever.tiny", "retriever.search", "retriever.report",
+     "retriever.hparams"),
     ("query_generation",),
 )
 

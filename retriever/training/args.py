@@ -8,10 +8,11 @@ validators of :mod:`data_prep.flags`), ``check_args`` rejects combinations that 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Any, Sequence
 
 from pathlib import Path
 
+from data_prep.errors import InputError, read_json_input
 from data_prep.flags import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from data_prep.outputs import check_outputs, flag_paths
 from retriever.model.dtype import add_dtype_argument
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GradCache chunk size in examples (0 = off; 'auto' = largest that fits "
                      "--gc_memory_fraction of GPU memory)")
     opt.add_argument("--gc_memory_fraction", type=_memory_fraction, default=0.8)
+    opt.add_argument("--auto_batch", action="store_true",
+                     help="measure the GradCache chunk that fits --gc_memory_fraction of GPU memory (--gc_chunk_size "
+                     "auto; on CPU a rule of 8)")
+    opt.add_argument("--hparams", type=Path, default=None,
+                     help="a python -m retriever.hparams JSON: its values become the defaults of these flags "
+                     "(flags given on the command line win)")
     opt.add_argument("--optim", choices=OPTIMIZERS, default="adamw",
                      help="adamw; adamw_fused (torch's fused kernel); adamw_8bit / paged_adamw_8bit (bitsandbytes "
                      "8-bit states; not with DeepSpeed ZeRO-3 or optimizer offload; paged needs CUDA)")
@@ -170,13 +177,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.hparams is not None:
+        parser.set_defaults(**read_hparams(known.hparams, parser))
     args = parser.parse_args(argv)
+    if args.auto_batch:
+        args.gc_chunk_size = "auto"
     try:
         check_args(args)
     except ValueError as err:
         parser.error(str(err))
     check_paths(args)
     return args
+
+
+def read_hparams(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The training-flag values of a ``retriever.hparams`` JSON (its ``flags``), checked against the parser."""
+    data = read_json_input(path, "hyperparameter file (python -m retriever.hparams --out)")
+    flags = data.get("flags") if isinstance(data, dict) else None
+    if not isinstance(flags, dict):
+        raise InputError(f"--hparams {path}: no 'flags' mapping (write it with python -m retriever.hparams --out)")
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(flags) - known)
+    if unknown:
+        raise InputError(f"--hparams {path}: not retriever.train flags: {', '.join(unknown)}")
+    return flags
 
 
 def check_args(args: argparse.Namespace) -> None:

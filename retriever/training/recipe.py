@@ -42,6 +42,7 @@ from retriever.process_group import RankInfo, barrier, joined_process_group
 from retriever.training.args import parse_args
 from retriever.training.strategy import Strategy, build_strategy
 from retriever.training.batching import EpochBatches
+from retriever.training.environment import record_environment
 from retriever.training.checkpoints import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
 from retriever.training.ds_config import TrainingShape, load_deepspeed_config, resolve_deepspeed_config
 from retriever.training.evaluation import TrainingEvaluation, load_eval_data
@@ -96,6 +97,7 @@ def train(args, env: RankInfo) -> Path:
         state = load_checkpoint(strategy, resume, settings)
         _info(env, f"resumed from {resume} at step {state.global_step}")
     evaluation = build_evaluation(args, env)
+    record_environment(args.output_dir, env, state.global_step)
     train_loop(args, env, encoder, data, resolver, strategy, gradcache, state, steps, settings, evaluation)
     return save_final(args, env, encoder, strategy)
 
