@@ -24,6 +24,7 @@ from PIL import Image
 
 from retriever.model.dtype import add_dtype_argument
 from retriever.model.encoder import EncoderConfig
+from retriever.model.compilation import COMPILE_CHOICES, compile_encoder
 from retriever.model.saved import load_encoder
 from retriever.model.tiny_checkpoints import BUILDERS, VARIANT_OF, build_tiny
 
@@ -48,6 +49,7 @@ def best_time(fn, repeats: int) -> float:
 def bench_arch(path: Path, arch: str | None, args: argparse.Namespace) -> dict:
     config = EncoderConfig(backbone=VARIANT_OF.get(arch, arch), head=args.head) if arch else None
     encoder = load_encoder(path, config, dtype=args.dtype, trust_remote_code=args.trust_remote_code).to(args.device)
+    compile_encoder(encoder, args.compile)
     pages = make_pages(args.pages, args.size)
     batches = [pages[i:i + args.batch_size] for i in range(0, len(pages), args.batch_size)]
     prepared = [encoder.prepare_pages(b) for b in batches]
@@ -92,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--trust_remote_code", action="store_true", help="allow checkpoint code (MiniCPM-V)")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="none",
+                   help="torch.compile heads / all (compilation happens in the first, untimed-best run)")
     return p.parse_args(argv)
 
 

@@ -194,8 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     if clashes:
         raise InputError(f"{', '.join(clashes)}: both fixed after -- and searched in "
                          f"{args.space or 'the default space'}; drop one")
-    import optuna
-
     args.out.mkdir(parents=True, exist_ok=True)
     study = _study(args)
 

@@ -39,6 +39,7 @@ from data_prep.errors import InputError, MissingInputError, UserError, read_json
 from data_prep.flags import positive_int
 
 from .backbones import Backbone, backbone_for_model_type, get_backbone
+from .compilation import COMPILE_CHOICES, compile_encoder
 from .dtype import add_dtype_argument, default_dtype, torch_dtype
 from .encoder import EncoderConfig, RetrieverEncoder, build_head, text_hidden_size
 from .identity import ADAPTER_CONFIG, adapter_base, checkpoint_identity
@@ -157,6 +158,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the checkpoint's head (a fresh head on a plain transformers checkpoint)")
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="allow code shipped with the checkpoint (MiniCPM-V only)")
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, default="none",
+                        help="torch.compile the heads, or the heads and the backbone (all); falls back to eager "
+                        "with one warning where it cannot compile")
     parser.add_argument("--dim", type=positive_int, default=None,
                         help="use the first DIM coordinates of every embedding, re-normalised (a Matryoshka size "
                         "the model was trained with; default: all)")
@@ -175,6 +179,7 @@ def load_encoder_from_args(args: argparse.Namespace, device: torch.device | str 
             raise
         raise InputError(f"{args.model}: --dim {args.dim} is larger than its embeddings ({err})") from None
     check_trained_dim(args.dim, args.model, encoder.config.matryoshka_dims)
+    compile_encoder(encoder, args.compile)
     return encoder
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from data_prep.errors import InputError, read_json_input
 from data_prep.flags import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from data_prep.outputs import check_outputs, flag_paths
+from retriever.model.compilation import COMPILE_CHOICES
 from retriever.model.dtype import add_dtype_argument
 from retriever.model.saved import checkpoint_inputs
 from retriever.training.mixture import parse_sources
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GradCache chunk size in examples (0 = off; 'auto' = largest that fits "
                      "--gc_memory_fraction of GPU memory)")
     opt.add_argument("--gc_memory_fraction", type=_memory_fraction, default=0.8)
+    opt.add_argument("--compile", choices=COMPILE_CHOICES, default="none",
+                     help="torch.compile the heads, or the heads and the backbone (all); eager with one warning "
+                     "where it cannot compile")
     opt.add_argument("--auto_batch", action="store_true",
                      help="measure the GradCache chunk that fits --gc_memory_fraction of GPU memory (--gc_chunk_size "
                      "auto; on CPU a rule of 8)")

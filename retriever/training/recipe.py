@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from data_prep.errors import InputError, cli, stop_on_full_disk
 from data_prep.outputs import lock_directory, write_text_atomic
+from retriever.model.compilation import compile_encoder
 from retriever.model.encoder import RetrieverEncoder, text_hidden_size
 from retriever.model.identity import checkpoint_identity
 from retriever.model.saved import TRAINING_ARGS_FILE, load_encoder, save_encoder
@@ -135,6 +136,7 @@ def build_encoder(args) -> RetrieverEncoder:
         logger.warning("--drop_path_rate: this backbone has no drop-path modules; the flag has no effect")
     if args.gradient_checkpointing:
         encoder.enable_activation_checkpointing()
+    compile_encoder(encoder, args.compile)
     return encoder.train()
 
 
