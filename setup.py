@@ -23,6 +23,7 @@ CORE = [
     "scipy>=1.11",
     "pyyaml>=6.0",
     "optuna>=4.9",  # heartbeat_stale_trial_callback
+    "pycocoevalcap>=1.2",  # captioning metrics (its tokenizer and METEOR run Java)
     # FastEmbed (MUVERA encodings, retriever.index.muvera) is installed without its pins by shell/venv.sh (they hold
     # huggingface-hub below 2, which transformers 5 needs); these are what its package imports.
     "onnxruntime>=1.17",

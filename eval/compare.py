@@ -145,7 +145,7 @@ def markdown(rows: list[Comparison]) -> str:
              "p (paired randomization) |", "|---" * 9 + "|"]
     for r in rows:
         wtl = "-" if r.wins is None else f"{r.wins} / {r.ties} / {r.losses}"
-        p = "- (no per-query scores)" if r.p_value is None else f"{r.p_value:.4f}"
+        p = "- (no per-query scores)" if r.p_value is None else f"{r.p_value:.3g}"
         lines.append(f"| {r.task} | {r.metric} | {r.baseline} | {r.other} | {r.baseline_mean:.4f} | "
                      f"{r.other_mean:.4f} | {r.difference:+.4f} | {wtl} | {p} |")
     return "\n".join(lines) + "\n"

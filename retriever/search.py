@@ -8,7 +8,8 @@ are scored on) and no ``--output_dir`` (each trial trains into ``DIR/trials/tria
 the search space (:mod:`retriever.training.search_space`; without ``--space``, its default space) with Optuna's TPE
 sampler (``--seed``), runs ``python -m retriever.train`` (under ``torchrun`` with ``--nproc_per_node`` > 1) and
 follows its ``log.jsonl``: every held-out evaluation (``--eval_steps``) is reported to Optuna, and a trial the pruner
-(``--pruner median``, the default, or ``threshold`` with ``--prune_below``) stops is killed and marked pruned. The
+(``--pruner median``, the default: after 2 trials, below the median of earlier trials at the same step; or
+``threshold`` with ``--prune_below``) stops is killed and marked pruned. The
 trial's value is its last evaluation of ``--metric``.
 
 The study lives in an Optuna RDB storage (default ``sqlite:///DIR/study.db``): a search killed at any point resumes
@@ -124,7 +125,7 @@ def _pruner(args: argparse.Namespace) -> Any:
     import optuna
 
     if args.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if args.pruner == "threshold":
         return optuna.pruners.ThresholdPruner(lower=args.prune_below)
     return optuna.pruners.NopPruner()
