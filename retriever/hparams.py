@@ -46,14 +46,14 @@ MAX_EPOCHS = 30
 CPU_CHUNK = 8
 
 
-def parameter_count(model: str) -> int:
+def parameter_count(model: str, trust_remote_code: bool = False) -> int:
     """Parameters of the checkpoint's backbone, counted on the meta device (no weights are read)."""
     from transformers import AutoConfig
 
     path = resolve_checkpoint(model)
     base = adapter_base(path)
     try:
-        config = AutoConfig.from_pretrained(base or path)
+        config = AutoConfig.from_pretrained(base or path, trust_remote_code=trust_remote_code)
         config = getattr(config, "vlm_config", None) or config
         adapter = backbone_for_model_type(config.model_type)
         with torch.device("meta"):
@@ -115,7 +115,7 @@ def measured_chunk(args: argparse.Namespace, per_device: int) -> tuple[int, str]
     from retriever.training.gradcache import auto_chunk_size
 
     encoder = load_encoder(args.model, settings={"head": args.head}, training_mode=args.training_mode,
-                           device="cuda").train()
+                           device="cuda", trust_remote_code=args.trust_remote_code).train()
     chunk = auto_chunk_size(encoder, per_device, args.memory_fraction, torch.device("cuda"))
     name = torch.cuda.get_device_name(0)
     return chunk, f"measured on {name}: the largest chunk within {args.memory_fraction:.0%} of its memory"
@@ -132,6 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--global_batch", type=positive_int, default=256, help="pairs per optimizer step")
     p.add_argument("--memory_fraction", type=float, default=0.8, help="GPU memory the GradCache chunk may use")
     p.add_argument("--out", type=Path, default=None, help="write the flags and reasons as JSON")
+    p.add_argument("--trust_remote_code", action="store_true", help="allow the checkpoint's own code (MiniCPM-V 2.x)")
     return p.parse_args(argv)
 
 
@@ -147,7 +148,7 @@ def _pairs(path: Path | None) -> int | None:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    params, pairs = parameter_count(args.model), _pairs(args.train_data)
+    params, pairs = parameter_count(args.model, args.trust_remote_code), _pairs(args.train_data)
     per_device = max(1, min(args.global_batch, pairs or args.global_batch) // args.gpus)
     flags, reasons = recommend(params, args.training_mode, args.head, pairs, args.gpus,
                                args.global_batch, measured_chunk(args, per_device))
