@@ -2,7 +2,10 @@
 
 Data: the Karpathy split JSON as published (``dataset_flickr30k.json``, ``dataset_coco.json``):
 ``{"images": [{"filename", "filepath"?, "split", "sentences": [{"raw", ...}, ...]}, ...]}``; an image's file is
-``<image-root>/<filepath>/<filename>`` (``filepath`` is present for COCO only).
+``<image-root>/<filepath>/<filename>`` (``filepath`` is present for COCO only). Or a caption text file in the
+clip_benchmark / InternVL layout (``flickr30k_test_karpathy.txt``, the Chinese ``flickr30k_cn_test.txt`` of
+Flickr30K-CN): a header line, then one ``<image>.jpg,<caption>`` line per caption (commas inside a caption are kept;
+every line belongs to the evaluated split). Captions in any language go to the model's own tokenizer.
 
 Metrics, with several captions per image:
 
@@ -50,7 +53,8 @@ from retriever.model.saved import add_model_arguments, checkpoint_inputs, load_e
 from retriever.process_group import RankInfo, joined_process_group
 from retriever.scoring import add_score_dtype_argument, score_dtype
 
-__all__ = ["KarpathySplit", "evaluate_image_text", "load_karpathy", "main", "unique_texts"]
+__all__ = ["KarpathySplit", "evaluate_image_text", "load_caption_txt", "load_karpathy", "load_split", "main",
+           "unique_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +104,33 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
     if not paths:
         raise InputError(f"{json_path}: no images in split {split!r}")
     return KarpathySplit(paths, captions, owner)
+
+
+def load_caption_txt(txt_path: str | Path, image_root: str | Path) -> KarpathySplit:
+    """Read a clip_benchmark / InternVL caption file (header, then ``<image>.jpg,<caption>`` lines)."""
+    try:
+        lines = Path(txt_path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise InputError(f"{txt_path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    paths: dict[str, int] = {}
+    captions, owner = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        image, sep, caption = line.strip().partition(".jpg,")
+        if not sep or not caption.strip():
+            raise InputError(f"{txt_path}: line {number}: expected '<image>.jpg,<caption>', got {line[:80]!r}")
+        owner.append(paths.setdefault(image + ".jpg", len(paths)))
+        captions.append(caption.strip())
+    if not captions:
+        raise InputError(f"{txt_path}: no caption lines after the header")
+    return KarpathySplit([Path(image_root) / name for name in paths], captions, owner)
+
+
+def load_split(path: str | Path, image_root: str | Path, split: str) -> KarpathySplit:
+    """A Karpathy JSON split, or a caption text file (``.txt``)."""
+    return load_caption_txt(path, image_root) if Path(path).suffix == ".txt" else load_karpathy(path, image_root,
+                                                                                                  split)
 
 
 def unique_texts(texts: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -162,7 +193,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.image_text", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
-    p.add_argument("--karpathy_json", required=True, type=Path, help="dataset_flickr30k.json / dataset_coco.json")
+    p.add_argument("--karpathy_json", required=True, type=Path,
+                   help="dataset_flickr30k.json / dataset_coco.json, or a caption .txt (clip_benchmark layout: "
+                        "flickr30k_test_karpathy.txt, Flickr30K-CN's flickr30k_cn_test.txt)")
     p.add_argument("--image_root", required=True, type=Path, help="folder the image file names are relative to")
     p.add_argument("--split", default="test", help="Karpathy split (default: test)")
     p.add_argument("--k", type=parse_k, default=[1, 5, 10], help="recall cutoffs (default 1,5,10)")
@@ -182,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     check_outputs({"--out": args.out},
                   {"--karpathy_json": args.karpathy_json, **checkpoint_inputs("--model", args.model)})
     with joined_process_group(timedelta(seconds=args.timeout)) as info:
-        data = load_karpathy(args.karpathy_json, args.image_root, args.split)
+        data = load_split(args.karpathy_json, args.image_root, args.split)
         encoder = load_encoder_from_args(args, info.device)
         settings = ScoringSettings(args.batch_size, args.chunk_images, info.device,
                                    score_dtype(args.score_dtype, info.device))

@@ -20,15 +20,16 @@ from data_prep.errors import InputError, cli
 from data_prep.jsonl import iter_jsonl
 from data_prep.flags import positive_int
 from data_prep.outputs import atomic_output, check_outputs
+from query_generation.query_rules import word_count
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")  # Chinese / Japanese full stops need no space
 
 
 def sentences(text: str, min_words: int, max_words: int) -> list[str]:
     """Sentences of a page's text with a word count in ``[min_words, max_words]``, whitespace normalised."""
     flat = " ".join(text.split())
     found = (s.strip() for s in _SENTENCE.split(flat))
-    return [s for s in found if min_words <= len(s.split()) <= max_words]
+    return [s for s in found if min_words <= word_count(s) <= max_words]
 
 
 def pair_for_page(record: dict, rng: random.Random, min_words: int, max_words: int) -> dict | None:

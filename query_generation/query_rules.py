@@ -9,6 +9,11 @@ input, so the same query twice for one page and the same query for two pages are
 occurrence is kept and the reason names the line it duplicates. Near duplicates share the same *content key*:
 the set of their words minus :data:`STOPWORDS`, with a trailing plural ``s`` dropped ("What was the revenue in
 2020?" and "revenue 2020" are near duplicates). Keys are hashed, so the check is linear in the input.
+
+Languages written without spaces (Chinese, Japanese) count each of their characters as a word
+(:func:`word_count`), so the length bounds apply to them too; the context patterns and stopwords are English, and
+a query without spaces is its own content key, so for these scripts near duplicates are exact duplicates after
+normalisation.
 """
 from __future__ import annotations
 
@@ -37,6 +42,16 @@ STOPWORDS = frozenset("""a an the of in on at to for from by with about as and o
 do does did what which who whom whose when where why how that this these those it its there their they them
 i me my we our you your he she his her can could should would will shall may might must has have had not no
 any some all each per into than then so such""".split())
+
+
+# One word per character in scripts written without spaces: CJK ideographs and kana (Korean is written with spaces).
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORDS = re.compile(rf"[{_UNSPACED}]|[^\s{_UNSPACED}]+")
+
+
+def word_count(text: str) -> int:
+    """Words of ``text``: runs between spaces, each CJK ideograph or kana counting as one."""
+    return len(_WORDS.findall(text))
 
 
 def normalise(text: str) -> str:
@@ -75,7 +90,7 @@ def apply_rules(queries: Sequence[str], pages: Sequence[str], lines: Sequence[in
     near: dict[str, int] = {}
     reasons: list[str | None] = []
     for i, query in enumerate(queries):
-        words = len(query.split())
+        words = word_count(query)
         reason = None
         if words < settings.min_words or words > settings.max_words:
             reason = f"length: {words} words, outside [{settings.min_words}, {settings.max_words}]"

@@ -144,6 +144,40 @@ def test_cli_with_tiny_model(karpathy: Path, tiny_model_dir, tmp_path: Path) -> 
     assert 0.0 <= metrics["t2i_recall_at_1"] <= metrics["t2i_recall_at_5"] <= metrics["t2i_recall_at_10"] == 1.0
 
 
+def test_flickr30k_cn_caption_file_equals_the_same_split_as_karpathy_json(karpathy: Path, tiny_model_dir,
+                                                                       tmp_path: Path) -> None:
+    """The clip_benchmark / InternVL caption text layout (Flickr30K-CN's flickr30k_cn_test.txt): the same images and
+    captions as a Karpathy JSON give the same split, and Chinese captions evaluate end to end with the tiny model."""
+    from eval.image_text import load_caption_txt, main
+
+    images = {0: ["一只狗在草地上奔跑", "草地上的狗, 很开心"], 1: ["两个人在海边散步"], 2: ["红色的公共汽车停在路边"]}
+    root = tmp_path / "cn"
+    root.mkdir()
+    for i in images:
+        page_image(i).save(root / f"{i}.jpg")
+    lines = ["image,caption"] + [f"{i}.jpg,{c}" for i, caps in images.items() for c in caps]
+    txt = root / "flickr30k_cn_test.txt"
+    txt.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    split = load_caption_txt(txt, root)
+    assert split.captions == [c for caps in images.values() for c in caps]  # commas inside a caption are kept
+    assert split.caption_image == [0, 0, 1, 2] and [p.name for p in split.image_paths] == ["0.jpg", "1.jpg", "2.jpg"]
+    out = tmp_path / "m.json"
+    assert main(["--model", str(tiny_model_dir("qwen2_vl")), "--karpathy_json", str(txt), "--image_root", str(root),
+                 "--out", str(out), "--k", "1,3"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["images"] == 3 and metrics["captions"] == 4 and metrics["t2i_recall_at_3"] == 1.0
+
+
+def test_a_bad_caption_line_names_the_file_and_line(tmp_path: Path) -> None:
+    from data_prep.errors import InputError
+    from eval.image_text import load_caption_txt
+
+    txt = tmp_path / "c.txt"
+    txt.write_text("image,caption\n0.jpg,fine\nno image here\n", encoding="utf-8")
+    with pytest.raises(InputError, match=f"{txt}: line 3: expected '<image>.jpg,<caption>'"):
+        load_caption_txt(txt, tmp_path)
+
+
 if __name__ == "__main__":
     with joined_process_group(timedelta(seconds=20)) as info:
         data = load_karpathy(sys.argv[1], Path(sys.argv[1]).parent)

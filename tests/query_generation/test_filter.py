@@ -32,6 +32,18 @@ def test_self_contained_queries_pass(query):
     assert context_reason(query) is None
 
 
+def test_chinese_queries_count_characters_as_words():
+    """Chinese has no spaces: each character is a word, so length bounds work; duplicates are caught on
+    normalised text."""
+    from query_generation.query_rules import word_count
+
+    assert word_count("两个人在海边散步") == 8 and word_count("GPU 的显存") == 4 and word_count("한국어 문장") == 2
+    queries = ["二零二一年公司的营业收入是多少？", "二零二一年公司的营业收入是多少", "收入", "太阳能"]
+    reasons = apply_rules(queries, ["p1", "p2", "p3", "p4"], [1, 2, 3, 4], RuleSettings(min_words=3))
+    assert reasons[0] is None and reasons[1] == "duplicate of line 1 (page p1)"
+    assert reasons[2] == "length: 2 words, outside [3, 40]" and reasons[3] is None
+
+
 def test_rules_decisions():
     queries = ["What was the revenue of Acme in 2020?",  # kept
                "what was the REVENUE of acme in 2020",  # exact duplicate (same page)

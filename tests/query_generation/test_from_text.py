@@ -14,6 +14,11 @@ def test_sentences_filter_by_length():
     assert sentences(text, 5, 10) == ["This sentence has exactly seven words here!", "Another line with spacing is fine?"]
 
 
+def test_chinese_sentences_end_at_their_full_stops():
+    text = "这是第一句话。这是第二句，比较长一些！Short one. Another English sentence here."
+    assert sentences(text, 3, 40) == ["这是第一句话。", "这是第二句，比较长一些！", "Another English sentence here."]
+
+
 def test_sample_pdfs_to_pairs(tmp_path):
     subprocess.run([sys.executable, "-m", "data_prep.sample_pdfs", "--out", str(tmp_path / "pdfs"), "--docs", "2",
                     "--pages", "3"], check=True)

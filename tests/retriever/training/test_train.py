@@ -3,18 +3,33 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from retriever.training.logs import read_log
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.training_runs import kill_at_checkpoint, run_train, train_args, train_env
+
+def test_chinese_pairs_train_end_to_end(tiny_model_dir, train_data, tmp_path):
+    """Queries in Chinese go through the checkpoint's tokenizer like any other: a short run trains on them and the
+    trained encoder embeds a Chinese query."""
+    pairs = tmp_path / "zh.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"第{i}页上有什么内容？", "pos": [f"page{i}.png"],
+                                         "neg": [f"page{(i + 1) % 24}.png"]}, ensure_ascii=False) + "\n"
+                             for i in range(24)), encoding="utf-8")
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir("qwen2_vl"), train_data, out, "--max_steps", "2")
+    args[args.index("--train_data") + 1] = str(pairs)
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert all(record["loss"] > 0 for record in read_log(out / "log.jsonl").values())
+    from retriever.model.saved import load_encoder
+
+    assert load_encoder(out / "final").encode_queries(["第三页上有什么内容？"]).shape[0] == 1
+
 
 def test_train_smoke_saves_final_model(tiny_model_dir, train_data, tmp_path):
     out = tmp_path / "run"
