@@ -59,14 +59,19 @@ def load_image(store: PageStore, page_id: str, max_pixels: int | None) -> tuple[
     Raises ``UnknownPageError`` for a page the store does not hold and ``ImageDecodeError`` for bytes that are no
     image, both naming the page (a truncated shard raises ``CorruptStoreError``).
     """
-    data = store.get_bytes(page_id)
+    return image_and_url(store.get_bytes(page_id), f"page {page_id}", max_pixels)
+
+
+def image_and_url(data: bytes, name: str, max_pixels: int | None) -> tuple[Image.Image, str]:
+    """Encoded image bytes as an RGB image and a data URL (downscaled as :func:`load_image` says); ``name`` (e.g.
+    ``page doc/3``) is what a decoding error names."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
         mime = Image.MIME.get(image.format or "", "image/png")
         image = image.convert("RGB")
     except Exception as err:  # PIL raises many types for corrupt data
-        raise ImageDecodeError(f"page {page_id}: cannot decode its image: {err}", str(err)) from None
+        raise ImageDecodeError(f"{name}: cannot decode its image: {err}", str(err)) from None
     if max_pixels and image.width * image.height > max_pixels:
         scale = (max_pixels / (image.width * image.height)) ** 0.5
         image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),

@@ -13,6 +13,7 @@ from retriever.training.logs import read_log
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.training_runs import kill_at_checkpoint, run_train, train_args, train_env
 
+
 def test_chinese_pairs_train_end_to_end(tiny_model_dir, train_data, tmp_path):
     """Queries in Chinese go through the checkpoint's tokenizer like any other: a short run trains on them and the
     trained encoder embeds a Chinese query."""
