@@ -8,7 +8,7 @@ of the answer is the caption. Captions are appended to ``OUT/captions.jsonl`` pe
 an image the backend could not caption goes to ``OUT/captions.failures.jsonl`` with the reason. Re-running the same
 command resumes; ``--num_shards K --shard_index I`` caption a contiguous slice each (``captions-I-of-K.jsonl``).
 Unsharded, it then writes ``OUT/predictions.json`` (COCO result layout) and the metrics of
-:mod:`eval.captioning` (``OUT/metrics.json``; pass ``--no_score`` to skip). Images missing from ``--image_root`` stop
+:mod:`eval.caption_metrics` (``OUT/metrics.json``; pass ``--no_score`` to skip). Images missing from ``--image_root`` stop
 the run before any model is loaded, naming them.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from data_prep.flags import non_negative_int, positive_int
 from data_prep.images import ImageDecodeError
 from data_prep.jsonl import iter_jsonl
 from data_prep.outputs import JsonlAppender, check_outputs, write_text_atomic
-from eval.captioning import read_references, score
+from eval.caption_metrics import read_references, score
 from query_generation.generator_args import add_generator_arguments, generator_options
 from query_generation.generators import GENERATORS, Decoding, Request, make_generator
 from query_generation.prompt import IMAGE_SLOT, PROMPT_DIR, PromptFile
