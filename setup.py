@@ -24,6 +24,7 @@ CORE = [
     "pyyaml>=6.0",
     "optuna>=4.9",  # heartbeat_stale_trial_callback
     "pycocoevalcap>=1.2",  # captioning metrics (its tokenizer and METEOR run Java)
+    "av>=12",  # PyAV: video clips (data_prep.videos)
     # FastEmbed (MUVERA encodings, retriever.index.muvera) is installed without its pins by shell/venv.sh (they hold
     # huggingface-hub below 2, which transformers 5 needs); these are what its package imports.
     "onnxruntime>=1.17",

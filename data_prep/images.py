@@ -28,6 +28,17 @@ def decode_image(image: Image.Image | bytes | bytearray | memoryview, what: str)
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL image or encoded bytes, got {type(image).__name__}")
         image.load()
-        return image if image.mode == "RGB" else image.convert("RGB")
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
         raise ImageDecodeError(f"page {what}: cannot decode image: {err}", str(err)) from err
+    check_still(image, f"page {what}")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def check_still(image: Image.Image, what: str) -> None:
+    """Refuse a multi-frame image (a video clip from ``data_prep.videos``): taking its first frame as a page would
+    silently drop the rest; models do not take clips yet."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise ImageDecodeError(f"{what}: is a video clip ({frames} frames), not a page image; training, evaluation "
+                               "and query generation do not take clips yet (data_prep.videos stores them for that)",
+                               "multi-frame image")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from data_prep.images import ImageDecodeError
+from data_prep.images import ImageDecodeError, check_still
 from data_prep.page_list import read_pages
 from data_prep.store import PageStore
 
@@ -69,9 +69,10 @@ def image_and_url(data: bytes, name: str, max_pixels: int | None) -> tuple[Image
         image = Image.open(io.BytesIO(data))
         image.load()
         mime = Image.MIME.get(image.format or "", "image/png")
-        image = image.convert("RGB")
     except Exception as err:  # PIL raises many types for corrupt data
         raise ImageDecodeError(f"{name}: cannot decode its image: {err}", str(err)) from None
+    check_still(image, name)
+    image = image.convert("RGB")
     if max_pixels and image.width * image.height > max_pixels:
         scale = (max_pixels / (image.width * image.height)) ** 0.5
         image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
