@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from data_prep.errors import InputError
 
@@ -34,11 +34,26 @@ def decode_image(image: Image.Image | bytes | bytearray | memoryview, what: str)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def decode_frames(data: bytes, what: str) -> list[Image.Image]:
+    """Every frame of an encoded (multi-frame) image as RGB; ``ImageDecodeError`` naming ``what`` when one does not
+    decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return [frame.convert("RGB") for frame in ImageSequence.Iterator(image)]
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
+        raise ImageDecodeError(f"{what}: cannot decode its frames: {err}", str(err)) from err
+
+
+class ClipNotPageError(ImageDecodeError):
+    """A multi-frame image (a video clip written by ``data_prep.videos``) where a page image was expected: it decodes
+    fine (a store holding it is not corrupt), but taking its first frame would silently drop the others."""
+
+
 def check_still(image: Image.Image, what: str) -> None:
-    """Refuse a multi-frame image (a video clip from ``data_prep.videos``): taking its first frame as a page would
-    silently drop the rest; models do not take clips yet."""
+    """Refuse a multi-frame image (a video clip from ``data_prep.videos``) as a page: models do not take clips
+    yet."""
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
-        raise ImageDecodeError(f"{what}: is a video clip ({frames} frames), not a page image; training, evaluation "
+        raise ClipNotPageError(f"{what}: is a video clip ({frames} frames), not a page image; training, evaluation "
                                "and query generation do not take clips yet (data_prep.videos stores them for that)",
                                "multi-frame image")

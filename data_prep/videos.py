@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageSequence
+from PIL import Image
 from tqdm import tqdm
 
 from data_prep.errors import InputError, cli
 from data_prep.failures import FailureLog
 from data_prep.flags import positive_float, positive_int
+from data_prep.images import decode_frames
 from data_prep.outputs import check_outputs
 from data_prep.store import PageStore, PageStoreWriter
 
@@ -94,9 +95,7 @@ def clip_frames(store: PageStore, clip_id: str) -> tuple[list[Image.Image], list
     meta = store.meta(clip_id)
     if meta.get("kind") != "clip":
         raise InputError(f"{store.path}: {clip_id} is a page, not a clip")
-    with Image.open(io.BytesIO(store.get_bytes(clip_id))) as image:
-        frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(image)]
-    return frames, list(meta["timestamps"])
+    return decode_frames(store.get_bytes(clip_id), clip_id), list(meta["timestamps"])
 
 
 def list_videos(root: Path) -> list[tuple[str, Path]]:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from data_prep.errors import MissingInputError, UserError
-from data_prep.images import ImageDecodeError, decode_image
+from data_prep.images import ClipNotPageError, ImageDecodeError, decode_image
 from data_prep.store.format import corrupt, read_shard_index, shard_paths
 
 
@@ -129,6 +129,8 @@ class PageStore:
         data = self.get_bytes(page_id)
         try:
             return decode_image(data, page_id)
+        except ClipNotPageError:
+            raise  # a clip decodes: the store is fine, the caller wanted a page
         except ImageDecodeError as err:
             raise corrupt(self._shards[self._locate(page_id)[0]], f"its {len(data)} bytes do not decode as an "
                           f"image ({err.reason})", page_id) from None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.store.format import CorruptStoreError, ShardIndex, read_shard_index, shard_paths
+from data_prep.images import ClipNotPageError, ImageDecodeError, decode_frames
 from data_prep.store.reader import PageStore
 
 
@@ -79,6 +80,11 @@ def _decode_pages(shard: Path, ids: list[str], on_page: Callable[[], None] | Non
         for pid in ids:
             try:
                 store.get_image(pid)
+            except ClipNotPageError:  # a video clip: every frame must decode
+                try:
+                    decode_frames(store.get_bytes(pid), pid)
+                except ImageDecodeError as err:
+                    problems.append(Problem(str(shard), f"clip frames do not decode ({err.reason})", pid))
             except CorruptStoreError as err:
                 problems.append(Problem(str(shard), err.problem, pid))
             if on_page is not None:

@@ -74,3 +74,13 @@ def test_a_clip_is_never_read_as_its_first_frame(tmp_path: Path) -> None:
     assert main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "store"), "--fps", "2"]) == 0
     with pytest.raises(ImageDecodeError, match=r"page c \(store .*\): is a video clip \(4 frames\), not a page image"):
         StorePages(tmp_path / "store").get_image("c")
+
+
+def test_a_store_of_clips_verifies_clean(tmp_path: Path) -> None:
+    """Clips decode frame by frame in a verification: never reported corrupt (render's repair would set them aside)."""
+    from data_prep.store import verify_store
+
+    write_clip(tmp_path / "videos" / "c.mp4", 2.0)
+    assert main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "store"), "--fps", "2"]) == 0
+    report = verify_store(tmp_path / "store", decode=True)
+    assert report.problems == [] and report.pages == 1
