@@ -3,6 +3,7 @@ encoder's inputs), so a page that is not an image always fails the same way, nam
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 from PIL import Image, ImageSequence
 
@@ -32,6 +33,24 @@ def decode_image(image: Image.Image | bytes | bytearray | memoryview, what: str)
         raise ImageDecodeError(f"page {what}: cannot decode image: {err}", str(err)) from err
     check_still(image, f"page {what}")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A video clip as a document: its sampled frames (RGB), in order (``data_prep.videos`` stores them)."""
+
+    frames: tuple[Image.Image, ...]
+
+
+def decode_item(data: Image.Image | Clip | bytes | bytearray | memoryview, what: str) -> Image.Image | Clip:
+    """A page image, or a :class:`Clip` for a multi-frame image (a stored video clip); errors as :func:`decode_image`
+    says."""
+    if isinstance(data, (Image.Image, Clip)):
+        return data if isinstance(data, Clip) else decode_image(data, what)
+    try:
+        return decode_image(data, what)
+    except ClipNotPageError:
+        return Clip(tuple(decode_frames(bytes(data), f"page {what}")))
 
 
 def decode_frames(data: bytes, what: str) -> list[Image.Image]:

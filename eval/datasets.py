@@ -27,6 +27,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from PIL import Image
 
 from data_prep.errors import InputError, MissingInputError
+from data_prep.images import Clip
 from eval.trec import Qrels
 
 __all__ = ["RetrievalData", "TaskSource", "load_retrieval_data", "resolve_tasks", "GROUPS"]
@@ -159,9 +160,10 @@ def _table_loader(images: Dataset) -> Callable[[Sequence[int]], list[Image.Image
     return load
 
 
-def _store_loader(store, ids: list[str]) -> Callable[[Sequence[int]], list[Image.Image]]:
-    def load(positions: Sequence[int]) -> list[Image.Image]:
-        return [store.get_image(ids[p]).convert("RGB") for p in positions]
+def _store_loader(store, ids: list[str]) -> Callable[[Sequence[int]], list[Image.Image | Clip]]:
+    """Pages of a store by position (a stored video clip comes as its :class:`Clip`: text->video retrieval)."""
+    def load(positions: Sequence[int]) -> list[Image.Image | Clip]:
+        return [store.get_item(ids[p]) for p in positions]
     return load
 
 

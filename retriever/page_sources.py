@@ -13,7 +13,7 @@ from typing import Iterable, Protocol
 from PIL import Image
 
 from data_prep.errors import InputError, MissingInputError
-from data_prep.images import decode_image
+from data_prep.images import Clip, decode_image
 from data_prep.store import UnknownPageError
 
 
@@ -65,8 +65,9 @@ class StorePages:
             self._ids = set(self.store.ids())
         return page_id in self._ids
 
-    def get_image(self, page_id: str) -> Image.Image:
-        return decode_image(self.store.get_bytes(page_id), f"{page_id} (store {self.name})")
+    def get_image(self, page_id: str) -> Image.Image | Clip:
+        """The page image, or the :class:`~data_prep.images.Clip` of a stored video clip."""
+        return self.store.get_item(page_id)
 
     def ids(self) -> list[str]:
         return list(self.store.ids())

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from data_prep.errors import MissingInputError, UserError
-from data_prep.images import ClipNotPageError, ImageDecodeError, decode_image
+from data_prep.images import Clip, ClipNotPageError, ImageDecodeError, decode_frames, decode_image
 from data_prep.store.format import corrupt, read_shard_index, shard_paths
 
 
@@ -134,6 +134,13 @@ class PageStore:
         except ImageDecodeError as err:
             raise corrupt(self._shards[self._locate(page_id)[0]], f"its {len(data)} bytes do not decode as an "
                           f"image ({err.reason})", page_id) from None
+
+    def get_item(self, page_id: str) -> Image.Image | Clip:
+        """:meth:`get_image`, or the :class:`~data_prep.images.Clip` of a video clip (``data_prep.videos``)."""
+        try:
+            return self.get_image(page_id)
+        except ClipNotPageError:
+            return Clip(tuple(decode_frames(self.get_bytes(page_id), f"page {page_id}")))
 
     def meta(self, page_id: str) -> dict[str, Any]:
         """Per-page metadata (source, page, width, height, dpi, format, ...); ``{}`` for shards without ``meta``."""

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from data_prep.images import decode_image
+from data_prep.images import Clip, decode_item
 
 from .backbones import Backbone
 from .backbones.base import warn_missing_kernels
@@ -97,16 +97,19 @@ class RetrieverEncoder(nn.Module):
         examples = [self.backbone.query_example(self.query_text(t)) for t in texts]
         return self.backbone.collate(examples, self.padding_side)
 
-    def prepare_pages(self, images: Sequence[Image.Image | bytes], texts: Sequence[str] | None = None,
+    def prepare_pages(self, images: Sequence[Image.Image | Clip | bytes], texts: Sequence[str] | None = None,
                       ids: Sequence[str] | None = None) -> dict[str, Tensor]:
-        """Model inputs of a batch of pages; an image that cannot be decoded raises naming its id."""
+        """Model inputs of a batch of pages (and video clips, taken as their frames where the backbone does);
+        an image that cannot be decoded raises naming its id."""
         ids = list(ids) if ids is not None else [f"#{i}" for i in range(len(images))]
         prompt = self.config.page_prompt if self.config.page_prompt is not None else \
             self.backbone.default_page_prompt
         examples = []
         for i, image in enumerate(images):
             text = prompt if texts is None or not texts[i] else f"{prompt}\n{texts[i]}"
-            examples.append(self.backbone.page_example(decode_image(image, ids[i]), text))
+            item = decode_item(image, ids[i])
+            examples.append(self.backbone.clip_example(item.frames, text, ids[i]) if isinstance(item, Clip)
+                            else self.backbone.page_example(item, text))
         return self.backbone.collate(examples, self.padding_side)
 
     @property

@@ -4,7 +4,6 @@ a rerun skips what is stored."""
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +11,9 @@ import pytest
 
 from data_prep.store import PageStore
 from data_prep.videos import clip_frames, main, sample_times
+from tests.helpers.videos import write_clip
 
 av = pytest.importorskip("av")
-
-RATE = 10  # frames per second of the synthetic clips
-
-
-def write_clip(path: Path, seconds: float) -> None:
-    """A clip whose frame i is a flat colour with red = 10 * (i % 25): the frame shows its own index."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.time_base = Fraction(1, RATE)
-        for i in range(int(seconds * RATE)):
-            pixels = np.zeros((48, 64, 3), dtype=np.uint8)
-            pixels[..., 0] = 10 * (i % 25)
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
 
 def test_sample_times() -> None:
     assert sample_times(1.9, 2, 16) == ([0.0, 0.5, 1.0, 1.5], "2 frames per second")
@@ -66,14 +47,17 @@ def test_clips_into_the_store_with_failures_and_resume(tmp_path: Path, capsys) -
 
 
 def test_a_clip_is_never_read_as_its_first_frame(tmp_path: Path) -> None:
-    """Until the models take clips, reading a clip as a page image is an error naming it, not its first frame."""
-    from data_prep.images import ImageDecodeError
+    """Where a page image is required a clip is an error naming it; page sources give the whole clip."""
+    from data_prep.images import Clip, ClipNotPageError
+    from data_prep.store import PageStore
     from retriever.page_sources import StorePages
 
     write_clip(tmp_path / "videos" / "c.mp4", 2.0)
     assert main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "store"), "--fps", "2"]) == 0
-    with pytest.raises(ImageDecodeError, match=r"page c \(store .*\): is a video clip \(4 frames\), not a page image"):
-        StorePages(tmp_path / "store").get_image("c")
+    with pytest.raises(ClipNotPageError, match=r"page c: is a video clip \(4 frames\), not a page image"):
+        PageStore(tmp_path / "store").get_image("c")
+    clip = StorePages(tmp_path / "store").get_image("c")
+    assert isinstance(clip, Clip) and len(clip.frames) == 4
 
 
 def test_a_store_of_clips_verifies_clean(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from data_prep.errors import InputError
+
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,10 @@ class Backbone:
     # family whose layers see pad tokens on one side (linear attention's recurrent state and causal convolution
     # have no mask) keeps them on the other, so that an example's embedding never depends on its batch.
     forced_padding_side: ClassVar[str | None] = None
+    # Whether video clips are taken, as their frames in turn (``clip_example``), and what goes between two frames'
+    # expanded placeholders inside the page template's image slot.
+    takes_clips: ClassVar[bool] = False
+    frame_separator: ClassVar[str] = ""
     # CUDA kernels of the family's fast path, as (module, pip package); on CUDA a missing one is warned about once
     # (transformers then runs its slow PyTorch reference implementation).
     cuda_kernels: ClassVar[tuple[tuple[str, str], ...]] = ()
@@ -169,6 +175,17 @@ class Backbone:
         """``template`` filled with ``text`` and the expanded placeholder of ``image``, plus its tensors."""
         image_text, tensors = self.image_inputs(image)
         return Example(self.encode(self.fill(template, text, image_text)), tensors)
+
+    def clip_example(self, frames: Sequence[Image.Image], text: str, what: str) -> Example:
+        """A video clip as several images: each frame's expanded placeholder in turn (``frame_separator`` between
+        them) in the page template's image slot, their tensors concatenated as a batch's are."""
+        if not self.takes_clips:
+            raise InputError(f"{what}: a video clip; backbone {self.name!r} does not take clips (the Qwen-VL "
+                             "families do)")
+        parts = [self.image_inputs(frame) for frame in frames]
+        image_text = self.frame_separator.join(part[0] for part in parts)
+        return Example(self.encode(self.fill(self.input_format.page, text, image_text)),
+                       self.collate_images([part[1] for part in parts]))
 
     def image_inputs(self, image: Image.Image) -> tuple[str, dict[str, torch.Tensor]]:
         """The expanded image placeholder string of ``image`` and its pixel tensors."""

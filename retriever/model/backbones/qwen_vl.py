@@ -57,6 +57,10 @@ class QwenVL(Backbone):
     default_page_prompt = "What is shown in this image?"
     input_formats = QWEN_FORMATS
     chat_placeholders = ("<|image_pad|>",)
+    # A clip is its frames as images, each in its own vision span (the video processor, which would feed
+    # pixel_values_videos, needs torchvision).
+    takes_clips = True
+    frame_separator = "<|vision_end|><|vision_start|>"
 
     @property
     def merge(self) -> int:
