@@ -39,6 +39,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -73,6 +74,16 @@ class MissingInputError(UserError, FileNotFoundError):
 
 class DiskFullError(UserError, OSError):
     """A write that failed for lack of space (or quota, or the file-size limit); what was committed is intact."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (slurm, ``kill``) raise ``KeyboardInterrupt``, so a long tool stops as on Ctrl-C, its outputs
+    kept."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def is_disk_full(err: BaseException) -> bool:

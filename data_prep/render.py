@@ -28,14 +28,13 @@ Design
 from __future__ import annotations
 
 import argparse
-import signal
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.errors import cli
+from data_prep.errors import cli, stop_on_sigterm
 from data_prep.failures import FailureLog
 from data_prep.flags import positive_float, positive_int
 from data_prep.outputs import check_outputs, check_settings, record_settings
@@ -139,10 +138,6 @@ def _open_store(out: str | Path, shard_pages: int, shard_bytes: int, verify: str
     return writer
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @cli
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data_prep.render", description=__doc__,
@@ -169,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     check_outputs({"--out": args.out, "--failures": args.failures},
                   {"--pages": args.pages, "--passwords": args.passwords}, directories=("--out",))
-    signal.signal(signal.SIGTERM, _sigterm)
+    stop_on_sigterm()
     settings = RenderSettings(args.dpi, args.max_side, args.format, args.quality)
     render(args.pages, args.out, settings, args.workers, args.failures, load_passwords(args.passwords),
            args.page_timeout, args.chunk_pages, args.shard_pages, args.shard_mb << 20, args.verify)

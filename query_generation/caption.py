@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.errors import InputError, cli, read_json_input
+from data_prep.errors import InputError, cli, read_json_input, stop_on_sigterm
 from data_prep.failures import FailureLog
 from data_prep.flags import non_negative_int, positive_int
 from data_prep.images import ImageDecodeError
@@ -126,14 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    stop_on_sigterm()
     if args.shard_index >= args.num_shards:
         raise InputError(f"--shard_index {args.shard_index} is not below --num_shards {args.num_shards}")
     check_outputs({"--out": args.out}, {"--annotations": args.annotations, "--image_root": args.image_root},

@@ -20,14 +20,13 @@ range of fixed batches, so ``cat`` of the K outputs in shard order equals the un
 from __future__ import annotations
 
 import argparse
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.errors import InputError, cli
+from data_prep.errors import InputError, cli, stop_on_sigterm
 from data_prep.failures import FailureLog
 from data_prep.flags import non_negative_float, non_negative_int, positive_int
 from data_prep.images import ImageDecodeError
@@ -212,14 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    stop_on_sigterm()
     generate(args)
 
 
