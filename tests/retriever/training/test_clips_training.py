@@ -1,5 +1,6 @@
 """A tiny Qwen2-VL trains on mixed page and clip pairs (clips from data_prep.videos in a page store, pages in an image
-folder) and is evaluated text->video by the native evaluator on a store of clips."""
+folder), mines hard negatives among pages and clips, and is evaluated text->video by the native evaluator on a store
+of clips."""
 from __future__ import annotations
 
 import json
@@ -33,6 +34,14 @@ def test_mixed_pairs_train_and_text_to_video_evaluates(tiny_model_dir, train_dat
     result = run_train(args)
     assert result.returncode == 0, result.stderr[-4000:]
     assert sorted(read_log(out / "log.jsonl")) == [1, 2]
+    from retriever.mine import main as mine
+
+    mine(["--model", str(out / "final"), "--train_data", str(pairs), "--page_store", str(tmp_path / "clips"),
+          "--image_root", str(train_data / "images"), "--corpus", "pairs", "--out", str(tmp_path / "mined.jsonl"),
+          "--num_negatives", "2", "--multi_search", "exact"])
+    mined = [json.loads(line) for line in (tmp_path / "mined.jsonl").read_text().splitlines()]
+    assert all(len(m["neg"]) == 2 and m["pos"][0] not in m["neg"] for m in mined)
+    assert any(n.startswith("clip") for m in mined for n in m["neg"])  # clips are candidates like pages
     test = tmp_path / "t2v.jsonl"
     test.write_text("".join(json.dumps(line) + "\n" for line in lines[:6]))
     assert evaluate(["--model", str(out / "final"), "--tasks", str(test), "--page_store", str(tmp_path / "clips"),
