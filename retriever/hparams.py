@@ -77,6 +77,12 @@ def _learning_rate(params: int, mode: str) -> tuple[float, str]:
         (1e-5, "full fine-tuning of a >= 1B model (DSE's 1e-5)")
 
 
+def step_batch(global_batch: int, pairs: int | None, gpus: int) -> tuple[int, int]:
+    """Pairs per optimizer step (at most the training set) and per rank."""
+    batch = min(global_batch, pairs) if pairs else global_batch
+    return batch, max(1, batch // gpus)
+
+
 def recommend(params: int, mode: str, head: str, pairs: int | None, gpus: int, global_batch: int,
               chunk: tuple[int, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The flags and the reason for each."""
@@ -89,8 +95,7 @@ def recommend(params: int, mode: str, head: str, pairs: int | None, gpus: int, g
                                                      if big else "a < 1B model: rank 16, alpha 32 (scale 2)")
     flags["temperature"] = 0.02
     reasons["temperature"] = f"{head} head: colpali-engine's ColbertLoss and DSE train at 0.02"
-    batch = min(global_batch, pairs) if pairs else global_batch
-    per_device = max(1, batch // gpus)
+    batch, per_device = step_batch(global_batch, pairs, gpus)
     flags["per_device_train_batch_size"] = per_device
     reasons["per_device_train_batch_size"] = (f"{batch} pairs per step (ColPali: 32 x 8 GPUs; at most the training "
                                               f"set) over {gpus} rank(s); GradCache makes the batch independent of "
@@ -149,7 +154,7 @@ def _pairs(path: Path | None) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params, pairs = parameter_count(args.model, args.trust_remote_code), _pairs(args.train_data)
-    per_device = max(1, min(args.global_batch, pairs or args.global_batch) // args.gpus)
+    per_device = step_batch(args.global_batch, pairs, args.gpus)[1]
     flags, reasons = recommend(params, args.training_mode, args.head, pairs, args.gpus,
                                args.global_batch, measured_chunk(args, per_device))
     print(f"{args.model}: {params / 1e6:.1f}M parameters, --training_mode {args.training_mode}, --head {args.head}")

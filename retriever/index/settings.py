@@ -112,9 +112,9 @@ def add_index_arguments(p: argparse.ArgumentParser, rerank_depth: int | None = 1
 
 
 def index_settings(args: argparse.Namespace, rerank_depth: int | None = None) -> IndexSettings:
-    """The settings of the index flags (``rerank_depth`` where the flag was left unset)."""
+    """The settings of the index flags (``rerank_depth`` where the tool's flag has no default and was left unset)."""
     return IndexSettings(args.pool_factor, args.pool_renormalize, args.quantize, args.candidates,
-                         args.rerank_depth or rerank_depth or 100)
+                         args.rerank_depth or rerank_depth)
 
 
 def check_index_settings(settings: IndexSettings, *, multi_vector: bool, depth: int, model: str) -> None:
